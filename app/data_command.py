@@ -1,0 +1,36 @@
+"""``pinsage data``: parse (or load from cache) a dataset and print its counts as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from datamodules.datasets import load_dataset
+from datamodules.interactions import DataError
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="pinsage data",
+        description="Read a dataset, split it, build the training graph and item features, print counts as JSON.",
+        env_prefix="PINSAGE",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a configs/data/<name>.yaml file")
+    parser.add_function_arguments(load_dataset, "data", skip={"progress"})
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    args = cfg.data.as_dict() if hasattr(cfg.data, "as_dict") else dict(vars(cfg.data))
+    try:
+        ds = load_dataset(**args, progress=True)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"pinsage data: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(ds.summary()))
+    return 0

@@ -1,0 +1,422 @@
+"""Named datasets: read, split, build the training graph, pairs and features; cache on disk.
+
+``load_dataset(dataset, root, ...)`` is the one entry point. The first call parses the raw files
+and writes ``<cache_dir>/<dataset>-<key>.npz`` (temp name, then rename, so a crash never leaves a
+half-written cache); later calls with the same files and arguments load it in well under a second.
+
+Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw layouts),
+``gowalla``, ``yelp2018``, ``amazon-book`` (LightGCN split), ``ncf-ml-1m``, ``ncf-pinterest``
+(NCF split), ``movielens-latest-small`` and ``table`` (a user's own CSV/Parquet log), ``synthetic``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from .graph import InteractionGraph
+from .interactions import DataError, Interactions, ItemTable
+from .splits import Split, consecutive_pairs, heldout_pairs, make_split
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class DatasetSpec:
+    """How to find and read one named dataset."""
+
+    folder: str  # sub-folder of the data root
+    files: List[str]  # files that must exist in the resolved folder
+    reader: Callable[..., Any]
+    source: str  # where the data comes from (for error messages)
+    sub: str = "raw"  # folder inside <root>/<folder> holding the files
+    reader_defaults: Dict[str, Any] = field(default_factory=dict)
+
+
+def _readers():
+    from . import readers
+
+    return readers
+
+
+def _specs() -> Dict[str, DatasetSpec]:
+    r = _readers()
+    lightgcn = lambda name: DatasetSpec(  # noqa: E731
+        name, ["train.txt", "test.txt"], r.read_lightgcn,
+        f"the LightGCN authors' {name} split (github.com/kuandeng/LightGCN, Data/{name}/)")
+    return {
+        "movielens-100k": DatasetSpec("movielens-100k", ["u.data", "u.item"], r.read_movielens_100k,
+                                      "GroupLens ml-100k.zip (grouplens.org/datasets/movielens/100k)"),
+        "movielens-1m": DatasetSpec("movielens-1m", ["ratings.dat", "movies.dat"], r.read_movielens_1m,
+                                    "GroupLens ml-1m.zip (grouplens.org/datasets/movielens/1m)"),
+        "gowalla": lightgcn("gowalla"),
+        "yelp2018": lightgcn("yelp2018"),
+        "amazon-book": lightgcn("amazon-book"),
+        "ncf-ml-1m": DatasetSpec("ncf-ml-1m", ["ml-1m.train.rating", "ml-1m.test.rating"], r.read_ncf,
+                                 "the NCF authors' Data/ folder (github.com/hexiangnan/neural_collaborative_filtering)",
+                                 reader_defaults={"name": "ml-1m"}),
+        "ncf-pinterest": DatasetSpec("ncf-pinterest", ["pinterest-20.train.rating", "pinterest-20.test.rating"], r.read_ncf,
+                                     "the NCF authors' Data/ folder (github.com/hexiangnan/neural_collaborative_filtering)",
+                                     reader_defaults={"name": "pinterest-20"}),
+        "movielens-latest-small": DatasetSpec(
+            "movielens-latest-small", ["ratings.csv"], _read_table, "GroupLens ml-latest-small.zip",
+            sub="raw/ml-latest-small",
+            reader_defaults=dict(path="ratings.csv", header=False, columns=["userId", "movieId", "rating", "timestamp"],
+                                 user_col="userId", item_col="movieId", time_col="timestamp", weight_col="rating",
+                                 items_path="movies.csv", items_header=False, items_columns=["movieId", "title", "genres"],
+                                 item_id_col="movieId", title_col="title", categories_col="genres")),
+        "table": DatasetSpec("", [], _read_table, "your own interaction log (reader_args.path)", sub=""),
+    }
+
+
+def _read_table(folder: Path, path: str, items_path: Optional[str] = None, **kw) -> Interactions:
+    r = _readers()
+    p = Path(path) if Path(path).is_absolute() else Path(folder) / path
+    ip = None
+    if items_path is not None:
+        ip = Path(items_path) if Path(items_path).is_absolute() else Path(folder) / items_path
+    return r.read_table_log(p, items_path=ip, **kw)
+
+
+DATASET_NAMES = (
+    "movielens-100k", "movielens-1m", "gowalla", "yelp2018", "amazon-book", "ncf-ml-1m", "ncf-pinterest",
+    "movielens-latest-small", "table", "synthetic",
+)
+
+
+@dataclass
+class RecDataset:
+    """Everything the sampler, the model and the evaluator need from one dataset.
+
+    Attributes:
+        name: dataset name.
+        interactions: the full log (dense ids, item metadata).
+        split: row indices of train / val / test interactions.
+        train_graph: the bipartite graph of the *training* interactions only.
+        train_pairs, val_pairs, test_pairs: ``int64 [P, 2]`` item pairs (q, i).
+        item_features: ``float32 [I, F]`` (F may be 0), ``feature_names`` their names.
+        has_content: ``bool [I]`` whether an item has any content feature (else it needs an ID
+            embedding to be told apart).
+        extras: dataset-specific arrays (e.g. ``item_community`` for synthetic data,
+            ``test_negatives`` for the NCF split).
+    """
+
+    name: str
+    interactions: Interactions
+    split: Split
+    train_graph: InteractionGraph
+    train_pairs: np.ndarray
+    val_pairs: np.ndarray
+    test_pairs: np.ndarray
+    item_features: np.ndarray
+    feature_names: List[str]
+    has_content: np.ndarray
+    extras: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_users(self) -> int:
+        return self.interactions.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.interactions.num_items
+
+    def item_titles(self) -> Optional[np.ndarray]:
+        t = self.interactions.item_table
+        return None if t is None else t.titles
+
+    def split_user_items(self, part: str):
+        """``(users, items)`` of the held-out interactions of ``part`` in {"train","val","test"}."""
+        rows = getattr(self.split, part)
+        return self.interactions.users[rows], self.interactions.items[rows]
+
+    def summary(self) -> dict:
+        s = self.split.sizes()
+        return {
+            "dataset": self.name,
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_interactions": self.interactions.num_interactions,
+            "num_train": s["train"],
+            "num_val": s["val"],
+            "num_test": s["test"],
+            "num_train_pairs": int(self.train_pairs.shape[0]),
+            "num_val_pairs": int(self.val_pairs.shape[0]),
+            "num_test_pairs": int(self.test_pairs.shape[0]),
+            "num_features": int(self.item_features.shape[1]),
+            "features": list(self.feature_names),
+            "has_timestamps": self.interactions.timestamps is not None,
+            "num_duplicates_dropped": self.interactions.num_duplicates_dropped,
+            "num_catalogue_items_without_interactions": self.interactions.num_catalogue_items_without_interactions,
+        }
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        it = self.interactions
+        a: Dict[str, np.ndarray] = {
+            "users": it.users, "items": it.items,
+            "user_ids": _portable(it.user_ids), "item_ids": _portable(it.item_ids),
+            "split_train": self.split.train, "split_val": self.split.val, "split_test": self.split.test,
+            "train_pairs": self.train_pairs, "val_pairs": self.val_pairs, "test_pairs": self.test_pairs,
+            "item_features": self.item_features, "has_content": self.has_content,
+        }
+        for k in ("timestamps", "weights", "is_test"):
+            v = getattr(it, k)
+            if v is not None:
+                a[k] = v
+        t = it.item_table
+        if t is not None:
+            if t.titles is not None:
+                a["item_titles"] = _portable(t.titles)
+            if t.categories is not None:
+                a["item_categories"] = t.categories
+            if t.years is not None:
+                a["item_years"] = t.years
+        for k, v in self.extras.items():
+            a[f"extra_{k}"] = v
+        a.update(self.train_graph.to_arrays("graph_"))
+        return a
+
+    def meta(self) -> dict:
+        it = self.interactions
+        return {
+            "name": self.name,
+            "feature_names": self.feature_names,
+            "category_names": [] if it.item_table is None else it.item_table.category_names,
+            "has_item_table": it.item_table is not None,
+            "num_duplicates_dropped": it.num_duplicates_dropped,
+            "num_catalogue_items_without_interactions": it.num_catalogue_items_without_interactions,
+        }
+
+    @classmethod
+    def from_arrays(cls, a, meta: dict) -> "RecDataset":
+        g = lambda k: a[k] if k in a else None  # noqa: E731
+        table = None
+        if meta["has_item_table"]:
+            table = ItemTable(ids=a["item_ids"], titles=_unportable(g("item_titles")),
+                              category_names=meta["category_names"], categories=g("item_categories"),
+                              years=g("item_years"))
+        inter = Interactions(
+            users=a["users"], items=a["items"], user_ids=a["user_ids"], item_ids=a["item_ids"],
+            timestamps=g("timestamps"), weights=g("weights"), is_test=g("is_test"), item_table=table,
+            num_duplicates_dropped=meta["num_duplicates_dropped"],
+            num_catalogue_items_without_interactions=meta["num_catalogue_items_without_interactions"],
+        )
+        extras = {k[len("extra_"):]: a[k] for k in a if k.startswith("extra_")}
+        return cls(
+            name=meta["name"], interactions=inter,
+            split=Split(a["split_train"], a["split_val"], a["split_test"]),
+            train_graph=InteractionGraph.from_arrays(a, "graph_"),
+            train_pairs=a["train_pairs"], val_pairs=a["val_pairs"], test_pairs=a["test_pairs"],
+            item_features=a["item_features"], feature_names=list(meta["feature_names"]),
+            has_content=a["has_content"], extras=extras,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a temp file in the same folder, then ``os.replace``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                arrays = self.to_arrays()
+                arrays["__meta__"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> "RecDataset":
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        meta = json.loads(a.pop("__meta__").tobytes().decode())
+        return cls.from_arrays(a, meta)
+
+
+def _portable(arr: np.ndarray) -> np.ndarray:
+    """Object/str arrays -> fixed-width unicode (npz without pickle)."""
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        return arr.astype(str)
+    return arr
+
+
+def _unportable(arr):
+    return None if arr is None else arr.astype(object)
+
+
+# -- resolution ----------------------------------------------------------------------------------
+def resolve_folder(dataset: str, root: str | os.PathLike, spec: DatasetSpec) -> Path:
+    """Find the folder holding ``spec.files``: ``<root>/<folder>/<sub>``, ``<root>/<sub>`` or ``<root>``."""
+    root = Path(root).expanduser()
+    candidates = [root / spec.folder / spec.sub, root / spec.sub, root] if spec.folder else [root]
+    for c in candidates:
+        if all((c / f).is_file() for f in spec.files):
+            return c
+    first = candidates[0]
+    missing = [f for f in spec.files if not (first / f).is_file()]
+    raise DataError(
+        f"dataset {dataset!r}: missing file {missing[0]!r} in {str(first)!r} "
+        f"(also looked in {[str(c) for c in candidates[1:]]}); the data comes from {spec.source}; "
+        f"put the raw files there or pass --data.root pointing at the folder that holds '{spec.folder}/'"
+    )
+
+
+def _fingerprint(paths: List[Path]) -> List[Any]:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append([str(p.resolve()), st.st_size, int(st.st_mtime)])
+    return out
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PINSAGE_CACHE", Path.home() / ".cache" / "pinsage"))
+
+
+def load_dataset(
+    dataset: str,
+    root: str = "data",
+    cache_dir: Optional[str] = None,
+    features: Optional[List[str]] = None,
+    split: str = "auto",
+    reader_args: Optional[Dict[str, Any]] = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> RecDataset:
+    """Load a named dataset (see module docstring), from cache when possible.
+
+    Args:
+        dataset: one of ``DATASET_NAMES``.
+        root: the data root holding one folder per dataset (e.g. ``../shared/data``), or the
+            dataset folder itself.
+        cache_dir: where parsed datasets are cached (default ``$PINSAGE_CACHE`` or
+            ``~/.cache/pinsage``).
+        features: item features to build (see ``datamodules.features``); ``None`` = the
+            dataset's defaults (all content it has, plus log degree).
+        split: ``auto`` (the dataset's own split if it has one, else temporal), ``temporal``,
+            ``fixed``.
+        reader_args: format options (``table``: path, columns...; ``synthetic``: sizes, seed).
+        use_cache: read and write the cache.
+        progress: report progress on stderr.
+    """
+    if dataset not in DATASET_NAMES:
+        raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
+    reader_args = dict(reader_args or {})
+    log = _Progress(progress)
+    key_parts: Dict[str, Any] = {"v": CACHE_VERSION, "dataset": dataset, "features": features, "split": split,
+                                 "reader_args": reader_args}
+    folder = None
+    if dataset != "synthetic":
+        spec = _specs()[dataset]
+        args = {**spec.reader_defaults, **reader_args}
+        if dataset == "table" and "path" not in args:
+            raise ValueError("dataset='table' needs reader_args.path (the CSV/Parquet interaction log)")
+        folder = resolve_folder(dataset, root, spec) if spec.files else Path(root).expanduser()
+        files = [folder / f for f in spec.files]
+        for k in ("path", "items_path", "features_path"):
+            if args.get(k):
+                p = Path(args[k]) if Path(args[k]).is_absolute() else folder / args[k]
+                if not p.is_file():
+                    raise DataError(f"dataset {dataset!r}: reader_args.{k} file {str(p)!r} does not exist")
+                files.append(p)
+        key_parts["files"] = _fingerprint(files)
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cdir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache_path = cdir / f"{dataset}-{key}.npz"
+    if use_cache and cache_path.is_file():
+        log(f"loading {dataset} from cache {cache_path}")
+        return RecDataset.load(cache_path)
+
+    extras: Dict[str, np.ndarray] = {}
+    external = None
+    log(f"parsing {dataset} from {folder if folder else 'generator'}")
+    if dataset == "synthetic":
+        from .synthetic import make_synthetic
+
+        inter, feats, comm = make_synthetic(**reader_args)
+        external = feats
+        extras["item_community"] = comm
+        default_features = ["log_degree", "external"]
+    else:
+        features_path = args.pop("features_path", None)
+        inter = spec.reader(folder, **args)
+        if features_path:
+            fp = Path(features_path) if Path(features_path).is_absolute() else folder / features_path
+            external, _mask = _readers().read_item_features(fp, inter.item_ids)
+        default_features = _default_features(inter, external is not None)
+    tn = getattr(inter, "test_negatives", None)
+    if tn is not None:
+        extras["test_negatives"] = tn
+    log(f"read {inter.num_interactions} interactions; splitting")
+    ds = build_dataset(dataset, inter, split=split, features=features if features is not None else default_features,
+                       external=external, cache_dir=cdir, extras=extras)
+    if use_cache:
+        ds.save(cache_path)
+        log(f"cached at {cache_path}")
+    return ds
+
+
+def _default_features(inter: Interactions, has_external: bool) -> List[str]:
+    feats = ["log_degree"]
+    t = inter.item_table
+    if t is not None:
+        if t.categories is not None and t.categories.shape[1] > 0:
+            feats.append("categories")
+        if t.years is not None:
+            feats.append("year")
+    if has_external:
+        feats.append("external")
+    return feats
+
+
+def build_dataset(
+    name: str,
+    inter: Interactions,
+    split: str = "auto",
+    features: Optional[List[str]] = None,
+    external: Optional[np.ndarray] = None,
+    cache_dir: Optional[Path] = None,
+    extras: Optional[Dict[str, np.ndarray]] = None,
+) -> RecDataset:
+    """Split an :class:`Interactions` log and build graph, pairs and features (no caching)."""
+    from .features import build_item_features
+
+    sp = make_split(inter, split)
+    graph = InteractionGraph.from_edges(
+        inter.users[sp.train], inter.items[sp.train], inter.num_users, inter.num_items,
+        timestamps=None if inter.timestamps is None else inter.timestamps[sp.train],
+        weights=None if inter.weights is None else inter.weights[sp.train],
+    )
+    train_pairs = consecutive_pairs(inter, sp.train)
+    val_pairs = heldout_pairs(inter, sp.train, sp.val)
+    test_pairs = heldout_pairs(inter, np.concatenate([sp.train, sp.val]), sp.test)
+    feats = list(features or [])
+    x, names, has_content = build_item_features(
+        inter, graph.item_degree(), feats, cache_dir=cache_dir, external=external)
+    return RecDataset(name=name, interactions=inter, split=sp, train_graph=graph, train_pairs=train_pairs,
+                      val_pairs=val_pairs, test_pairs=test_pairs, item_features=np.ascontiguousarray(x, dtype=np.float32),
+                      feature_names=names, has_content=has_content, extras=dict(extras or {}))
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            import sys
+
+            print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)

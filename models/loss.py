@@ -1,0 +1,92 @@
+"""PinSage's max-margin ranking loss (Ying et al., KDD 2018, Eq. 1)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def max_margin_loss(
+    z_q: Tensor,
+    z_pos: Tensor,
+    z_easy: Optional[Tensor] = None,
+    z_hard: Optional[Tensor] = None,
+    margin: float = 0.1,
+) -> Tuple[Tensor, Dict[str, Tensor]]:
+    r"""Max-margin ranking loss
+
+    .. math::
+        \mathcal{L} = \frac{1}{B}\sum_{(q,i)} \frac{1}{N + H}\sum_{n}
+        \max\left(0,\; \mathbf{z}_q\cdot\mathbf{z}_n - \mathbf{z}_q\cdot\mathbf{z}_i
+        + \Delta\right)
+
+    over the ``N`` easy negatives shared by all pairs and each pair's ``H`` hard negatives.
+
+    Args:
+        z_q: ``[B, d]`` query embeddings.
+        z_pos: ``[B, d]`` positive embeddings (row ``b`` pairs with ``z_q[b]``).
+        z_easy: ``[N, d]`` easy negatives shared by every pair, or :obj:`None` (``N = 0``).
+        z_hard: ``[B, H, d]`` per-pair hard negatives, or :obj:`None` (``H = 0``).
+        margin: :math:`\Delta \ge 0`. (default: :obj:`0.1`)
+
+    Returns:
+        ``(loss, stats)``: the scalar loss and detached scalars ``"violated"`` (share of
+        (pair, negative) terms with a positive hinge), ``"pos_score"`` (mean
+        :math:`\mathbf{z}_q\cdot\mathbf{z}_i`), ``"neg_score"`` (mean
+        :math:`\mathbf{z}_q\cdot\mathbf{z}_n`).
+    """
+    if margin < 0:
+        raise ValueError(f"margin={margin!r} is invalid: expected a float >= 0")
+    if z_q.dim() != 2 or z_pos.shape != z_q.shape:
+        raise ValueError(
+            f"z_q {tuple(z_q.shape)} / z_pos {tuple(z_pos.shape)} are invalid: expected two "
+            f"[B, d] tensors of the same shape")
+    b, d = z_q.shape
+    neg = []
+    if z_easy is not None:
+        if z_easy.dim() != 2 or z_easy.size(1) != d:
+            raise ValueError(f"z_easy has shape {tuple(z_easy.shape)}: expected [N, {d}]")
+        neg.append(z_q @ z_easy.t())  # [B, N]
+    if z_hard is not None:
+        if z_hard.dim() != 3 or z_hard.size(0) != b or z_hard.size(2) != d:
+            raise ValueError(f"z_hard has shape {tuple(z_hard.shape)}: expected [{b}, H, {d}]")
+        neg.append(torch.einsum("bd,bhd->bh", z_q, z_hard))  # [B, H]
+    neg_score = torch.cat(neg, dim=1) if neg else z_q.new_empty(b, 0)
+    if neg_score.size(1) == 0:
+        raise ValueError("no negatives: z_easy and z_hard are both empty or None")
+    if b == 0:
+        raise ValueError("z_q is empty: expected at least one (query, positive) pair")
+
+    pos_score = (z_q * z_pos).sum(dim=-1)  # [B]
+    hinge = neg_score - pos_score.unsqueeze(1) + margin  # [B, N + H]
+    loss = hinge.clamp(min=0).mean()  # same count per pair: mean over all = mean of means
+    with torch.no_grad():
+        stats = {
+            "violated": (hinge > 0).float().mean(),
+            "pos_score": pos_score.mean(),
+            "neg_score": neg_score.mean(),
+        }
+    return loss, stats
+
+
+class MaxMarginLoss(torch.nn.Module):
+    r"""Module form of :func:`max_margin_loss`.
+
+    Args:
+        margin (float, optional): The margin :math:`\Delta \ge 0`. (default: :obj:`0.1`)
+    """
+
+    def __init__(self, margin: float = 0.1) -> None:
+        super().__init__()
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin < 0:
+            raise ValueError(f"margin={margin!r} is invalid: expected a float >= 0")
+        self.margin = float(margin)
+
+    def forward(self, z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
+                z_hard: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return max_margin_loss(z_q, z_pos, z_easy, z_hard, margin=self.margin)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(margin={self.margin})"

@@ -1,0 +1,176 @@
+"""The PinSage item-embedding network: input encoder, K convolutions, output head."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.convolve import Convolve
+from models.sage import AGGREGATORS, SAGEConvolve
+
+CONVS = ("pinsage",) + tuple(f"sage-{a}" for a in AGGREGATORS)
+
+
+def _int_at_least(name: str, value: int, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid: expected an int >= {low}")
+    return value
+
+
+class PinSage(torch.nn.Module):
+    r"""PinSage (Ying et al., KDD 2018): item embeddings from content features and the
+    importance-sampled K-hop neighbourhood.
+
+    .. math::
+        \mathbf{h}^{(0)}_u &= \mathrm{ReLU}(\mathbf{A}\mathbf{x}_u + \mathbf{a})
+        \;[+\; \mathbf{e}_{\mathrm{id}(u)}]
+
+        \mathbf{h}^{(k)}_u &= \mathrm{CONVOLVE}^{(k)}\left(\mathbf{h}^{(k-1)}_u,
+        \{\mathbf{h}^{(k-1)}_v \mid v \in \mathcal{N}(u)\}, \boldsymbol{\alpha}\right),
+        \quad k = 1, \dots, K
+
+        \mathbf{z}_u &= \frac{\mathbf{G}_2\,\mathrm{ReLU}(\mathbf{G}_1 \mathbf{h}^{(K)}_u +
+        \mathbf{g}) }{\lVert \cdot \rVert_2}
+
+    Minibatch layout (nested prefixes, see ``datamodules/batch.py``): ``x``/``node_ids`` hold
+    the ``n_0`` nodes of layer 0; ``blocks[k]`` (with ``.edge_index``, ``.edge_weight``,
+    ``.size = (n_k, n_{k+1})``) computes layer ``k+1`` for the first ``n_{k+1}`` nodes from the
+    first ``n_k`` nodes.  :meth:`encode`, :meth:`layer` and :meth:`head` expose the stages so
+    that full-catalogue inference can run layer by layer without recomputation; in eval mode
+    ``forward == head(layer(K-1, ... layer(0, encode(x, ids) ...)))``.
+
+    Args:
+        in_channels (int): Number of content features ``F`` per item (may be 0 when
+            ``id_embedding=True``).
+        hidden_channels (int): Width of every hidden representation ``h``.
+        out_channels (int): Size of the output embeddings ``z``.
+        num_layers (int, optional): Number of convolutions ``K >= 1``. (default: :obj:`2`)
+        num_items (int, optional): Size of the ID-embedding table (global item ids).
+            (default: :obj:`0`)
+        id_embedding (bool, optional): Add a learnable per-item embedding to the encoded
+            features (transductive; required when ``in_channels == 0``).
+            (default: :obj:`False`)
+        conv (str, optional): ``"pinsage"`` (:class:`~models.convolve.Convolve`) or a
+            GraphSAGE aggregator ``"sage-mean"``, ``"sage-gcn"``, ``"sage-max_pool"``,
+            ``"sage-mean_pool"``, ``"sage-lstm"`` (:class:`~models.sage.SAGEConvolve`).
+            (default: :obj:`"pinsage"`)
+        importance_pooling (bool, optional): For ``conv="pinsage"``: pool neighbours weighted
+            by their importance (:obj:`True`) or by a plain mean (:obj:`False`).
+            (default: :obj:`True`)
+        dropout (float, optional): Dropout on the input of every convolution, in ``[0, 1)``.
+            (default: :obj:`0.0`)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_layers: int = 2,
+        num_items: int = 0,
+        id_embedding: bool = False,
+        conv: str = "pinsage",
+        importance_pooling: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _int_at_least("in_channels", in_channels, 0)
+        self.hidden_channels = _int_at_least("hidden_channels", hidden_channels, 1)
+        self.out_channels = _int_at_least("out_channels", out_channels, 1)
+        self.num_layers = _int_at_least("num_layers", num_layers, 1)
+        self.num_items = _int_at_least("num_items", num_items, 0)
+        if conv not in CONVS:
+            raise ValueError(f"conv={conv!r} is invalid: expected one of {list(CONVS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r} is invalid: expected a float in [0, 1)")
+        if in_channels == 0 and not id_embedding:
+            raise ValueError(
+                "in_channels=0 needs id_embedding=True: without content features the items "
+                "can only be represented by a learnable ID embedding")
+        if id_embedding and num_items < 1:
+            raise ValueError(
+                f"num_items={num_items!r} is invalid with id_embedding=True: expected the "
+                f"number of items (>= 1) to size the embedding table")
+        self.id_embedding = id_embedding
+        self.conv = conv
+        self.importance_pooling = importance_pooling
+        self.dropout = dropout
+
+        d = hidden_channels
+        self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
+        self.emb = torch.nn.Embedding(num_items, d) if id_embedding else None
+        self.convs = torch.nn.ModuleList()
+        for _ in range(num_layers):
+            if conv == "pinsage":
+                self.convs.append(Convolve(d, d, d, use_weights=importance_pooling))
+            else:
+                self.convs.append(SAGEConvolve(d, d, d, aggregator=conv[len("sage-"):]))
+        self.lin_g1 = torch.nn.Linear(d, d)
+        self.lin_g2 = torch.nn.Linear(d, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.lin_in is not None:
+            self.lin_in.reset_parameters()
+        if self.emb is not None:
+            torch.nn.init.normal_(self.emb.weight, std=self.hidden_channels ** -0.5)
+        for conv in self.convs:
+            conv.reset_parameters()
+        self.lin_g1.reset_parameters()
+        self.lin_g2.reset_parameters()
+
+    def encode(self, x: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
+        r"""Input encoder :math:`\mathbf{h}^{(0)}`: ``x [n, F]``, ``node_ids [n]`` (global
+        item ids; needed with the ID embedding) -> ``[n, hidden]``."""
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}: expected [num_nodes, {self.in_channels}]")
+        h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
+        if self.emb is not None:
+            if node_ids is None or node_ids.shape != (x.size(0),):
+                raise ValueError(
+                    f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
+                    f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
+            e = self.emb(node_ids)
+            h = e if h is None else h + e
+        return h
+
+    def layer(self, k: int, h_src: Tensor, h_dst: Tensor, edge_index: Tensor,
+              edge_weight: Optional[Tensor] = None) -> Tensor:
+        """Convolution ``k`` (0-based): ``h_src [n_src, hidden]``, ``h_dst [n_dst, hidden]``,
+        ``edge_index [2, E]``, ``edge_weight [E]`` -> ``[n_dst, hidden]``."""
+        if not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise ValueError(f"k={k!r} is invalid: expected an int in [0, {self.num_layers})")
+        return self.convs[k]((h_src, h_dst), edge_index, edge_weight)
+
+    def head(self, h: Tensor) -> Tensor:
+        r"""Output head :math:`\mathbf{z} = \mathrm{norm}(\mathbf{G}_2\,\mathrm{ReLU}(
+        \mathbf{G}_1\mathbf{h}))`: ``[n, hidden]`` -> ``[n, out]``."""
+        return F.normalize(self.lin_g2(F.relu(self.lin_g1(h))), p=2.0, dim=-1)
+
+    def forward(self, x: Tensor, node_ids: Optional[Tensor], blocks: Sequence) -> Tensor:
+        """``x [n_0, F]``, ``node_ids [n_0]``, ``blocks`` (K objects with ``.edge_index``,
+        ``.edge_weight``, ``.size``) -> embeddings of the targets ``[n_K, out]``."""
+        if len(blocks) != self.num_layers:
+            raise ValueError(
+                f"len(blocks)={len(blocks)} is invalid: the model has num_layers="
+                f"{self.num_layers} and needs one block per layer")
+        h = self.encode(x, node_ids)
+        for k, block in enumerate(blocks):
+            n_src, n_dst = block.size
+            if n_src > h.size(0) or n_dst > n_src:
+                raise ValueError(
+                    f"blocks[{k}].size={tuple(block.size)} is invalid: expected n_dst <= "
+                    f"n_src <= {h.size(0)} (nested prefix layout)")
+            h = F.dropout(h, p=self.dropout, training=self.training)
+            h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"hidden_channels={self.hidden_channels}, num_layers={self.num_layers}, "
+                f"conv={self.conv!r}, importance_pooling={self.importance_pooling}, "
+                f"id_embedding={self.id_embedding}, num_items={self.num_items})")
