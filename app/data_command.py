@@ -23,10 +23,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _as_group_config(argv: List[str]) -> List[str]:
+    """``--config F`` where F holds only the data section (configs/data/*.yaml) -> ``--data F``."""
+    import yaml
+
+    out = list(argv)
+    for j, a in enumerate(out[:-1]):
+        if a == "--config":
+            try:
+                with open(out[j + 1]) as f:
+                    content = yaml.safe_load(f) or {}
+            except OSError:
+                continue  # the parser reports the missing file
+            if isinstance(content, dict) and "data" not in content:
+                out[j] = "--data"
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    cfg = parser.parse_args(argv)
-    args = cfg.data.as_dict() if hasattr(cfg.data, "as_dict") else dict(vars(cfg.data))
+    cfg = parser.parse_args(_as_group_config(list(argv or [])))
+    args = {k: v for k, v in cfg.data.as_dict().items() if not k.startswith("__")}
     try:
         ds = load_dataset(**args, progress=True)
     except (DataError, ValueError, FileNotFoundError) as e:

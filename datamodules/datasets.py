@@ -152,7 +152,7 @@ class RecDataset:
             "num_val_pairs": int(self.val_pairs.shape[0]),
             "num_test_pairs": int(self.test_pairs.shape[0]),
             "num_features": int(self.item_features.shape[1]),
-            "features": list(self.feature_names),
+            "features": _feature_groups(self.feature_names),
             "has_timestamps": self.interactions.timestamps is not None,
             "num_duplicates_dropped": self.interactions.num_duplicates_dropped,
             "num_catalogue_items_without_interactions": self.interactions.num_catalogue_items_without_interactions,
@@ -242,6 +242,15 @@ class RecDataset:
             a = {k: z[k] for k in z.files}
         meta = json.loads(a.pop("__meta__").tobytes().decode())
         return cls.from_arrays(a, meta)
+
+
+def _feature_groups(names: List[str]) -> Dict[str, int]:
+    """``["log_degree", "text:0", "text:1"]`` -> ``{"log_degree": 1, "text": 2}``."""
+    out: Dict[str, int] = {}
+    for n in names:
+        g = n.split(":", 1)[0]
+        out[g] = out.get(g, 0) + 1
+    return out
 
 
 def _portable(arr: np.ndarray) -> np.ndarray:

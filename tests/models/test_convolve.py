@@ -3,7 +3,10 @@ import torch
 
 from models.convolve import Convolve
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 
 def dense_reference(x_src, x_dst, edge_index, edge_weight, Q, q, W, w, normalize=True):
@@ -35,14 +38,15 @@ def params(conv):
 @pytest.mark.parametrize("scale", [1.0, 7.0])  # un-normalised weights give the same result
 def test_matches_dense_reference_values_and_gradients(scale):
     edge_index, edge_weight = tiny_graph()
-    conv = Convolve((3, 3), 4, 2).double()
+    conv = Convolve((3, 3), 4, 5).double()
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     out = conv((x, x[:4]), edge_index, edge_weight * scale)
 
     x_ref = x.detach().clone().requires_grad_(True)
     ps = [p.detach().clone().requires_grad_(True) for p in params(conv)]
     ref = dense_reference(x_ref, x_ref[:4], edge_index, edge_weight, *ps)
-    assert out.shape == (4, 2)
+    assert out.shape == (4, 5)
+    assert (out[:3] > 0).any(dim=1).all()  # non-degenerate case (ReLU not all zero)
     torch.testing.assert_close(out, ref)
 
     g = torch.randn_like(out)
@@ -65,7 +69,7 @@ def test_isolated_target_gets_zero_neighbour_vector():
 def test_uniform_mean_when_weights_none_or_disabled():
     edge_index, edge_weight = tiny_graph()
     x = torch.randn(5, 3, dtype=torch.float64)
-    conv = Convolve(3, 4, 2).double()
+    conv = Convolve(3, 4, 6).double()
     ref = dense_reference(x, x[:4], edge_index, torch.ones(8, dtype=torch.float64), *params(conv))
     torch.testing.assert_close(conv((x, x[:4]), edge_index, None), ref)
     conv.use_weights = False

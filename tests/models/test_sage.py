@@ -8,7 +8,10 @@ from torch_geometric.nn.aggr import LSTMAggregation
 
 from models.sage import AGGREGATORS, SAGEConvolve
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 # 5 sources, 4 targets (nested layout); target 3 has no neighbours. Edges deliberately unsorted.
 EDGE_INDEX = torch.tensor([[4, 0, 3, 1, 2, 4, 0, 1], [0, 1, 1, 0, 0, 2, 2, 2]])

@@ -1,0 +1,601 @@
+"""Random-walk importance neighbourhoods (PinSage) and uniform neighbourhoods (GraphSAGE).
+
+Definitions
+-----------
+The graph is the bipartite users x items engagement graph, stored as CSR in both directions
+(``item_ptr``/``item_users``: users of each item, ``user_ptr``/``user_items``: items of each user;
+see :class:`datamodules.graph.InteractionGraph`). One *hop* (a "traversal") goes
+item -> uniformly random user of that item -> uniformly random item of that user.
+
+**PinSage neighbourhood** of a seed item ``s`` (Ying et al. 2018, Sec. 3.1, "importance-based
+neighbourhoods"): run ``num_walks`` independent walks from ``s``. Each walk makes at most
+``walk_length`` hops; after every hop the item reached is *visited* (counted once), and then the
+walk ends with probability ``restart_prob`` (the next walk restarts at ``s``). A walk also ends at a
+dead end (an item without users: only possible at an isolated seed). Visits to ``s`` itself are not
+counted. The neighbourhood is the ``top_t`` items with the most visits (ties: smaller item id
+first), in that order, with weights ``count / sum(kept counts)`` (L1-normalised importance; they
+sum to 1 for every seed that reached any other item). Seeds reaching fewer than ``top_t`` distinct
+items get all of them; isolated seeds get an empty range.
+
+Relation to personalised PageRank: let ``P`` be the item->item transition matrix of one hop. The
+expected number of visits of one walk to item ``j`` is
+``sum_{k=1..L} (1-p)^(k-1) P^k[s, j]`` (``L = walk_length``, ``p = restart_prob``), while the PPR
+vector with teleport probability ``p`` is ``pi = p * sum_{k>=0} (1-p)^k P^k[s, :]``. So for
+``j != s`` the expected visit counts are exactly proportional to ``pi`` truncated at ``L`` hops,
+and visit counts of many long walks rank items as PPR does (:func:`exact_ppr`).
+
+**Semantics vs DGL** (``dgl.sampling.PinSAGESampler(G, ntype, other, num_traversals=walk_length,
+termination_prob=restart_prob, num_random_walks=num_walks, num_neighbors=top_t)``, read from DGL's
+``python/dgl/sampling/pinsage.py`` and ``src/graph/sampling/randomwalks/``): DGL builds a metapath
+``[item->user, user->item] * num_traversals`` with a per-step stop probability that is
+``termination_prob`` at the first item->user step of every traversal after the first (i.e. after
+every completed traversal but the last) and 0 elsewhere: the same walk distribution as here.
+Differences: (1) DGL counts visits back to the seed itself, so the seed can occupy one of its own
+``num_neighbors`` slots (here it is excluded and the slot goes to the next item); (2) DGL returns
+raw counts as edge weights (here: L1-normalised; :func:`visit_ranking` returns raw counts);
+(3) DGL breaks ties arbitrarily (here: smaller id first, deterministic); (4) DGL uses a stateful
+per-thread RNG (not reproducible across thread counts); here randomness is a counter-based hash of
+``(seed, epoch, seed item, walk, hop)``, so results depend only on those, never on threads,
+batch composition or order.
+
+**Uniform neighbourhood** (GraphSAGE baseline): ``num_samples`` one-hop draws with replacement:
+a uniform user of ``s``, then a uniform item of that user other than ``s`` (users whose only item
+is ``s`` are redrawn). Returned deduplicated in the same ragged format, ordered by count
+(desc, then id), with weights ``count / total draws`` so that weighted pooling equals the mean over
+the draws.
+
+Performance notes
+-----------------
+The kernels are numba ``@njit(parallel=True, nogil=True, cache=True)`` with ``prange`` over chunks
+of seeds; counting and top-T selection are fused per seed in a per-chunk scratch buffer (no
+per-walk Python, no per-seed allocation). Threads: numba's pool (``NUMBA_NUM_THREADS``, default
+all cores; change at run time with ``numba.set_num_threads``). Inside DataLoader worker processes
+call ``numba.set_num_threads(1)`` (e.g. in ``worker_init_fn``) to avoid oversubscription.
+The compiled code is cached on disk: if ``NUMBA_CACHE_DIR`` is unset when this module is imported
+*before numba itself*, it is set to ``$XDG_CACHE_HOME/pinsage/numba`` (``~/.cache/pinsage/numba``),
+falling back to a temp dir; the first compile takes ~10-20 s, later imports load from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def _default_numba_cache_dir() -> None:
+    if os.environ.get("NUMBA_CACHE_DIR") or "numba" in sys.modules:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for cand in (os.path.join(base, "pinsage", "numba"), os.path.join(tempfile.gettempdir(), "pinsage-numba")):
+        try:
+            os.makedirs(cand, exist_ok=True)
+            if os.access(cand, os.W_OK):
+                os.environ["NUMBA_CACHE_DIR"] = cand
+                return
+        except OSError:
+            continue
+
+
+_default_numba_cache_dir()
+
+from typing import Optional, Tuple  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+__all__ = [
+    "pinsage_neighbors",
+    "visit_ranking",
+    "uniform_neighbors",
+    "exact_ppr",
+    "PinSageSampler",
+    "UniformSampler",
+]
+
+Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+# ----------------------------------------------------------------------------------------------
+# counter-based random numbers (splitmix64)
+# ----------------------------------------------------------------------------------------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_LO32 = np.uint64(0xFFFFFFFF)
+_CHUNK = 16  # seeds per parallel task
+
+
+def _mix_py(z: int) -> int:
+    m = (1 << 64) - 1
+    z &= m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def _stream_key(seed: int, epoch: int, salt: int) -> np.uint64:
+    """64-bit key of the random stream for ``(seed, epoch)`` (``salt`` separates the kernels)."""
+    k = _mix_py(int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019 + salt)
+    k = _mix_py(k ^ ((int(epoch) + 1) * 0xD1B54A32D192ED03))
+    return np.uint64(k)
+
+
+@njit(inline="always", cache=True)
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(inline="always", cache=True)
+def _below(r, n):
+    """Map the high 32 bits of ``r`` to ``[0, n)`` (multiply-shift; ``n < 2**32``)."""
+    return np.int64(((r >> _S32) * np.uint64(n)) >> _S32)
+
+
+# ----------------------------------------------------------------------------------------------
+# fused count + top-T on a scratch buffer
+# ----------------------------------------------------------------------------------------------
+@njit(inline="always", cache=True)
+def _sort_small(a, n):
+    """In-place ascending sort of ``a[:n]``: insertion sort when short, else numba's sort."""
+    if n <= 48:
+        for i in range(1, n):
+            v = a[i]
+            j = i - 1
+            while j >= 0 and a[j] > v:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = v
+    else:
+        a[:n].sort()
+
+
+@njit(inline="always", cache=True)
+def _count_topk(buf, n, keys, k, out_items, out_cnt, out_off):
+    """Count the ids in ``buf[:n]`` and write the ``k`` most frequent (count desc, id asc) to
+    ``out_items/out_cnt[out_off:]``. Returns the number written. ``buf`` is clobbered."""
+    if n == 0:
+        return 0
+    _sort_small(buf, n)
+    # run-length encode into sortable keys: (n - count) << 32 | id  => count desc, id asc
+    m = 0
+    prev = buf[0]
+    c = 1
+    for i in range(1, n):
+        v = buf[i]
+        if v == prev:
+            c += 1
+        else:
+            keys[m] = (np.int64(n - c) << 32) | prev
+            m += 1
+            prev = v
+            c = 1
+    keys[m] = (np.int64(n - c) << 32) | prev
+    m += 1
+    kk = min(k, m)
+    if m > kk and kk <= 8:
+        # partial selection for tiny k: kk passes of min-extraction (cheaper than a full sort)
+        for i in range(kk):
+            best = i
+            for j in range(i + 1, m):
+                if keys[j] < keys[best]:
+                    best = j
+            t = keys[i]
+            keys[i] = keys[best]
+            keys[best] = t
+    else:
+        _sort_small(keys, m)
+    mask = np.int64(0xFFFFFFFF)
+    for i in range(kk):
+        key = keys[i]
+        out_items[out_off + i] = key & mask
+        out_cnt[out_off + i] = n - (key >> 32)
+    return kk
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+@njit(parallel=True, nogil=True, cache=True)
+def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
+                    stop_threshold, top_k, key):
+    """Visit counts per seed -> (out_items [B*K], out_cnt [B*K], out_len [B]), K = top_k."""
+    B = seeds.shape[0]
+    K = top_k
+    cap = num_walks * walk_length
+    out_items = np.empty(B * K, dtype=np.int64)
+    out_cnt = np.empty(B * K, dtype=np.int32)
+    out_len = np.zeros(B, dtype=np.int64)
+    nchunks = (B + _CHUNK - 1) // _CHUNK
+    thr = np.uint64(stop_threshold)
+    for c in prange(nchunks):
+        buf = np.empty(cap, dtype=np.int64)
+        keys = np.empty(cap, dtype=np.int64)
+        lo = c * _CHUNK
+        hi = min(B, lo + _CHUNK)
+        for b in range(lo, hi):
+            s = seeds[b]
+            state = _mix(key ^ (np.uint64(s) * _GOLDEN))
+            n = 0
+            for w in range(num_walks):
+                cur = s
+                for h in range(walk_length):
+                    us = item_ptr[cur]
+                    du = item_ptr[cur + 1] - us
+                    if du == 0:
+                        break
+                    state += _GOLDEN
+                    r1 = _mix(state)
+                    state += _GOLDEN
+                    r2 = _mix(state)
+                    u = item_users[us + _below(r1, du)]
+                    is_ = user_ptr[u]
+                    di = user_ptr[u + 1] - is_
+                    cur = np.int64(user_items[is_ + _below(r2, di)])
+                    if cur != s:
+                        buf[n] = cur
+                        n += 1
+                    if (r1 & _LO32) < thr:
+                        break
+            out_len[b] = _count_topk(buf, n, keys, K, out_items, out_cnt, b * K)
+    return out_items, out_cnt, out_len
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _uniform_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_samples, key):
+    B = seeds.shape[0]
+    K = num_samples
+    out_items = np.empty(B * K, dtype=np.int64)
+    out_cnt = np.empty(B * K, dtype=np.int32)
+    out_len = np.zeros(B, dtype=np.int64)
+    nchunks = (B + _CHUNK - 1) // _CHUNK
+    max_tries = 8 * num_samples + 64
+    for c in prange(nchunks):
+        buf = np.empty(K, dtype=np.int64)
+        keys = np.empty(K, dtype=np.int64)
+        lo = c * _CHUNK
+        hi = min(B, lo + _CHUNK)
+        for b in range(lo, hi):
+            s = seeds[b]
+            us = item_ptr[s]
+            du = item_ptr[s + 1] - us
+            n = 0
+            if du > 0:
+                state = _mix(key ^ (np.uint64(s) * _GOLDEN))
+                tries = 0
+                while n < K and tries < max_tries:
+                    tries += 1
+                    state += _GOLDEN
+                    r1 = _mix(state)
+                    state += _GOLDEN
+                    r2 = _mix(state)
+                    u = item_users[us + _below(r1, du)]
+                    is_ = user_ptr[u]
+                    di = user_ptr[u + 1] - is_
+                    if di < 2:
+                        continue
+                    # uniform over the user's other items: draw among di-1 slots; the seed's slot
+                    # stands for the last one
+                    j = np.int64(user_items[is_ + _below(r2, di - 1)])
+                    if j == s:
+                        j = np.int64(user_items[is_ + di - 1])
+                    if j == s:  # duplicate edges
+                        continue
+                    buf[n] = j
+                    n += 1
+            out_len[b] = _count_topk(buf, n, keys, K, out_items, out_cnt, b * K)
+    return out_items, out_cnt, out_len
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _compact(out_items, out_cnt, out_len, K, ptr, normalise_by_total, totals):
+    """Ragged CSR from the padded per-seed blocks; weights = count / (sum kept | totals[b])."""
+    B = out_len.shape[0]
+    nnz = ptr[B]
+    items = np.empty(nnz, dtype=np.int64)
+    weight = np.empty(nnz, dtype=np.float32)
+    counts = np.empty(nnz, dtype=np.int32)
+    for b in prange(B):
+        m = out_len[b]
+        src = b * K
+        dst = ptr[b]
+        if normalise_by_total:
+            tot = np.float64(totals[b])
+        else:
+            tot = 0.0
+            for i in range(m):
+                tot += out_cnt[src + i]
+        inv = 1.0 / tot if tot > 0 else 0.0
+        for i in range(m):
+            items[dst + i] = out_items[src + i]
+            counts[dst + i] = out_cnt[src + i]
+            weight[dst + i] = np.float32(out_cnt[src + i] * inv)
+    return items, weight, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------------
+def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}), got {value!r}")
+    if value < lo or (hi is not None and value >= hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}), got {value!r}")
+    return int(value)
+
+
+def _check_prob(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}") from None
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def _check_graph(item_ptr, item_users, user_ptr, user_items):
+    item_ptr = np.ascontiguousarray(item_ptr, dtype=np.int64)
+    user_ptr = np.ascontiguousarray(user_ptr, dtype=np.int64)
+    item_users = np.ascontiguousarray(item_users)
+    user_items = np.ascontiguousarray(user_items)
+    for name, a in (("item_users", item_users), ("user_items", user_items)):
+        if a.dtype not in (np.int32, np.int64):
+            raise ValueError(f"{name} must be an int32 or int64 array, got dtype {a.dtype}")
+    if item_ptr.ndim != 1 or item_ptr.shape[0] < 1 or user_ptr.ndim != 1 or user_ptr.shape[0] < 1:
+        raise ValueError("item_ptr and user_ptr must be 1-d CSR pointer arrays of length >= 1")
+    if item_users.shape[0] != item_ptr[-1] or user_items.shape[0] != user_ptr[-1]:
+        raise ValueError(
+            f"CSR arrays disagree: item_ptr[-1]={item_ptr[-1]} vs len(item_users)={item_users.shape[0]}, "
+            f"user_ptr[-1]={user_ptr[-1]} vs len(user_items)={user_items.shape[0]}")
+    if item_users.shape[0] != user_items.shape[0]:
+        raise ValueError(
+            f"item_users ({item_users.shape[0]}) and user_items ({user_items.shape[0]}) must hold the same edges")
+    return item_ptr, item_users, user_ptr, user_items
+
+
+def _check_seeds(seeds, num_items: int) -> np.ndarray:
+    if hasattr(seeds, "detach") and hasattr(seeds, "cpu"):  # torch tensor
+        seeds = seeds.detach().cpu().numpy()
+    arr = np.asarray(seeds)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"seeds must be a 1-d array of item ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        raise ValueError(f"seeds must be integer item ids in [0, {num_items}), got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= num_items):
+        bad = arr[(arr < 0) | (arr >= num_items)][0]
+        raise ValueError(f"seeds must be item ids in [0, {num_items}), got {int(bad)}")
+    return arr
+
+
+def _arrays_of(graph):
+    """(item_ptr, item_users, user_ptr, user_items) of an InteractionGraph-like object or tuple."""
+    if isinstance(graph, (tuple, list)):
+        if len(graph) != 4:
+            raise ValueError("graph arrays must be (item_ptr, item_users, user_ptr, user_items)")
+        return tuple(graph)
+    try:
+        return graph.item_ptr, graph.item_users, graph.user_ptr, graph.user_items
+    except AttributeError:
+        raise ValueError(
+            "graph must have item_ptr, item_users, user_ptr and user_items attributes "
+            f"(e.g. datamodules.graph.InteractionGraph), got {type(graph).__name__}") from None
+
+
+def _empty() -> Ragged:
+    return np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# public functions
+# ----------------------------------------------------------------------------------------------
+def pinsage_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 10,
+                      walk_length: int = 2, restart_prob: float = 0.5, top_t: int = 10, seed: int = 0,
+                      epoch: int = 0) -> Ragged:
+    """PinSage importance neighbourhoods of ``seeds`` (see the module docstring for the definition).
+
+    Returns ``(nbr_ptr int64 [B+1], nbr_items int64 [nnz], nbr_weight float32 [nnz])``: the
+    neighbours of ``seeds[b]`` are ``nbr_items[nbr_ptr[b]:nbr_ptr[b+1]]``, ordered by visit count
+    (desc, ties by smaller id), weights L1-normalised over the kept items. Deterministic in
+    ``(seed, epoch)``; a different ``epoch`` gives fresh walks. With a large ``top_t`` this is the
+    full visit ranking (see :func:`visit_ranking` for raw counts).
+
+    Raises ``ValueError`` (naming the argument, its value and the valid range) for
+    ``num_walks < 1``, ``walk_length < 1``, ``top_t < 1``, ``restart_prob`` outside ``[0, 1)``,
+    ``seed``/``epoch < 0``, and seeds that are not integers in ``[0, num_items)``.
+    """
+    ptr, items, weight, _ = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks,
+                                              walk_length, restart_prob, top_t, seed, epoch)
+    return ptr, items, weight
+
+
+def visit_ranking(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 1000,
+                  walk_length: int = 3, restart_prob: float = 0.5, max_rank: int = 5000, seed: int = 0,
+                  epoch: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items reached from each seed ranked by visit count: ``(ptr, items, counts int32)``.
+
+    Same walks as :func:`pinsage_neighbors` with ``top_t=max_rank``; entry ``r`` of a seed's range
+    is its rank-``r`` item (0-based, count desc, ties by smaller id; the seed excluded). At most
+    ``min(max_rank, num_walks * walk_length)`` items per seed. Use it for PPR-ranked hard negatives
+    (e.g. items ranked in a window ``[lo, hi)``: ``items[ptr[b] + lo : min(ptr[b] + hi, ptr[b+1])]``).
+    """
+    max_rank = _check_int("max_rank", max_rank, 1)
+    res = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
+                            restart_prob, max_rank, seed, epoch)
+    ptr, items, _, counts = res
+    return ptr, items, counts
+
+
+def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, restart_prob,
+                      top_t, seed, epoch):
+    """(ptr, items, weight, counts) -- the shared body of the public walk functions."""
+    item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
+    num_walks = _check_int("num_walks", num_walks, 1)
+    walk_length = _check_int("walk_length", walk_length, 1)
+    top_t = _check_int("top_t", top_t, 1)
+    restart_prob = _check_prob("restart_prob", restart_prob)
+    seed = _check_int("seed", seed, 0)
+    epoch = _check_int("epoch", epoch, 0)
+    seeds = _check_seeds(seeds, item_ptr.shape[0] - 1)
+    if num_walks * walk_length >= 2**31:
+        raise ValueError(f"num_walks * walk_length must be < 2**31, got {num_walks * walk_length}")
+    if seeds.shape[0] == 0:
+        p, i, w = _empty()
+        return p, i, w, np.empty(0, dtype=np.int32)
+    k = min(top_t, num_walks * walk_length)
+    thr = min(int(restart_prob * 2**32), 2**32 - 1)
+    out_items, out_cnt, out_len = _pinsage_kernel(
+        item_ptr, item_users, user_ptr, user_items, seeds, np.int64(num_walks), np.int64(walk_length),
+        np.int64(thr), np.int64(k), _stream_key(seed, epoch, 1))
+    ptr = np.zeros(seeds.shape[0] + 1, dtype=np.int64)
+    np.cumsum(out_len, out=ptr[1:])
+    items, weight, counts = _compact(out_items, out_cnt, out_len, np.int64(k), ptr, False, out_len)
+    return ptr, items, weight, counts
+
+
+def uniform_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_samples: int = 10, seed: int = 0,
+                      epoch: int = 0) -> Ragged:
+    """GraphSAGE uniform neighbourhoods: ``num_samples`` one-hop draws with replacement per seed.
+
+    Each draw: a uniform user of the seed, then a uniform item of that user other than the seed
+    (users whose only item is the seed are redrawn; after ``8 * num_samples + 64`` attempts a seed
+    keeps what it has, so seeds without any 2-hop item neighbour get an empty range). Returned as
+    ``(ptr, items, weights)`` like :func:`pinsage_neighbors`: distinct items ordered by count
+    (desc, then id), weight = count / number of successful draws (so weighted pooling = the mean
+    over the draws). Deterministic in ``(seed, epoch)``.
+    """
+    item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
+    num_samples = _check_int("num_samples", num_samples, 1)
+    seed = _check_int("seed", seed, 0)
+    epoch = _check_int("epoch", epoch, 0)
+    seeds = _check_seeds(seeds, item_ptr.shape[0] - 1)
+    if seeds.shape[0] == 0:
+        return _empty()
+    out_items, out_cnt, out_len = _uniform_kernel(item_ptr, item_users, user_ptr, user_items, seeds,
+                                                  np.int64(num_samples), _stream_key(seed, epoch, 2))
+    ptr = np.zeros(seeds.shape[0] + 1, dtype=np.int64)
+    np.cumsum(out_len, out=ptr[1:])
+    items, weight, _ = _compact(out_items, out_cnt, out_len, np.int64(num_samples), ptr, False, out_len)
+    return ptr, items, weight
+
+
+def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Optional[int] = None,
+              tol: float = 1e-12, max_iter: int = 100_000) -> np.ndarray:
+    """Personalised PageRank of the item -> user -> item chain, by power iteration.
+
+    ``pi = a * sum_{k=0..L} (1-a)^k P^k[s, :]`` with ``a = restart_prob``, ``P`` the one-hop
+    item->item transition matrix (uniform user of the item, then uniform item of the user) and
+    ``L = walk_length`` (``None``: until the remaining mass ``(1-a)^k`` falls below ``tol``, i.e. the
+    usual PPR that sums to 1 up to isolated sources). For ``j != s`` the expected visit counts of
+    :func:`pinsage_neighbors`' walks are ``pi[j] / (a * (1-a))`` per walk (see module docstring), so
+    both rank items identically.
+
+    ``graph_or_arrays``: an InteractionGraph-like object or ``(item_ptr, item_users, user_ptr,
+    user_items)``. ``source_item``: an item id (returns ``float64 [num_items]``) or a 1-d array of
+    ids (returns ``[len(source_item), num_items]``). Sparse numpy, memory ``O(E * num_sources)``:
+    meant for tests and small catalogues.
+    """
+    item_ptr, item_users, user_ptr, user_items = _check_graph(*_arrays_of(graph_or_arrays))
+    a = float(restart_prob)
+    if not (0.0 < a < 1.0):
+        raise ValueError(f"restart_prob must be in (0, 1) for exact_ppr, got {restart_prob!r}")
+    if walk_length is not None:
+        walk_length = _check_int("walk_length", walk_length, 0)
+    num_items = item_ptr.shape[0] - 1
+    scalar = np.ndim(source_item) == 0
+    src = _check_seeds(source_item, num_items)
+    S = src.shape[0]
+    deg_i = np.diff(item_ptr).astype(np.float64)
+    deg_u = np.diff(user_ptr).astype(np.float64)
+    inv_i = np.divide(1.0, deg_i, out=np.zeros_like(deg_i), where=deg_i > 0)
+    inv_u = np.divide(1.0, deg_u, out=np.zeros_like(deg_u), where=deg_u > 0)
+    ui = user_items.astype(np.int64)
+    iu = item_users.astype(np.int64)
+
+    def segsum(vals, ptr):
+        cs = np.zeros((vals.shape[0] + 1, vals.shape[1]))
+        np.cumsum(vals, axis=0, out=cs[1:])
+        return cs[ptr[1:]] - cs[ptr[:-1]]
+
+    x = np.zeros((num_items, S))
+    x[src, np.arange(S)] = 1.0
+    pi = a * x
+    coef = a
+    k = 0
+    while True:
+        k += 1
+        if walk_length is not None and k > walk_length:
+            break
+        coef *= 1.0 - a
+        if walk_length is None and coef < tol:
+            break
+        if k > max_iter:
+            break
+        y = segsum(x[ui] * inv_i[ui, None], user_ptr)  # users: sum over their items of x_i / deg(i)
+        x = segsum(y[iu] * inv_u[iu, None], item_ptr)  # items: sum over their users of y_u / deg(u)
+        pi += coef * x
+    pi = pi.T
+    return pi[0] if scalar else pi
+
+
+# ----------------------------------------------------------------------------------------------
+# thin classes over a graph object
+# ----------------------------------------------------------------------------------------------
+class PinSageSampler:
+    """Importance neighbourhoods over a graph with ``item_ptr/item_users/user_ptr/user_items``.
+
+    ``sample(seeds, epoch=0) -> (ptr, items, weights)``; see :func:`pinsage_neighbors`. Arguments
+    are validated at construction (``ValueError`` naming the argument, value and valid range).
+    """
+
+    def __init__(self, graph, num_walks: int = 10, walk_length: int = 2, restart_prob: float = 0.5,
+                 top_t: int = 10, seed: int = 0):
+        self.arrays = _check_graph(*_arrays_of(graph))
+        self.num_items = self.arrays[0].shape[0] - 1
+        self.num_walks = _check_int("num_walks", num_walks, 1)
+        self.walk_length = _check_int("walk_length", walk_length, 1)
+        self.restart_prob = _check_prob("restart_prob", restart_prob)
+        self.top_t = _check_int("top_t", top_t, 1)
+        self.seed = _check_int("seed", seed, 0)
+
+    def sample(self, seeds, epoch: int = 0) -> Ragged:
+        return pinsage_neighbors(*self.arrays, seeds, self.num_walks, self.walk_length, self.restart_prob,
+                                 self.top_t, self.seed, epoch)
+
+    __call__ = sample
+
+    def ranking(self, seeds, max_rank: int, num_walks: Optional[int] = None, epoch: int = 0):
+        """:func:`visit_ranking` with this sampler's walk parameters (``num_walks`` overridable)."""
+        return visit_ranking(*self.arrays, seeds, num_walks or self.num_walks, self.walk_length,
+                             self.restart_prob, max_rank, self.seed, epoch)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_walks={self.num_walks}, walk_length={self.walk_length}, "
+                f"restart_prob={self.restart_prob}, top_t={self.top_t}, seed={self.seed})")
+
+
+class UniformSampler:
+    """GraphSAGE uniform neighbourhoods; ``sample(seeds, epoch=0)``, see :func:`uniform_neighbors`."""
+
+    def __init__(self, graph, num_samples: int = 10, seed: int = 0):
+        self.arrays = _check_graph(*_arrays_of(graph))
+        self.num_items = self.arrays[0].shape[0] - 1
+        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.seed = _check_int("seed", seed, 0)
+
+    def sample(self, seeds, epoch: int = 0) -> Ragged:
+        return uniform_neighbors(*self.arrays, seeds, self.num_samples, self.seed, epoch)
+
+    __call__ = sample
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={self.num_samples}, seed={self.seed})"

@@ -1,0 +1,340 @@
+"""Tests of the PinSage random-walk sampler and the uniform (GraphSAGE) sampler."""
+
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+import pytest
+
+from datamodules.walks import (
+    PinSageSampler,
+    UniformSampler,
+    exact_ppr,
+    pinsage_neighbors,
+    uniform_neighbors,
+    visit_ranking,
+)
+
+
+def make_graph(users, items, num_users, num_items):
+    """CSR in both directions, as datamodules.graph.InteractionGraph holds it."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    o = np.lexsort((items, users))
+    user_ptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))]).astype(np.int64)
+    user_items = items[o].astype(np.int32)
+    o = np.lexsort((users, items))
+    item_ptr = np.concatenate([[0], np.cumsum(np.bincount(items, minlength=num_items))]).astype(np.int64)
+    item_users = users[o].astype(np.int32)
+    return SimpleNamespace(num_users=num_users, num_items=num_items, item_ptr=item_ptr, item_users=item_users,
+                           user_ptr=user_ptr, user_items=user_items)
+
+
+def arrays(g):
+    return g.item_ptr, g.item_users, g.user_ptr, g.user_items
+
+
+def random_graph(num_users=120, num_items=80, num_edges=900, communities=4, seed=0, extra_isolated=0):
+    """Power-law-ish bipartite graph with communities; every user and item engaged at least once."""
+    rng = np.random.default_rng(seed)
+    item_comm = np.arange(num_items) % communities
+    user_comm = rng.integers(0, communities, num_users)
+    pop = 1.0 / np.arange(1, num_items + 1) ** 0.8
+    pop = rng.permutation(pop)
+    u = rng.integers(0, num_users, num_edges)
+    same = rng.random(num_edges) < 0.8
+    items = np.empty(num_edges, dtype=np.int64)
+    for c in range(communities):
+        members = np.flatnonzero(item_comm == c)
+        p = pop[members] / pop[members].sum()
+        sel = same & (user_comm[u] == c)
+        items[sel] = rng.choice(members, sel.sum(), p=p)
+    other = ~same
+    items[other] = rng.choice(num_items, other.sum(), p=pop / pop.sum())
+    u = np.concatenate([u, np.arange(num_users), rng.integers(0, num_users, num_items)])
+    items = np.concatenate([items, rng.integers(0, num_items, num_users), np.arange(num_items)])
+    pairs = np.unique(np.stack([u, items], 1), axis=0)
+    return make_graph(pairs[:, 0], pairs[:, 1], num_users, num_items + extra_isolated)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return random_graph()
+
+
+def ranks(x):
+    """Average ranks (ties share the mean rank), for Spearman's rho."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    xs = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        r[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return r
+
+
+def spearman(a, b):
+    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def dense_counts(ptr, items, counts, b, num_items):
+    out = np.zeros(num_items)
+    out[items[ptr[b]:ptr[b + 1]]] = counts[ptr[b]:ptr[b + 1]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# agreement with personalised PageRank
+# ----------------------------------------------------------------------------------------------
+def test_visit_counts_converge_to_ppr(graph):
+    # One hop = item -> user -> item (matrix P). A walk survives to hop k with prob (1-p)^(k-1),
+    # so E[visits to j] = sum_{k=1..L} (1-p)^(k-1) P^k[s, j] = (pi_L[j] - p*[j==s]) / (p (1-p)),
+    # where pi_L = p * sum_{k=0..L} (1-p)^k P^k[s] is PPR (teleport p) truncated at L hops. With
+    # long walks (L=30, p=0.3: truncation mass 0.7^30 ~ 2e-5) that is PPR itself, so the visit
+    # ranking must approach the PPR ranking as num_walks grows.
+    p, L, T = 0.3, 30, 10
+    sources = np.arange(0, graph.num_items, 8)
+    pi = exact_ppr(graph, sources, p)
+    results = {}
+    for nw in (10, 100, 2000):
+        ptr, items, counts = visit_ranking(*arrays(graph), sources, num_walks=nw, walk_length=L, restart_prob=p,
+                                           max_rank=graph.num_items, seed=1)
+        overlap, rho = [], []
+        for b, s in enumerate(sources):
+            c = dense_counts(ptr, items, counts, b, graph.num_items)
+            ref = pi[b].copy()
+            ref[s] = -1.0  # the seed is excluded from neighbourhoods
+            c[s] = -1.0
+            top_ref = set(np.argsort(-ref, kind="stable")[:T])
+            top_ours = set(items[ptr[b]:ptr[b] + T])
+            overlap.append(len(top_ref & top_ours) / T)
+            keep = np.arange(graph.num_items) != s
+            rho.append(spearman(c[keep], ref[keep]))
+        results[nw] = (np.mean(overlap), np.mean(rho))
+    (o10, r10), (o100, r100), (o2k, r2k) = results[10], results[100], results[2000]
+    assert o10 < o100 <= o2k, results
+    assert r10 < r100 < r2k, results
+    assert o2k > 0.9 and r2k > 0.9, results
+
+
+def test_expected_visits_equal_truncated_ppr(graph):
+    p, L, nw = 0.5, 3, 20000
+    s = 5
+    pi = exact_ppr(graph, s, p, walk_length=L)
+    ptr, items, counts = visit_ranking(*arrays(graph), [s], num_walks=nw, walk_length=L, restart_prob=p,
+                                       max_rank=graph.num_items, seed=3)
+    c = dense_counts(ptr, items, counts, 0, graph.num_items) / nw
+    expected = pi / (p * (1 - p))
+    expected[s] = 0.0
+    top = np.argsort(-expected)[:10]
+    np.testing.assert_allclose(c[top], expected[top], rtol=0.15)
+    # total visits per walk: sum_k (1-p)^(k-1) * P(not back at s) -- compare the sums loosely
+    assert abs(c.sum() - expected.sum()) < 0.05 * expected.sum()
+
+
+def test_exact_ppr_matches_dense_inverse():
+    g = random_graph(num_users=15, num_items=10, num_edges=40, communities=2, seed=4)
+    P_iu = np.zeros((g.num_items, g.num_users))
+    for i in range(g.num_items):
+        us = g.item_users[g.item_ptr[i]:g.item_ptr[i + 1]]
+        P_iu[i, us] = 1.0 / len(us)
+    P_ui = np.zeros((g.num_users, g.num_items))
+    for u in range(g.num_users):
+        its = g.user_items[g.user_ptr[u]:g.user_ptr[u + 1]]
+        P_ui[u, its] = 1.0 / len(its)
+    P = P_iu @ P_ui
+    a = 0.25
+    dense = a * np.linalg.inv(np.eye(g.num_items) - (1 - a) * P)
+    pi = exact_ppr(g, np.arange(g.num_items), a)
+    np.testing.assert_allclose(pi, dense, atol=1e-9)
+    np.testing.assert_allclose(exact_ppr(arrays(g), 3, a), dense[3], atol=1e-9)
+    np.testing.assert_allclose(pi.sum(1), 1.0, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# neighbourhood structure
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nw,wl,T", [(10, 2, 3), (10, 2, 10), (100, 3, 50), (50, 1, 5)])
+def test_neighbourhood_invariants(graph, nw, wl, T):
+    seeds = np.arange(graph.num_items)
+    ptr, items, w = pinsage_neighbors(*arrays(graph), seeds, num_walks=nw, walk_length=wl, restart_prob=0.5,
+                                      top_t=T, seed=0)
+    assert ptr.dtype == np.int64 and items.dtype == np.int64 and w.dtype == np.float32
+    assert ptr.shape == (len(seeds) + 1,) and ptr[0] == 0 and ptr[-1] == len(items) == len(w)
+    sizes = np.diff(ptr)
+    assert sizes.max() <= T and sizes.min() >= 1
+    # full ranking gives the counts behind the weights; the top-T prefix is the same walks
+    rptr, ritems, rcounts = visit_ranking(*arrays(graph), seeds, num_walks=nw, walk_length=wl,
+                                          restart_prob=0.5, max_rank=10**6, seed=0)
+    item_sets = [set(graph.user_items[graph.user_ptr[u]:graph.user_ptr[u + 1]]) for u in range(graph.num_users)]
+    for b, s in enumerate(seeds):
+        nb, wb = items[ptr[b]:ptr[b + 1]], w[ptr[b]:ptr[b + 1]]
+        assert s not in nb
+        assert len(set(nb)) == len(nb)
+        assert abs(wb.sum() - 1.0) < 1e-5
+        assert np.all(np.diff(wb) <= 1e-7)  # ordered by count, desc
+        rc = rcounts[rptr[b]:rptr[b + 1]]
+        ri = ritems[rptr[b]:rptr[b + 1]]
+        np.testing.assert_array_equal(nb, ri[:T])
+        np.testing.assert_allclose(wb, rc[:T] / rc[:T].sum(), rtol=1e-6)
+        assert np.all(np.diff(rc) <= 0)
+        ties = np.diff(rc) == 0
+        assert np.all(np.diff(ri)[ties] > 0)  # ties broken by smaller id
+        assert len(ri) == min(len(ri), nw * wl) and rc.sum() <= nw * wl
+        if wl == 1:  # one hop: every neighbour shares a user with the seed
+            users = graph.item_users[graph.item_ptr[s]:graph.item_ptr[s + 1]]
+            two_hop = set().union(*(item_sets[u] for u in users)) - {s}
+            assert set(ri) <= two_hop
+
+
+def test_fewer_than_T_and_isolated_items():
+    # users: 0 -> {0, 1, 2}, 1 -> {3}; item 4 isolated (no users)
+    g = make_graph([0, 0, 0, 1], [0, 1, 2, 3], 2, 5)
+    ptr, items, w = pinsage_neighbors(*arrays(g), [0, 3, 4, 1], num_walks=50, walk_length=2, top_t=10, seed=0)
+    assert set(items[ptr[0]:ptr[1]]) == {1, 2}
+    np.testing.assert_allclose(w[ptr[0]:ptr[1]].sum(), 1.0, rtol=1e-6)
+    assert ptr[2] - ptr[1] == 0  # item 3 only reaches itself
+    assert ptr[3] - ptr[2] == 0  # isolated item
+    assert set(items[ptr[3]:ptr[4]]) == {0, 2}
+    # uniform sampler: the same cases
+    ptr, items, w = uniform_neighbors(*arrays(g), [0, 3, 4], num_samples=20, seed=0)
+    assert set(items[ptr[0]:ptr[1]]) == {1, 2} and ptr[2] == ptr[1] and ptr[3] == ptr[2]
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+
+
+def test_restart_prob_zero_and_walk_length(graph):
+    # restart 0: every walk makes exactly walk_length hops -> num_walks*walk_length visits minus returns
+    s = 7
+    _, _, counts = visit_ranking(*arrays(graph), [s], num_walks=40, walk_length=3, restart_prob=0.0, max_rank=10**6)
+    assert counts.sum() <= 120 and counts.sum() > 60
+
+
+# ----------------------------------------------------------------------------------------------
+# determinism
+# ----------------------------------------------------------------------------------------------
+def test_determinism_epochs_threads_batches(graph):
+    seeds = np.arange(graph.num_items)
+    kw = dict(num_walks=20, walk_length=2, restart_prob=0.5, top_t=10)
+    a = pinsage_neighbors(*arrays(graph), seeds, seed=3, epoch=0, **kw)
+    b = pinsage_neighbors(*arrays(graph), seeds, seed=3, epoch=0, **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    c = pinsage_neighbors(*arrays(graph), seeds, seed=3, epoch=1, **kw)
+    d = pinsage_neighbors(*arrays(graph), seeds, seed=4, epoch=0, **kw)
+    assert not (np.array_equal(a[1], c[1]) and np.array_equal(a[2], c[2]))
+    assert not (np.array_equal(a[1], d[1]) and np.array_equal(a[2], d[2]))
+    # independent of the thread count
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        e = pinsage_neighbors(*arrays(graph), seeds, seed=3, epoch=0, **kw)
+        eu = uniform_neighbors(*arrays(graph), seeds, num_samples=7, seed=3)
+    finally:
+        numba.set_num_threads(old)
+    for x, y in zip(a, e):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(uniform_neighbors(*arrays(graph), seeds, num_samples=7, seed=3), eu):
+        np.testing.assert_array_equal(x, y)
+    # independent of batch composition/order: a seed's neighbourhood depends on (seed, epoch, item)
+    sub = np.array([17, 3, 17])
+    p, i, w = pinsage_neighbors(*arrays(graph), sub, seed=3, epoch=0, **kw)
+    for b, s in enumerate(sub):
+        np.testing.assert_array_equal(i[p[b]:p[b + 1]], a[1][a[0][s]:a[0][s + 1]])
+        np.testing.assert_array_equal(w[p[b]:p[b + 1]], a[2][a[0][s]:a[0][s + 1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,name", [
+    (dict(top_t=0), "top_t"),
+    (dict(num_walks=0), "num_walks"),
+    (dict(walk_length=0), "walk_length"),
+    (dict(restart_prob=1.0), "restart_prob"),
+    (dict(restart_prob=-0.1), "restart_prob"),
+    (dict(num_walks=2.5), "num_walks"),
+    (dict(seed=-1), "seed"),
+])
+def test_bad_arguments_raise(graph, kw, name):
+    with pytest.raises(ValueError, match=name):
+        pinsage_neighbors(*arrays(graph), [0, 1], **kw)
+    with pytest.raises(ValueError, match=name):
+        PinSageSampler(graph, **kw).sample([0])
+
+
+@pytest.mark.parametrize("seeds", [[-1], [80], [0, 1000], [0.5, 1.0], np.array([[0, 1]])])
+def test_bad_seeds_raise(graph, seeds):
+    with pytest.raises(ValueError, match="seeds"):
+        pinsage_neighbors(*arrays(graph), seeds)
+    with pytest.raises(ValueError, match="seeds"):
+        UniformSampler(graph).sample(seeds)
+    with pytest.raises(ValueError, match=r"\[0, 80\)"):
+        PinSageSampler(graph).sample(seeds if np.ndim(seeds) == 1 and np.asarray(seeds).dtype.kind == "i" else [80])
+
+
+def test_uniform_bad_arguments(graph):
+    with pytest.raises(ValueError, match="num_samples"):
+        UniformSampler(graph, num_samples=0)
+    with pytest.raises(ValueError, match="graph"):
+        PinSageSampler(object())
+
+
+# ----------------------------------------------------------------------------------------------
+# uniform sampler, classes, inputs
+# ----------------------------------------------------------------------------------------------
+def test_uniform_sampler_basics(graph):
+    S = 25
+    sampler = UniformSampler(graph, num_samples=S, seed=1)
+    seeds = np.arange(graph.num_items)
+    ptr, items, w = sampler.sample(seeds)
+    item_sets = [set(graph.user_items[graph.user_ptr[u]:graph.user_ptr[u + 1]]) for u in range(graph.num_users)]
+    for b, s in enumerate(seeds):
+        nb, wb = items[ptr[b]:ptr[b + 1]], w[ptr[b]:ptr[b + 1]]
+        users = graph.item_users[graph.item_ptr[s]:graph.item_ptr[s + 1]]
+        two_hop = set().union(*(item_sets[u] for u in users)) - {s}
+        assert set(nb) <= two_hop and s not in nb and len(set(nb)) == len(nb)
+        if two_hop:
+            np.testing.assert_allclose(wb.sum(), 1.0, rtol=1e-6)
+            counts = np.rint(wb * S)
+            np.testing.assert_allclose(counts, wb * S, atol=1e-4)  # weights are count / S
+            assert counts.sum() == S
+    p2 = sampler.sample(seeds, epoch=1)
+    assert not np.array_equal(p2[1], items) or not np.array_equal(p2[2], w)
+    # uniformity: a hub item's 2-hop distribution matches the exact one-hop transition probabilities
+    s = int(np.argmax(np.diff(graph.item_ptr)))
+    ptr, items, w = uniform_neighbors(*arrays(graph), [s], num_samples=40000, seed=0)
+    exp = np.zeros(graph.num_items)
+    users = graph.item_users[graph.item_ptr[s]:graph.item_ptr[s + 1]]
+    eligible = [u for u in users if graph.user_ptr[u + 1] - graph.user_ptr[u] >= 2]
+    for u in eligible:
+        its = [j for j in item_sets[u] if j != s]
+        exp[its] += 1.0 / len(eligible) / len(its)
+    got = np.zeros(graph.num_items)
+    got[items] = w
+    assert np.abs(got - exp).max() < 0.01
+
+
+def test_classes_accept_graph_objects_and_tensors(graph):
+    torch = pytest.importorskip("torch")
+    sampler = PinSageSampler(graph, num_walks=10, walk_length=2, restart_prob=0.5, top_t=5, seed=2)
+    a = sampler.sample(torch.tensor([1, 2, 3]))
+    b = pinsage_neighbors(*arrays(graph), np.array([1, 2, 3], dtype=np.int32), 10, 2, 0.5, 5, 2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    ptr, items, counts = sampler.ranking([1], max_rank=1000, num_walks=500)
+    assert counts.dtype == np.int32 and np.all(np.diff(counts) <= 0)
+    e = sampler.sample(np.array([], dtype=np.int64))
+    assert e[0].tolist() == [0] and len(e[1]) == 0 and len(e[2]) == 0
+    assert "top_t=5" in repr(sampler)
+    # the project's InteractionGraph
+    graph_mod = pytest.importorskip("datamodules.graph")
+    users = np.repeat(np.arange(graph.num_users), np.diff(graph.user_ptr))
+    ig = graph_mod.InteractionGraph.from_edges(users, graph.user_items, graph.num_users, graph.num_items)
+    c = PinSageSampler(ig, num_walks=10, walk_length=2, restart_prob=0.5, top_t=5, seed=2).sample([1, 2, 3])
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x, y)

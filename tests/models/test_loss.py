@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.loss import MaxMarginLoss, max_margin_loss
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def loop_reference(z_q, z_pos, z_easy, z_hard, margin):
+    per_pair = []
+    for b in range(z_q.size(0)):
+        negs = list(z_easy) + list(z_hard[b])
+        terms = [max(0.0, float(z_q[b] @ n - z_q[b] @ z_pos[b] + margin)) for n in negs]
+        per_pair.append(sum(terms) / len(terms))
+    return sum(per_pair) / len(per_pair)
+
+
+@pytest.mark.parametrize("n_easy, n_hard", [(7, 3), (5, 0), (0, 2)])
+def test_matches_loop_reference(n_easy, n_hard):
+    B, d = 4, 6
+    z_q, z_pos = F.normalize(torch.randn(B, d), dim=1), F.normalize(torch.randn(B, d), dim=1)
+    z_easy = F.normalize(torch.randn(n_easy, d), dim=1)
+    z_hard = F.normalize(torch.randn(B, n_hard, d), dim=-1)
+    loss, stats = MaxMarginLoss(margin=0.3)(z_q, z_pos, z_easy, z_hard)
+    assert loss.item() == pytest.approx(loop_reference(z_q, z_pos, z_easy, z_hard, 0.3), abs=1e-6)
+    # None is the same as an empty set
+    loss2, _ = max_margin_loss(z_q, z_pos, z_easy if n_easy else None,
+                               z_hard if n_hard else None, margin=0.3)
+    assert loss2.item() == pytest.approx(loss.item())
+    negs = torch.cat([z_q @ z_easy.T, torch.einsum("bd,bhd->bh", z_q, z_hard)], 1)
+    assert stats["pos_score"].item() == pytest.approx((z_q * z_pos).sum(1).mean().item(), abs=1e-6)
+    assert stats["neg_score"].item() == pytest.approx(negs.mean().item(), abs=1e-6)
+    viol = (negs - (z_q * z_pos).sum(1, keepdim=True) + 0.3 > 0).float().mean()
+    assert stats["violated"].item() == pytest.approx(viol.item())
+
+
+def test_limit_cases():
+    e = torch.eye(3)
+    # positive identical to query, negatives orthogonal: margin satisfied when margin < 1
+    z_q, z_pos, z_easy = e[:1], e[:1], e[1:]
+    loss, stats = max_margin_loss(z_q, z_pos, z_easy, margin=0.5)
+    assert loss.item() == 0.0 and stats["violated"].item() == 0.0
+    # margin exactly reached: still zero loss (hinge is max(0, .)) and not counted as violated
+    loss, stats = max_margin_loss(z_q, z_pos, z_easy, margin=1.0)
+    assert loss.item() == 0.0 and stats["violated"].item() == 0.0
+    # swapped roles: every negative scores 1, positive scores 0 -> loss = 1 + margin
+    loss, stats = max_margin_loss(z_q, e[1:2], torch.cat([e[:1], e[:1]]), margin=0.1)
+    assert loss.item() == pytest.approx(1.1) and stats["violated"].item() == 1.0
+    # hand-computed mix: pos score 0.5, negatives 0.9 and 0.0, margin 0.2 -> (0.6 + 0) / 2
+    q = torch.tensor([[1.0, 0.0]])
+    loss, _ = max_margin_loss(q, torch.tensor([[0.5, 1.0]]), torch.tensor([[0.9, 3.0]]),
+                              torch.tensor([[[0.0, 1.0]]]), margin=0.2)
+    assert loss.item() == pytest.approx(0.3)
+
+
+def test_gradients_flow_to_all_inputs():
+    z = [torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True),
+         torch.randn(4, 3, requires_grad=True), torch.randn(2, 2, 3, requires_grad=True)]
+    loss, stats = max_margin_loss(*z, margin=10.0)  # all hinges active
+    loss.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in z)
+    assert not any(v.requires_grad for v in stats.values())
+    # d loss / d z_pos = -mean over (pairs, negatives) of z_q -> -z_q / B per row
+    torch.testing.assert_close(z[1].grad, -z[0].detach() / 2)
+
+
+def test_bad_args():
+    z = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="margin"):
+        MaxMarginLoss(margin=-0.1)
+    with pytest.raises(ValueError, match="no negatives"):
+        max_margin_loss(z, z)
+    with pytest.raises(ValueError, match="no negatives"):
+        max_margin_loss(z, z, torch.empty(0, 3), torch.empty(2, 0, 3))
+    with pytest.raises(ValueError, match="z_easy"):
+        max_margin_loss(z, z, torch.randn(4, 2))
+    with pytest.raises(ValueError, match="z_hard"):
+        max_margin_loss(z, z, None, torch.randn(3, 1, 3))
+    with pytest.raises(ValueError, match="z_pos"):
+        max_margin_loss(z, torch.randn(3, 3), torch.randn(4, 3))
+    assert repr(MaxMarginLoss(0.2)) == "MaxMarginLoss(margin=0.2)"
