@@ -1,13 +1,54 @@
 """The ``pinsage`` console script.
 
-``pinsage data ...`` inspects a dataset; every other sub-command (fit, validate, test, predict)
-goes to the Lightning CLI.
+* ``pinsage fit|validate|test|predict --config configs/<name>.yaml [--trainer.* --data.* --model.*]``
+  is the Lightning CLI over :class:`models.module.PinSageModule` and
+  :class:`datamodules.datamodule.PinSageDataModule`; ``test`` prints the metrics (model and
+  baselines) as one JSON object on its last stdout line.
+* ``pinsage data --config configs/data/<name>.yaml`` inspects a dataset (counts as JSON).
+* ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import List, Optional
+
+# offline by default: wandb syncs later, the text model never reaches for a hub
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _lightning_cli_class():
+    from pytorch_lightning.cli import LightningCLI
+
+    class PinSageCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # the model is sized by the data it trains on
+            parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
+            parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+
+    return PinSageCLI
+
+
+def run_lightning(argv: List[str]):
+    from datamodules.datamodule import PinSageDataModule
+    from models.module import PinSageModule
+
+    cli_cls = _lightning_cli_class()
+    cli = cli_cls(
+        PinSageModule,
+        PinSageDataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"use_distributed_sampler": False},
+        auto_configure_optimizers=False,
+    )
+    return cli
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -16,8 +57,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .data_command import main as data_main
 
         return data_main(argv[1:])
-    print("usage: pinsage {data} --config CONFIG [overrides]", file=sys.stderr)
-    return 2
+    if argv and argv[0] == "recommend":
+        from .recommend import main as recommend_main
+
+        return recommend_main(argv[1:])
+    if argv and argv[0] in ("-h", "--help") or not argv:
+        print("usage: pinsage {fit,validate,test,predict,data,recommend} [--config CONFIG] [overrides]\n"
+              "       pinsage <command> --help for the arguments of one command")
+        return 0 if argv else 2
+    cli = run_lightning(argv)
+    if argv[0] == "test":
+        print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ KINDS = ("exact", "hnsw", "ivfpq")
 #: Build/search defaults per index kind (measured on 1M x 128, see benchmarks/ANN.md).
 DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {
     "exact": {},
-    "hnsw": {"M": 16, "efConstruction": 64, "efSearch": 64},
-    # nlist=None -> about 4*sqrt(N) lists, clamped so that every list gets >= 39 training points.
-    "ivfpq": {"nlist": None, "m": 32, "nbits": 8, "nprobe": 16, "k_factor": 4, "train_size": 100_000, "seed": 0},
+    "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 64},
+    # nlist=None -> about sqrt(N) lists, clamped so that every list gets >= 39 training points.
+    "ivfpq": {"nlist": None, "m": 32, "nbits": 8, "nprobe": 32, "k_factor": 10, "train_size": 50_000, "seed": 0},
 }
 
 #: Parameters that only change search behaviour (can be changed on a built or loaded index).
@@ -129,7 +129,7 @@ def build_index(embeddings: Any, kind: str = "hnsw", **params: Any) -> faiss.Ind
     seed = _int_param("seed", p["seed"], 0)
     n_train = min(n, train_size)
     if p["nlist"] is None:
-        nlist = int(max(1, min(round(4 * np.sqrt(n)), n_train // 39)))
+        nlist = int(max(1, min(round(np.sqrt(n)), n_train // 39)))
     else:
         nlist = _int_param("nlist", p["nlist"], 1, n_train)
     nprobe = _int_param("nprobe", p["nprobe"], 1)

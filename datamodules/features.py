@@ -205,8 +205,12 @@ def _load_text_model(model_name: str):
 
 
 def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", cache_dir=None,
-                batch_size: int = 256) -> np.ndarray:
-    """Sentence embeddings ``float32 [N, 384]`` of ``texts``, cached on disk when ``cache_dir`` is set."""
+                batch_size: int = 32) -> np.ndarray:
+    """Sentence embeddings ``float32 [N, 384]`` of ``texts``, cached on disk when ``cache_dir`` is set.
+
+    Each distinct text is encoded once, in batches (32 is the fastest batch size on CPU: larger
+    batches pad more). Embeddings are L2-normalised (cosine = dot product).
+    """
     texts = [str(t) for t in texts]
     path = None
     if cache_dir is not None:
@@ -219,8 +223,9 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", cach
             if emb.shape[0] == len(texts):
                 return emb
     model = _load_text_model(model_name)
-    emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
-                       normalize_embeddings=True).astype(np.float32)
+    uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
+                       normalize_embeddings=True).astype(np.float32)[inverse.reshape(-1)]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

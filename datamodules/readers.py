@@ -98,6 +98,8 @@ def _read_delimited(
     afterwards. A multi-character separator (``::``) is rewritten to a tab first so the fast C
     parser can be used. CRLF line endings are handled by pandas.
     """
+    if names is not None:
+        _check_field_count(path, sep, names, encoding, quoting)
     src = path
     if len(sep) > 1:
         raw = path.read_bytes()
@@ -131,6 +133,26 @@ def _read_delimited(
     if blank.any():
         df = df.loc[~blank]
     return _Table(df, path, 2 if header else 1)
+
+
+def _check_field_count(path: Path, sep: str, names: Sequence[str], encoding: str, quoting: int) -> None:
+    """The first non-blank line has one field per name (pandas would silently drop extra fields)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.decode(encoding, errors="replace").rstrip("\r\n")
+            if line.strip():
+                break
+        else:
+            return
+    if len(sep) > 1 or quoting == csv.QUOTE_NONE:
+        n = len(line.split(sep))
+    else:
+        n = len(next(csv.reader([line], delimiter=sep)))
+    if n != len(names):
+        raise DataError(
+            f"{path} line {lineno}: has {n} fields separated by {sep!r} but {len(names)} column names were given "
+            f"({list(names)}); give one name per field, in file order"
+        )
 
 
 def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[str]], encoding: str) -> _Table:
@@ -427,10 +449,10 @@ def _read_rating_file(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray, n
             _numbers(t, "rating", "rating", "ratings must be numbers"), _timestamps(t, "timestamp"))
 
 
-def _read_negatives(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(user,item)\\tneg1\\tneg2...`` -> (users, items, negatives [T, K]) raw int64 ids."""
+def _read_negatives(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user,item)\\tneg1\\tneg2...`` -> (users, items, negatives [T, K], 1-based line numbers)."""
     try:
-        df = pd.read_csv(path, sep="\t", header=None, index_col=False, skip_blank_lines=True, dtype=str)
+        df = pd.read_csv(path, sep="\t", header=None, index_col=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no rows)") from None
     except pd.errors.ParserError as e:
@@ -440,6 +462,9 @@ def _read_negatives(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
                             f"('(user,item)' then the negatives), found {m.group(3)}; every line needs "
                             "the same number of negatives") from None
         raise DataError(f"{path}: cannot parse the file ({e})") from None
+    blank = df.isna().all(axis=1).to_numpy()
+    if blank.any():
+        df = df.loc[~blank]
     t = _Table(df, path, 1)
     pair = df[0].astype(str).str.extract(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
     bad = pair[0].isna().to_numpy()
@@ -451,7 +476,10 @@ def _read_negatives(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     if negs.shape[1] == 0:
         raise DataError(f"{path} line 1: no negatives after '(user,item)'; each line needs "
                         "tab-separated negative item ids")
-    num = negs.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if all(pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in negs.dtypes):
+        num = negs.to_numpy(dtype=np.float64)
+    else:
+        num = negs.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
         badn = ~np.isfinite(num) | (num < 0) | (num != np.floor(num))
     if badn.any():
@@ -459,7 +487,8 @@ def _read_negatives(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = negs.iloc[r, c]
         what = "is missing (fewer negatives than the other lines)" if pd.isna(v) else f"{_show(v)} is not a non-negative integer"
         raise DataError(f"{t.where(df.index[r])}: negative {c + 1} {what}")
-    return (pair[0].to_numpy(dtype=np.int64), pair[1].to_numpy(dtype=np.int64), num.astype(np.int64))
+    return (pair[0].to_numpy(dtype=np.int64), pair[1].to_numpy(dtype=np.int64), num.astype(np.int64),
+            df.index.to_numpy(dtype=np.int64) + 1)
 
 
 def _dense(ids_sorted: np.ndarray, raw: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -493,18 +522,18 @@ def read_ncf(folder, name: str) -> Interactions:
     negp = folder / f"{name}.test.negative"
     if not negp.is_file():
         return inter
-    nu, ni, negs = _read_negatives(negp)
+    nu, ni, negs, lines = _read_negatives(negp)
     du, fu = _dense(inter.user_ids, nu)
     di, fi = _dense(inter.item_ids, ni)
     dn, fn = _dense(inter.item_ids, negs.reshape(-1))
     for found, vals, what in ((fu, nu, "user"), (fi, ni, "item")):
         if not found.all():
             k = int(np.flatnonzero(~found)[0])
-            raise DataError(f"{negp} line {k + 1}: {what} {int(vals[k])} of '(user,item)' does not occur in "
+            raise DataError(f"{negp} line {lines[k]}: {what} {int(vals[k])} of '(user,item)' does not occur in "
                             f"{trp.name} or {tep.name}; the negative file must belong to the same split")
     if not fn.all():
         k = int(np.flatnonzero(~fn)[0])
-        raise DataError(f"{negp} line {k // negs.shape[1] + 1}: negative item {int(negs.reshape(-1)[k])} occurs "
+        raise DataError(f"{negp} line {lines[k // negs.shape[1]]}: negative item {int(negs.reshape(-1)[k])} occurs "
                         f"in no interaction of {trp.name} / {tep.name}, so it has no dense index; remove it "
                         "or regenerate the negatives from this split")
     n_items = np.int64(inter.num_items)

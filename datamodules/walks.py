@@ -202,48 +202,164 @@ def _count_topk(buf, n, keys, k, out_items, out_cnt, out_off):
 # ----------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------
+@njit(inline="always", cache=True)
+def _heap_sift_down(heap, i, size):
+    """Max-heap sift-down of ``heap[i]`` within ``heap[:size]``."""
+    v = heap[i]
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and heap[c + 1] > heap[c]:
+            c += 1
+        if heap[c] <= v:
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = v
+
+
+@njit(inline="always", cache=True)
+def _heap_push(heap, size, v):
+    i = size
+    while i > 0:
+        p = (i - 1) >> 1
+        if heap[p] >= v:
+            break
+        heap[i] = heap[p]
+        i = p
+    heap[i] = v
+
+
+@njit(inline="always", cache=True)
+def _hash_topk(hkeys, hcnt, used, m, cap, heap, k, out_items, out_cnt, out_off):
+    """Top-``k`` of the ``m`` (item, count) slots of the hash table (count desc, id asc), written to
+    ``out_*[out_off:]``; clears the used slots. Returns the number written."""
+    # key = (cap - count) << 32 | item: ascending key == count desc, then id asc
+    size = 0
+    for i in range(m):
+        slot = used[i]
+        key = (np.int64(cap - hcnt[slot]) << 32) | hkeys[slot]
+        hkeys[slot] = -1
+        if size < k:
+            _heap_push(heap, size, key)
+            size += 1
+        elif key < heap[0]:
+            heap[0] = key
+            _heap_sift_down(heap, 0, size)
+    # heap sort ascending in place
+    for end in range(size - 1, 0, -1):
+        t = heap[0]
+        heap[0] = heap[end]
+        heap[end] = t
+        _heap_sift_down(heap, 0, end)
+    mask = np.int64(0xFFFFFFFF)
+    for i in range(size):
+        key = heap[i]
+        out_items[out_off + i] = key & mask
+        out_cnt[out_off + i] = np.int32(cap - (key >> 32))
+    return size
+
+
+_GROUP = 32  # walks advanced in lockstep (memory-level parallelism)
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
                     stop_threshold, top_k, key):
-    """Visit counts per seed -> (out_items [B*K], out_cnt [B*K], out_len [B]), K = top_k."""
+    """Visit counts per seed -> (out_items [B*K], out_cnt [B*K], out_len [B]), K = top_k.
+
+    Per seed, walks are advanced in groups of ``_GROUP`` in lockstep, one phase (one dependent
+    memory load) at a time over the whole group, so the cache misses of independent walks overlap.
+    Visits are counted in a small open-addressing hash table (L1-resident) and the top-K read off
+    with a bounded heap. Walk ``w`` of seed ``s`` draws from its own counter-based stream, so the
+    result does not depend on threads, grouping or batch composition.
+    """
     B = seeds.shape[0]
     K = top_k
     cap = num_walks * walk_length
+    bits = 4
+    while (1 << bits) < 2 * cap:
+        bits += 1
+    tsize = 1 << bits
+    tmask = tsize - 1
+    shift = np.uint64(64 - bits)
     out_items = np.empty(B * K, dtype=np.int64)
     out_cnt = np.empty(B * K, dtype=np.int32)
     out_len = np.zeros(B, dtype=np.int64)
     nchunks = (B + _CHUNK - 1) // _CHUNK
     thr = np.uint64(stop_threshold)
+    G = min(_GROUP, num_walks)
     for c in prange(nchunks):
-        buf = np.empty(cap, dtype=np.int64)
-        keys = np.empty(cap, dtype=np.int64)
+        hkeys = np.full(tsize, -1, dtype=np.int64)
+        hcnt = np.zeros(tsize, dtype=np.int32)
+        used = np.empty(cap, dtype=np.int64)
+        heap = np.empty(min(K, cap), dtype=np.int64)
+        cur = np.empty(G, dtype=np.int64)
+        st = np.empty(G, dtype=np.uint64)
+        pos = np.empty(G, dtype=np.int64)
+        rr = np.empty(G, dtype=np.uint64)
         lo = c * _CHUNK
         hi = min(B, lo + _CHUNK)
         for b in range(lo, hi):
             s = seeds[b]
-            state = _mix(key ^ (np.uint64(s) * _GOLDEN))
-            n = 0
-            for w in range(num_walks):
-                cur = s
+            if item_ptr[s + 1] == item_ptr[s]:
+                out_len[b] = 0
+                continue
+            base = _mix(key ^ (np.uint64(s) * _GOLDEN))
+            m = 0
+            for g0 in range(0, num_walks, G):
+                na = min(G, num_walks - g0)
+                for j in range(na):
+                    cur[j] = s
+                    st[j] = _mix(base + np.uint64(g0 + j) * _M2)
                 for h in range(walk_length):
-                    us = item_ptr[cur]
-                    du = item_ptr[cur + 1] - us
-                    if du == 0:
+                    # phase 1: pick a user slot of the current item
+                    for j in range(na):
+                        x = st[j] + _GOLDEN
+                        st[j] = x
+                        r = _mix(x)
+                        rr[j] = r
+                        us = item_ptr[cur[j]]
+                        pos[j] = us + _below(r, item_ptr[cur[j] + 1] - us)
+                    # phase 2: load the user, pick an item slot
+                    for j in range(na):
+                        u = item_users[pos[j]]
+                        x = st[j] + _GOLDEN
+                        st[j] = x
+                        r = _mix(x)
+                        is_ = user_ptr[u]
+                        pos[j] = is_ + _below(r, user_ptr[u + 1] - is_)
+                    # phase 3: load the item, count it, drop walks that stop
+                    j = 0
+                    while j < na:
+                        it = np.int64(user_items[pos[j]])
+                        if it != s:
+                            slot = np.int64((np.uint64(it) * _GOLDEN) >> shift)
+                            while True:
+                                hk = hkeys[slot]
+                                if hk == it:
+                                    hcnt[slot] += 1
+                                    break
+                                if hk == -1:
+                                    hkeys[slot] = it
+                                    hcnt[slot] = 1
+                                    used[m] = slot
+                                    m += 1
+                                    break
+                                slot = (slot + 1) & tmask
+                        if (rr[j] & _LO32) < thr:
+                            na -= 1  # swap-remove the stopped walk
+                            cur[j] = cur[na]
+                            st[j] = st[na]
+                            rr[j] = rr[na]
+                            pos[j] = pos[na]
+                        else:
+                            cur[j] = it
+                            j += 1
+                    if na == 0:
                         break
-                    state += _GOLDEN
-                    r1 = _mix(state)
-                    state += _GOLDEN
-                    r2 = _mix(state)
-                    u = item_users[us + _below(r1, du)]
-                    is_ = user_ptr[u]
-                    di = user_ptr[u + 1] - is_
-                    cur = np.int64(user_items[is_ + _below(r2, di)])
-                    if cur != s:
-                        buf[n] = cur
-                        n += 1
-                    if (r1 & _LO32) < thr:
-                        break
-            out_len[b] = _count_topk(buf, n, keys, K, out_items, out_cnt, b * K)
+            out_len[b] = _hash_topk(hkeys, hcnt, used, m, cap, heap, K, out_items, out_cnt, b * K)
     return out_items, out_cnt, out_len
 
 

@@ -1,12 +1,38 @@
-"""Non-learned item-to-item baselines, scored by the same ranking code as the model.
+"""Non-learned baselines and embedding scorers, ranked by one shared set of ranking functions.
 
-Each baseline scores every item for a chunk of query items from the *training* graph only
-(CSR arrays, so this module does not depend on the data package):
+A *scorer* is ``f(queries [B]) -> scores [B, num_items]`` (float32, higher = better). Queries are
+item ids (item-to-item) or user ids (user -> items). Every scorer is built from the *training*
+graph only (CSR arrays, so this module does not depend on the data package).
+
+Item-to-item (:func:`baseline_scorer`):
 
 * ``random``: i.i.d. uniform scores (seeded);
 * ``popularity``: training degree of the candidate (the same list for every query);
 * ``cooccurrence``: item-kNN by co-engagement, ``score(q, i) = #users who engaged both q and i``
   (ties broken by popularity), the classic "people who liked q also liked" list.
+
+User -> items (:func:`user_scorer`), with ``h_u`` the indicator of the user's history (by default
+the user's training items) and ``A`` the users x items training matrix:
+
+* ``random``: uniform scores from a counter-based hash of ``(seed, user, item)``, so a user's
+  scores do not depend on how users are batched;
+* ``popularity``: training degree of the candidate;
+* ``cooccurrence``: ``A^T (A h_u)``, i.e. the sum over the user's history items ``q`` of the
+  co-engagement counts ``#users who engaged both q and i`` (ties broken by popularity).
+  Computed by a numba kernel (:func:`cooccurrence_scores`) that walks history item -> users ->
+  items, so the cost is the number of co-engaged edges, not ``users x items``: all 29,858 Gowalla
+  users (40,981 items, 780k training edges) take about 15 s on 2 cores.
+
+Embeddings (:func:`embedding_item_scorer`, :func:`embedding_user_scorer`): item-to-item scores are
+dot products of item embeddings; a user's score for item ``j`` is ``z_j . p_u`` with the profile
+``p_u`` = the L2-normalised mean of the embeddings of the user's history items
+(:func:`user_profiles`; a user without history gets the zero profile, so all-equal scores and the
+worst possible ranks).
+
+Ranking (:func:`grouped_target_ranks`, :func:`candidate_ranks_from_scorer`,
+:func:`full_ranking_from_scorer`) follows :mod:`models.metrics`: ties are counted against the
+target, training items are masked with ``-inf``; each distinct query is scored once even when it
+has many targets, and at most ``[batch_size, num_items]`` scores exist at a time.
 """
 
 from __future__ import annotations
@@ -31,19 +57,14 @@ def baseline_scorer(name: str, user_ptr, user_items, item_ptr, item_users, num_i
         return lambda q: torch.rand(q.numel(), num_items, generator=gen)
     if name == "popularity":
         return lambda q: degree.unsqueeze(0).expand(q.numel(), -1).clone()
-    user_ptr = np.asarray(user_ptr, dtype=np.int64)
-    user_items = np.asarray(user_items)
-    item_ptr = np.asarray(item_ptr, dtype=np.int64)
-    item_users = np.asarray(item_users)
-    tie = (degree / (degree.max() + 1.0)).numpy()  # < 1: only breaks ties between equal co-counts
+    graph = _graph_arrays(user_ptr, user_items, item_ptr, item_users, num_items)
+    tie = _popularity_tie(degree)  # < 1: only breaks ties between equal co-counts
+    singletons = np.arange(num_items + 1, dtype=np.int64)  # CSR of the sets {q}
 
     def score(q: Tensor) -> Tensor:
-        out = np.empty((q.numel(), num_items), dtype=np.float32)
-        for r, item in enumerate(q.tolist()):
-            users = item_users[item_ptr[item]:item_ptr[item + 1]]
-            starts, lens = user_ptr[users], user_ptr[users + 1] - user_ptr[users]
-            idx = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
-            out[r] = np.bincount(user_items[idx], minlength=num_items) + tie
+        q = _as_ids(q, num_items, "query items")
+        out = cooccurrence_scores(singletons, np.arange(num_items, dtype=np.int64), q, *graph)
+        out += tie
         return torch.from_numpy(out)
 
     return score

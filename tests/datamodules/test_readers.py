@@ -171,6 +171,19 @@ def test_ncf_negative_pair_malformed(tmp_path):
         read_ncf(tmp_path, "toy")
 
 
+def test_ncf_negative_not_in_catalogue_names_line(tmp_path):
+    _ncf(tmp_path, "(0,2)\t3\t1\n\n(1,3)\t0\t77\n")
+    with pytest.raises(DataError, match=r"test\.negative line 3: negative item 77"):
+        read_ncf(tmp_path, "toy")
+
+
+def test_ncf_without_negative_file(tmp_path):
+    _ncf(tmp_path, "")
+    (tmp_path / "toy.test.negative").unlink()
+    inter = read_ncf(tmp_path, "toy")
+    assert inter.test_negatives is None and int(inter.is_test.sum()) == 2
+
+
 def test_ncf_test_row_without_negatives(tmp_path):
     _ncf(tmp_path, "(0,2)\t3\t1\n")
     with pytest.raises(DataError, match=r"has no '\(user,item\)' line"):
@@ -200,6 +213,13 @@ def test_table_headerless_with_columns(tmp_path):
     inter = read_table_log(log, header=False, columns=["userId", "movieId", "rating", "timestamp"],
                            user_col="userId", item_col="movieId", time_col="timestamp")
     assert inter.num_interactions == 2 and inter.timestamps.tolist() == [980730861, 980731380]
+
+
+@pytest.mark.parametrize("columns", [["user", "item", "rating"], ["user", "item", "rating", "ts", "extra"]])
+def test_table_columns_must_match_field_count(tmp_path, columns):
+    log = write(tmp_path / "log.csv", "1,6,2.0,980730861\n1,22,3.0,980731380\n")
+    with pytest.raises(DataError, match=r"log\.csv line 1: has 4 fields .* but %d column names" % len(columns)):
+        read_table_log(log, header=False, columns=columns)
 
 
 def test_table_headerless_file_read_with_header_gives_fix(tmp_path):

@@ -96,12 +96,13 @@ def test_visit_counts_converge_to_ppr(graph):
     # so E[visits to j] = sum_{k=1..L} (1-p)^(k-1) P^k[s, j] = (pi_L[j] - p*[j==s]) / (p (1-p)),
     # where pi_L = p * sum_{k=0..L} (1-p)^k P^k[s] is PPR (teleport p) truncated at L hops. With
     # long walks (L=30, p=0.3: truncation mass 0.7^30 ~ 2e-5) that is PPR itself, so the visit
-    # ranking must approach the PPR ranking as num_walks grows.
+    # ranking must approach the PPR ranking as num_walks grows (top-10 overlap ~0.4 -> ~0.7 -> ~0.95,
+    # Spearman ~0.4 -> ~0.75 -> ~0.99 for 10 -> 100 -> 10000 walks).
     p, L, T = 0.3, 30, 10
     sources = np.arange(0, graph.num_items, 8)
     pi = exact_ppr(graph, sources, p)
     results = {}
-    for nw in (10, 100, 2000):
+    for nw in (10, 100, 10000):
         ptr, items, counts = visit_ranking(*arrays(graph), sources, num_walks=nw, walk_length=L, restart_prob=p,
                                            max_rank=graph.num_items, seed=1)
         overlap, rho = [], []
@@ -116,7 +117,7 @@ def test_visit_counts_converge_to_ppr(graph):
             keep = np.arange(graph.num_items) != s
             rho.append(spearman(c[keep], ref[keep]))
         results[nw] = (np.mean(overlap), np.mean(rho))
-    (o10, r10), (o100, r100), (o2k, r2k) = results[10], results[100], results[2000]
+    (o10, r10), (o100, r100), (o2k, r2k) = results[10], results[100], results[10000]
     assert o10 < o100 <= o2k, results
     assert r10 < r100 < r2k, results
     assert o2k > 0.9 and r2k > 0.9, results
