@@ -31,6 +31,7 @@ def _lightning_cli_class():
             # the model is sized by the data it trains on
             parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
             parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+            parser.link_arguments("data.num_layers", "model.num_layers")
 
     return PinSageCLI
 
@@ -43,7 +44,7 @@ def run_lightning(argv: List[str]):
     cli = cli_cls(
         PinSageModule,
         PinSageDataModule,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
         auto_configure_optimizers=False,

@@ -1,10 +1,10 @@
 """Full-catalogue item embeddings: layer-wise inference (no recomputation) and the naive per-item
 minibatch path it replaces.
 
-PinSage (Ying et al., KDD 2018, Sec. 3.4 "Efficient inference") embeds the whole catalogue layer by
-layer: the top-T importance neighbourhood of every item is computed once, then layer 1 for *every*
-item from the encoded features, then layer 2 from those layer-1 vectors, and so on; every
-``h^{(k)}_u`` is computed exactly once.  The per-item minibatch algorithm of training (GraphSAGE
+PinSage (Ying et al., KDD 2018, Sec. 3.3, "Node embeddings via MapReduce") embeds the whole
+catalogue layer by layer: the top-T importance neighbourhood of every item is computed once, then
+layer 1 for *every* item from the encoded features, then layer 2 from those layer-1 vectors, and
+so on; every ``h^{(k)}_u`` is computed exactly once.  The per-item minibatch algorithm of training (GraphSAGE
 Algorithm 2) instead expands a K-hop computation graph around each batch of targets and so
 recomputes the lower layers of shared neighbours again and again (about ``1 + T + ... + T^K``
 encodings and ``1 + T + ... + T^(K-1)`` neighbourhoods per target).
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.batch import Block, EvalBatch
+from datamodules.minibatch import ComputationGraphBuilder
 from models.pinsage import PinSage
 
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -36,7 +36,6 @@ __all__ = [
     "FixedNeighbourhoods",
     "neighbourhoods_for_all",
     "layerwise_embeddings",
-    "build_eval_batch",
     "naive_embeddings",
 ]
 
@@ -147,9 +146,9 @@ def neighbourhoods_for_all(sampler, num_items: int, chunk_size: int = 65536, epo
     Returns:
         ``(ptr int64 [I+1], items int64 [E], weights float32 [E])``.
     """
-    num_items = int(num_items) if isinstance(num_items, (int, np.integer)) and not isinstance(num_items, bool) else num_items
-    if not isinstance(num_items, int) or num_items < 0:
+    if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 0:
         raise ValueError(f"num_items={num_items!r} is invalid: expected an int >= 0")
+    num_items = int(num_items)
     chunk_size = _positive_int("chunk_size", chunk_size)
     have = getattr(sampler, "num_items", None)
     if have is not None and int(have) != num_items:
@@ -180,6 +179,28 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+
+def _chunk_graph(nbrs: Tensor, deg: Tensor, g2l: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+    """The bipartite message graph of one chunk of targets.
+
+    ``nbrs [E]`` are the global neighbour ids of the chunk's targets (grouped by target, ``deg``
+    each).  Returns ``(src_global, edge_index)``: the distinct neighbours in ascending id order
+    (``None`` when that is every item, so the caller can skip the gather) and ``[2, E]`` edges
+    (local source, local target).  ``g2l`` is an all ``-1`` ``[num_items]`` scratch map, left
+    all ``-1``; linear time (no sort).
+    """
+    num_items = g2l.size(0)
+    mark = torch.zeros(num_items, dtype=torch.bool)
+    mark[nbrs] = True
+    src_global = mark.nonzero().view(-1)
+    dst = torch.repeat_interleave(torch.arange(deg.size(0)), deg)
+    if src_global.size(0) == num_items:
+        return None, torch.stack([nbrs, dst])
+    g2l[src_global] = torch.arange(src_global.size(0))
+    src = g2l[nbrs]
+    g2l[src_global] = -1
+    return src_global, torch.stack([src, dst])
 
 
 @torch.no_grad()
@@ -244,18 +265,17 @@ def layerwise_embeddings(
         items_t = torch.from_numpy(items)
         weights_t = torch.from_numpy(weights)
         deg_t = torch.from_numpy(np.diff(ptr))
+        g2l = torch.full((num_items,), -1, dtype=torch.int64)  # global -> local source id
         # layers 1 .. K: every item once, from the previous layer of every item
         for k in range(K):
             h_next = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
             for s in range(0, num_items, chunk_size):
                 e = min(s + chunk_size, num_items)
                 ps, pe = int(ptr[s]), int(ptr[e])
-                src_global, src_local = torch.unique(items_t[ps:pe], sorted=True, return_inverse=True)
-                dst_local = torch.repeat_interleave(torch.arange(e - s), deg_t[s:e])
-                edge_index = torch.stack([src_local.view(-1), dst_local]).to(device)
-                h_src = h.index_select(0, src_global).to(device)
-                h_dst = h[s:e].to(device)
-                out = model.layer(k, h_src, h_dst, edge_index, weights_t[ps:pe].to(device))
+                src_global, edge_index = _chunk_graph(items_t[ps:pe], deg_t[s:e], g2l)
+                h_src = h if src_global is None else h.index_select(0, src_global)
+                out = model.layer(k, h_src.to(device), h[s:e].to(device), edge_index.to(device),
+                                  weights_t[ps:pe].to(device))
                 h_next[s:e] = out.float().cpu()
                 if bar is not None:
                     bar.update(e - s)
@@ -275,56 +295,6 @@ def layerwise_embeddings(
 # ----------------------------------------------------------------------------------------------
 # naive per-item minibatch inference (the baseline layer-wise inference replaces)
 # ----------------------------------------------------------------------------------------------
-def build_eval_batch(sampler, x: Tensor, targets: np.ndarray, num_layers: int, epoch: int = 0) -> EvalBatch:
-    """The K-hop computation graph of ``targets`` in the nested-prefix layout of
-    ``datamodules/batch.py``, sampled outward layer by layer as training does.
-
-    Layer ``K`` = the (distinct) targets; layer ``k`` = layer ``k+1`` plus the sampled neighbours
-    of every layer-``k+1`` node (new nodes appended in order of first appearance); ``blocks[k]``
-    holds the edges neighbour -> node for every node of layer ``k+1``.  Within a batch each node's
-    neighbourhood is sampled once and reused by the lower layers; nothing is shared across batches.
-    """
-    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-    if np.unique(targets).shape[0] != targets.shape[0]:
-        raise ValueError("targets is invalid: expected distinct item ids")
-    nodes = targets
-    # ragged neighbourhoods of nodes[:sampled], in node order
-    nb_ptr, nb_items, nb_w = np.zeros(1, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    sampled = 0
-    sizes = [nodes.shape[0]]  # n_K, n_{K-1}, ...
-    edges = []  # (src_local, dst_local, weight) for k = K-1 .. 0
-    for _ in range(num_layers):
-        n_dst = nodes.shape[0]
-        if n_dst > sampled:  # sample only nodes that were added at the previous step
-            p, it, w = sampler.sample(nodes[sampled:n_dst], epoch=epoch)
-            nb_ptr = np.concatenate([nb_ptr, np.asarray(p[1:], dtype=np.int64) + nb_ptr[-1]])
-            nb_items = np.concatenate([nb_items, np.asarray(it, dtype=np.int64)])
-            nb_w = np.concatenate([nb_w, np.asarray(w, dtype=np.float32)])
-            sampled = n_dst
-        m = int(nb_ptr[n_dst])
-        nbrs = nb_items[:m]
-        # local ids: existing nodes keep their positions, new nodes are appended by first appearance
-        combined = np.concatenate([nodes, nbrs])
-        uniq, first, inv = np.unique(combined, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        pos = np.empty_like(order)
-        pos[order] = np.arange(order.shape[0])
-        nodes = uniq[order]
-        src = pos[inv.reshape(-1)[n_dst:]]
-        dst = np.repeat(np.arange(n_dst, dtype=np.int64), np.diff(nb_ptr[: n_dst + 1]))
-        edges.append((src, dst, nb_w[:m]))
-        sizes.append(nodes.shape[0])
-    sizes = sizes[::-1]  # n_0, n_1, ..., n_K
-    edges = edges[::-1]
-    blocks = [
-        Block(torch.from_numpy(np.stack([src, dst])), torch.from_numpy(np.ascontiguousarray(w)),
-              (sizes[k], sizes[k + 1]))
-        for k, (src, dst, w) in enumerate(edges)
-    ]
-    node_ids = torch.from_numpy(nodes)
-    return EvalBatch(node_ids=node_ids, x=x[node_ids], blocks=blocks, targets=node_ids[: sizes[-1]])
-
-
 @torch.no_grad()
 def naive_embeddings(
     model: PinSage,
@@ -337,9 +307,11 @@ def naive_embeddings(
     epoch: int = 0,
     progress: bool = False,
 ) -> Tensor:
-    """Embeddings of ``items`` by the per-item minibatch algorithm: for every batch of targets,
-    sample the K-hop computation graph (:func:`build_eval_batch`) and run ``model.forward``.
-    Shared neighbours are re-encoded and re-convolved in every batch that touches them.
+    """Embeddings of ``items`` by the per-item minibatch algorithm of training: for every batch
+    of targets, sample their K-hop computation graph outward hop by hop
+    (``datamodules.minibatch.ComputationGraphBuilder.eval_batch``; within a batch each node's
+    neighbourhood is sampled once) and run ``model.forward``.  Shared neighbours are re-sampled,
+    re-encoded and re-convolved in every batch that touches them.
 
     Args:
         model: a :class:`~models.pinsage.PinSage`.
@@ -372,13 +344,14 @@ def naive_embeddings(
     was_training = model.training
     model.eval()
     model.to(device)
+    builder = ComputationGraphBuilder(sampler, x.cpu().numpy(), num_layers=num_layers)
     out = torch.empty(items.shape[0], model.out_channels, dtype=torch.float32)
     bar = _progress_bar(progress, items.shape[0], "naive inference")
     try:
         for s in range(0, items.shape[0], batch_size):
             chunk = items[s:s + batch_size]
             targets, back = np.unique(chunk, return_inverse=True)
-            batch = build_eval_batch(sampler, x, targets, num_layers, epoch=epoch).to(device)
+            batch = builder.eval_batch(targets, epoch=epoch).to(device)
             z = model(batch.x, batch.node_ids, batch.blocks).float().cpu()
             out[s:s + chunk.shape[0]] = z[torch.from_numpy(back.reshape(-1))]
             if bar is not None:

@@ -37,9 +37,9 @@ KINDS = ("exact", "hnsw", "ivfpq")
 #: Build/search defaults per index kind (measured on 1M x 128, see benchmarks/ANN.md).
 DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {
     "exact": {},
-    "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 64},
+    "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 128},
     # nlist=None -> about sqrt(N) lists, clamped so that every list gets >= 39 training points.
-    "ivfpq": {"nlist": None, "m": 32, "nbits": 8, "nprobe": 32, "k_factor": 10, "train_size": 50_000, "seed": 0},
+    "ivfpq": {"nlist": None, "m": 32, "nbits": 8, "nprobe": 16, "k_factor": 10, "train_size": 50_000, "seed": 0},
 }
 
 #: Parameters that only change search behaviour (can be changed on a built or loaded index).
@@ -97,7 +97,7 @@ def _resolve_params(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- build
 
 
-def build_index(embeddings: Any, kind: str = "hnsw", **params: Any) -> faiss.Index:
+def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.Index:
     """A FAISS inner-product index over ``embeddings`` (float32 ``[N, d]``; row i gets id i).
 
     ``kind``: ``"exact"`` | ``"hnsw"`` | ``"ivfpq"``; ``params`` override :data:`DEFAULT_PARAMS`
@@ -220,6 +220,8 @@ def save_index(index: faiss.Index, path: Union[str, os.PathLike]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; an index is not a secret
             _write_bytes(f, memoryview(data).cast("B"))
             f.flush()
             os.fsync(f.fileno())
@@ -405,7 +407,7 @@ class EmbeddingIndex:
     kind: str
 
     @classmethod
-    def build(cls, embeddings: Any, kind: str = "hnsw", **params: Any) -> "EmbeddingIndex":
+    def build(cls, embeddings: Any, kind: str = "exact", **params: Any) -> "EmbeddingIndex":
         x = _as_matrix(embeddings, "embeddings")
         return cls(x, build_index(x, kind, **params), kind)
 

@@ -260,12 +260,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-reps", type=int, default=10)
     ap.add_argument("--min-time", type=float, default=2.0, help="repeat until this many seconds (<= max-reps)")
     ap.add_argument("--dgl-timeout", type=float, default=300, help="seconds one DGL call may take")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY for both samplers (both use GNU OpenMP thread pools; PASSIVE keeps idle "
+                         "threads from spinning, which matters on a loaded machine); '' leaves it unset")
     ap.add_argument("--dgl-worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.dgl_worker:
         dgl_worker(args.dgl_worker[0], int(args.dgl_worker[1]))
         return 0
 
+    if args.omp_wait_policy:  # before numba/torch load libgomp; inherited by the DGL worker
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import numpy as np
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -274,6 +279,11 @@ def main(argv=None) -> int:
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     machine = _machine(args.threads)
+    machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    try:
+        machine["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
     dgl_python = args.dgl_python
     reasons = []
     if not dgl_python:

@@ -19,7 +19,6 @@ DDP: the training sampler shards the pairs itself (disjoint per rank, reproducib
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np

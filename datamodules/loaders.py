@@ -11,8 +11,9 @@ re-indexing, feature slicing) runs in ``DataLoader`` workers (``num_workers``, `
 * Sharding (DDP): every epoch the positive pairs are shuffled with a generator seeded by
   ``(seed, epoch)`` (the same permutation on every rank) and rank ``r`` takes ``perm[r::world]``:
   disjoint shares that together cover every pair. Every rank then makes the *same* number of
-  batches (``ceil(ceil(P / world) / batch_size)``, sizes differing by at most one), so no rank
-  waits for another at the end of an epoch. ``drop_last=True`` instead keeps only full batches of
+  batches (``ceil(ceil(P / world) / batch_size)``: full batches of ``batch_size``, the last one
+  smaller; a rank whose share is one pair short moves one pair out of its second-last batch), so
+  no rank waits for another at the end of an epoch. ``drop_last=True`` instead keeps only full batches of
   exactly ``batch_size``.
 * Rank and world size come from ``torch.distributed`` when it is initialised at iteration time,
   else from the ``rank``/``world_size`` arguments (default ``0``/``1``).
@@ -137,7 +138,12 @@ class EpochBatchSampler(DistributedSampler):
             return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(nb)]
         if mine.size < nb:  # tiny shard: wrap around so no batch is empty (only when batch_size == 1)
             mine = np.resize(mine, nb) if mine.size else np.resize(perm, nb)
-        return np.array_split(mine, nb)
+        # full batches first; a rank whose share is one pair short takes it off its second-last batch
+        cuts = np.minimum(np.arange(nb + 1, dtype=np.int64) * self.batch_size, mine.size)
+        cuts[-1] = mine.size
+        for i in range(nb - 1, 0, -1):
+            cuts[i] = min(cuts[i], cuts[i + 1] - 1)
+        return [mine[cuts[i]:cuts[i + 1]] for i in range(nb)]
 
     def __iter__(self) -> Iterator[BatchIndex]:
         rank, world = resolve_rank(self._rank, self._world_size)
@@ -246,14 +252,10 @@ def _identity(batch):
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """One numba and one torch thread per worker (the workers are the parallelism)."""
+    """One torch thread per worker (the workers are the parallelism). The walk kernels notice that
+    they run in a DataLoader worker and use their serial driver, so forked workers never touch
+    numba's threading layer (GNU OpenMP is not fork-safe)."""
     torch.set_num_threads(1)
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except Exception:  # pragma: no cover - numba without threading layer
-        pass
 
 
 def make_loader(dataset: Dataset, sampler, num_workers: int = 0, prefetch_factor: Optional[int] = 2,

@@ -46,11 +46,23 @@ the draws.
 
 Performance notes
 -----------------
-The kernels are numba ``@njit(parallel=True, nogil=True, cache=True)`` with ``prange`` over chunks
-of seeds; counting and top-T selection are fused per seed in a per-chunk scratch buffer (no
-per-walk Python, no per-seed allocation). Threads: numba's pool (``NUMBA_NUM_THREADS``, default
-all cores; change at run time with ``numba.set_num_threads``). Inside DataLoader worker processes
-call ``numba.set_num_threads(1)`` (e.g. in ``worker_init_fn``) to avoid oversubscription.
+Native kernels (numba, ``nogil=True, cache=True``), no Python per walk or per seed:
+
+* walks of one seed advance in lockstep groups of up to 32, one dependent memory load (item
+  pointer, user, user pointer, item) at a time across the group, so the cache misses of
+  independent walks overlap (the walk is memory-latency bound on large graphs);
+* visits are counted in a small per-thread open-addressing hash table (L1-resident, cleared via its
+  used-slot list) and the top-T read off with a bounded heap: count and top-T are fused, nothing is
+  allocated per seed;
+* the parallel driver is ``@njit(parallel=True)`` with ``prange`` over chunks of 16 seeds; a serial
+  driver (same per-chunk code, never touching numba's threading layer) is used for small batches,
+  with one numba thread, and inside torch DataLoader worker processes (GNU OpenMP, numba's usual
+  threading layer, is not fork-safe) -- ``parallel=`` forces either. Results are identical.
+
+Threads: numba's pool (``NUMBA_NUM_THREADS``, default all cores; ``numba.set_num_threads`` at
+run time). On a loaded or oversubscribed machine set ``OMP_WAIT_POLICY=PASSIVE`` (or
+``NUMBA_THREADING_LAYER=workqueue``) before numba starts: with GNU OpenMP's default active
+waiting, idle pool threads spin and a parallel call can become ~10x slower than a serial one.
 The compiled code is cached on disk: if ``NUMBA_CACHE_DIR`` is unset when this module is imported
 *before numba itself*, it is set to ``$XDG_CACHE_HOME/pinsage/numba`` (``~/.cache/pinsage/numba``),
 falling back to a temp dir; the first compile takes ~10-20 s, later imports load from the cache.
@@ -264,10 +276,10 @@ def _hash_topk(hkeys, hcnt, used, m, cap, heap, k, out_items, out_cnt, out_off):
 _GROUP = 32  # walks advanced in lockstep (memory-level parallelism)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
-                    stop_threshold, top_k, key):
-    """Visit counts per seed -> (out_items [B*K], out_cnt [B*K], out_len [B]), K = top_k.
+@njit(nogil=True, cache=True)
+def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, num_walks, walk_length,
+                   stop_threshold, K, key, out_items, out_cnt, out_len):
+    """Visit counts of ``seeds[lo:hi]`` -> top-K blocks ``out_items/out_cnt[b*K:]``, ``out_len[b]``.
 
     Per seed, walks are advanced in groups of ``_GROUP`` in lockstep, one phase (one dependent
     memory load) at a time over the whole group, so the cache misses of independent walks overlap.
@@ -275,8 +287,6 @@ def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks
     with a bounded heap. Walk ``w`` of seed ``s`` draws from its own counter-based stream, so the
     result does not depend on threads, grouping or batch composition.
     """
-    B = seeds.shape[0]
-    K = top_k
     cap = num_walks * walk_length
     bits = 4
     while (1 << bits) < 2 * cap:
@@ -284,13 +294,9 @@ def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks
     tsize = 1 << bits
     tmask = tsize - 1
     shift = np.uint64(64 - bits)
-    out_items = np.empty(B * K, dtype=np.int64)
-    out_cnt = np.empty(B * K, dtype=np.int32)
-    out_len = np.zeros(B, dtype=np.int64)
-    nchunks = (B + _CHUNK - 1) // _CHUNK
     thr = np.uint64(stop_threshold)
     G = min(_GROUP, num_walks)
-    for c in prange(nchunks):
+    if True:
         hkeys = np.full(tsize, -1, dtype=np.int64)
         hcnt = np.zeros(tsize, dtype=np.int32)
         used = np.empty(cap, dtype=np.int64)
@@ -299,8 +305,6 @@ def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks
         st = np.empty(G, dtype=np.uint64)
         pos = np.empty(G, dtype=np.int64)
         rr = np.empty(G, dtype=np.uint64)
-        lo = c * _CHUNK
-        hi = min(B, lo + _CHUNK)
         for b in range(lo, hi):
             s = seeds[b]
             if item_ptr[s + 1] == item_ptr[s]:
@@ -360,23 +364,44 @@ def _pinsage_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks
                     if na == 0:
                         break
             out_len[b] = _hash_topk(hkeys, hcnt, used, m, cap, heap, K, out_items, out_cnt, b * K)
-    return out_items, out_cnt, out_len
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _uniform_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_samples, key):
+def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, stop_threshold,
+                      K, key):
+    """Parallel driver (prange over chunks of ``_CHUNK`` seeds) -> (out_items, out_cnt, out_len)."""
     B = seeds.shape[0]
-    K = num_samples
     out_items = np.empty(B * K, dtype=np.int64)
     out_cnt = np.empty(B * K, dtype=np.int32)
     out_len = np.zeros(B, dtype=np.int64)
     nchunks = (B + _CHUNK - 1) // _CHUNK
-    max_tries = 8 * num_samples + 64
     for c in prange(nchunks):
+        _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, c * _CHUNK, min(B, (c + 1) * _CHUNK),
+                       num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt, out_len)
+    return out_items, out_cnt, out_len
+
+
+@njit(nogil=True, cache=True)
+def _pinsage_serial(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, stop_threshold,
+                    K, key):
+    """Serial driver (no threading layer involved: safe in forked DataLoader workers)."""
+    B = seeds.shape[0]
+    out_items = np.empty(B * K, dtype=np.int64)
+    out_cnt = np.empty(B * K, dtype=np.int32)
+    out_len = np.zeros(B, dtype=np.int64)
+    _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, 0, B, num_walks, walk_length,
+                   stop_threshold, K, key, out_items, out_cnt, out_len)
+    return out_items, out_cnt, out_len
+
+
+
+
+@njit(nogil=True, cache=True)
+def _uniform_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, K, key, out_items, out_cnt, out_len):
+    max_tries = 8 * K + 64
+    if True:
         buf = np.empty(K, dtype=np.int64)
         keys = np.empty(K, dtype=np.int64)
-        lo = c * _CHUNK
-        hi = min(B, lo + _CHUNK)
         for b in range(lo, hi):
             s = seeds[b]
             us = item_ptr[s]
@@ -406,33 +431,48 @@ def _uniform_kernel(item_ptr, item_users, user_ptr, user_items, seeds, num_sampl
                     buf[n] = j
                     n += 1
             out_len[b] = _count_topk(buf, n, keys, K, out_items, out_cnt, b * K)
-    return out_items, out_cnt, out_len
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _compact(out_items, out_cnt, out_len, K, ptr, normalise_by_total, totals):
-    """Ragged CSR from the padded per-seed blocks; weights = count / (sum kept | totals[b])."""
+def _uniform_parallel(item_ptr, item_users, user_ptr, user_items, seeds, K, key):
+    B = seeds.shape[0]
+    out_items = np.empty(B * K, dtype=np.int64)
+    out_cnt = np.empty(B * K, dtype=np.int32)
+    out_len = np.zeros(B, dtype=np.int64)
+    nchunks = (B + _CHUNK - 1) // _CHUNK
+    for c in prange(nchunks):
+        _uniform_chunk(item_ptr, item_users, user_ptr, user_items, seeds, c * _CHUNK, min(B, (c + 1) * _CHUNK), K,
+                       key, out_items, out_cnt, out_len)
+    return out_items, out_cnt, out_len
+
+
+@njit(nogil=True, cache=True)
+def _uniform_serial(item_ptr, item_users, user_ptr, user_items, seeds, K, key):
+    B = seeds.shape[0]
+    out_items = np.empty(B * K, dtype=np.int64)
+    out_cnt = np.empty(B * K, dtype=np.int32)
+    out_len = np.zeros(B, dtype=np.int64)
+    _uniform_chunk(item_ptr, item_users, user_ptr, user_items, seeds, 0, B, K, key, out_items, out_cnt, out_len)
+    return out_items, out_cnt, out_len
+
+
+
+
+def _compact(out_items, out_cnt, out_len, K):
+    """Ragged CSR ``(ptr, items, weights, counts)`` from the padded per-seed top-K blocks; weights are
+    counts L1-normalised per seed (vectorised numpy: no parallel region)."""
     B = out_len.shape[0]
-    nnz = ptr[B]
-    items = np.empty(nnz, dtype=np.int64)
-    weight = np.empty(nnz, dtype=np.float32)
-    counts = np.empty(nnz, dtype=np.int32)
-    for b in prange(B):
-        m = out_len[b]
-        src = b * K
-        dst = ptr[b]
-        if normalise_by_total:
-            tot = np.float64(totals[b])
-        else:
-            tot = 0.0
-            for i in range(m):
-                tot += out_cnt[src + i]
-        inv = 1.0 / tot if tot > 0 else 0.0
-        for i in range(m):
-            items[dst + i] = out_items[src + i]
-            counts[dst + i] = out_cnt[src + i]
-            weight[dst + i] = np.float32(out_cnt[src + i] * inv)
-    return items, weight, counts
+    ptr = np.zeros(B + 1, dtype=np.int64)
+    np.cumsum(out_len, out=ptr[1:])
+    if B * K == ptr[-1]:
+        items, counts = out_items, out_cnt
+    else:
+        mask = (np.arange(K)[None, :] < out_len[:, None]).reshape(-1)
+        items, counts = out_items[mask], out_cnt[mask]
+    seg = np.repeat(np.arange(B), out_len)
+    tot = np.bincount(seg, weights=counts, minlength=B) if B else np.zeros(0)
+    weight = (counts / tot[seg]).astype(np.float32) if counts.size else np.empty(0, dtype=np.float32)
+    return ptr, items, weight, counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +547,27 @@ def _arrays_of(graph):
             f"(e.g. datamodules.graph.InteractionGraph), got {type(graph).__name__}") from None
 
 
+_PARALLEL_MIN_WORK = 20_000  # hops (or draws) below which one thread beats waking the pool
+
+
+def _in_dataloader_worker() -> bool:
+    data = sys.modules.get("torch.utils.data")
+    try:
+        return data is not None and data.get_worker_info() is not None
+    except Exception:  # pragma: no cover - defensive
+        return False
+
+
+def _use_parallel(parallel: Optional[bool], work: int) -> bool:
+    """Parallel driver or serial one. Auto mode keeps forked DataLoader workers off the threading
+    layer (GNU OpenMP is not fork-safe) and small batches off the thread pool."""
+    if parallel is not None:
+        return bool(parallel)
+    if work < _PARALLEL_MIN_WORK or _in_dataloader_worker():
+        return False
+    return numba.get_num_threads() > 1
+
+
 def _empty() -> Ragged:
     return np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
 
@@ -516,7 +577,7 @@ def _empty() -> Ragged:
 # ----------------------------------------------------------------------------------------------
 def pinsage_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 10,
                       walk_length: int = 2, restart_prob: float = 0.5, top_t: int = 10, seed: int = 0,
-                      epoch: int = 0) -> Ragged:
+                      epoch: int = 0, parallel: Optional[bool] = None) -> Ragged:
     """PinSage importance neighbourhoods of ``seeds`` (see the module docstring for the definition).
 
     Returns ``(nbr_ptr int64 [B+1], nbr_items int64 [nnz], nbr_weight float32 [nnz])``: the
@@ -528,31 +589,38 @@ def pinsage_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
     Raises ``ValueError`` (naming the argument, its value and the valid range) for
     ``num_walks < 1``, ``walk_length < 1``, ``top_t < 1``, ``restart_prob`` outside ``[0, 1)``,
     ``seed``/``epoch < 0``, and seeds that are not integers in ``[0, num_items)``.
+
+    ``parallel``: ``None`` (auto: all numba threads for large batches; serial for small ones, with
+    one numba thread, and inside torch DataLoader workers), ``True`` or ``False``. The result is
+    the same either way. In forked worker processes that are not torch DataLoader workers pass
+    ``parallel=False``: GNU OpenMP aborts a forked child whose parent already used its pool.
     """
     ptr, items, weight, _ = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks,
-                                              walk_length, restart_prob, top_t, seed, epoch)
+                                              walk_length, restart_prob, top_t, seed, epoch, parallel)
     return ptr, items, weight
 
 
 def visit_ranking(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 1000,
                   walk_length: int = 3, restart_prob: float = 0.5, max_rank: int = 5000, seed: int = 0,
-                  epoch: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  epoch: int = 0, parallel: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Items reached from each seed ranked by visit count: ``(ptr, items, counts int32)``.
 
     Same walks as :func:`pinsage_neighbors` with ``top_t=max_rank``; entry ``r`` of a seed's range
     is its rank-``r`` item (0-based, count desc, ties by smaller id; the seed excluded). At most
     ``min(max_rank, num_walks * walk_length)`` items per seed. Use it for PPR-ranked hard negatives
     (e.g. items ranked in a window ``[lo, hi)``: ``items[ptr[b] + lo : min(ptr[b] + hi, ptr[b+1])]``).
+    Working memory is ``12 * len(seeds) * min(max_rank, num_walks * walk_length)`` bytes, so rank
+    large windows in batches of a few hundred seeds.
     """
     max_rank = _check_int("max_rank", max_rank, 1)
     res = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
-                            restart_prob, max_rank, seed, epoch)
+                            restart_prob, max_rank, seed, epoch, parallel)
     ptr, items, _, counts = res
     return ptr, items, counts
 
 
 def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, restart_prob,
-                      top_t, seed, epoch):
+                      top_t, seed, epoch, parallel=None):
     """(ptr, items, weight, counts) -- the shared body of the public walk functions."""
     item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
     num_walks = _check_int("num_walks", num_walks, 1)
@@ -569,17 +637,16 @@ def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
         return p, i, w, np.empty(0, dtype=np.int32)
     k = min(top_t, num_walks * walk_length)
     thr = min(int(restart_prob * 2**32), 2**32 - 1)
-    out_items, out_cnt, out_len = _pinsage_kernel(
+    work = seeds.shape[0] * num_walks * walk_length
+    kernel = _pinsage_parallel if _use_parallel(parallel, work) else _pinsage_serial
+    out_items, out_cnt, out_len = kernel(
         item_ptr, item_users, user_ptr, user_items, seeds, np.int64(num_walks), np.int64(walk_length),
         np.int64(thr), np.int64(k), _stream_key(seed, epoch, 1))
-    ptr = np.zeros(seeds.shape[0] + 1, dtype=np.int64)
-    np.cumsum(out_len, out=ptr[1:])
-    items, weight, counts = _compact(out_items, out_cnt, out_len, np.int64(k), ptr, False, out_len)
-    return ptr, items, weight, counts
+    return _compact(out_items, out_cnt, out_len, k)
 
 
 def uniform_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_samples: int = 10, seed: int = 0,
-                      epoch: int = 0) -> Ragged:
+                      epoch: int = 0, parallel: Optional[bool] = None) -> Ragged:
     """GraphSAGE uniform neighbourhoods: ``num_samples`` one-hop draws with replacement per seed.
 
     Each draw: a uniform user of the seed, then a uniform item of that user other than the seed
@@ -596,11 +663,10 @@ def uniform_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_sam
     seeds = _check_seeds(seeds, item_ptr.shape[0] - 1)
     if seeds.shape[0] == 0:
         return _empty()
-    out_items, out_cnt, out_len = _uniform_kernel(item_ptr, item_users, user_ptr, user_items, seeds,
-                                                  np.int64(num_samples), _stream_key(seed, epoch, 2))
-    ptr = np.zeros(seeds.shape[0] + 1, dtype=np.int64)
-    np.cumsum(out_len, out=ptr[1:])
-    items, weight, _ = _compact(out_items, out_cnt, out_len, np.int64(num_samples), ptr, False, out_len)
+    kernel = _uniform_parallel if _use_parallel(parallel, seeds.shape[0] * num_samples) else _uniform_serial
+    out_items, out_cnt, out_len = kernel(item_ptr, item_users, user_ptr, user_items, seeds,
+                                         np.int64(num_samples), _stream_key(seed, epoch, 2))
+    ptr, items, weight, _ = _compact(out_items, out_cnt, out_len, num_samples)
     return ptr, items, weight
 
 
@@ -674,8 +740,9 @@ class PinSageSampler:
     """
 
     def __init__(self, graph, num_walks: int = 10, walk_length: int = 2, restart_prob: float = 0.5,
-                 top_t: int = 10, seed: int = 0):
+                 top_t: int = 10, seed: int = 0, parallel: Optional[bool] = None):
         self.arrays = _check_graph(*_arrays_of(graph))
+        self.parallel = parallel
         self.num_items = self.arrays[0].shape[0] - 1
         self.num_walks = _check_int("num_walks", num_walks, 1)
         self.walk_length = _check_int("walk_length", walk_length, 1)
@@ -685,14 +752,14 @@ class PinSageSampler:
 
     def sample(self, seeds, epoch: int = 0) -> Ragged:
         return pinsage_neighbors(*self.arrays, seeds, self.num_walks, self.walk_length, self.restart_prob,
-                                 self.top_t, self.seed, epoch)
+                                 self.top_t, self.seed, epoch, self.parallel)
 
     __call__ = sample
 
     def ranking(self, seeds, max_rank: int, num_walks: Optional[int] = None, epoch: int = 0):
         """:func:`visit_ranking` with this sampler's walk parameters (``num_walks`` overridable)."""
         return visit_ranking(*self.arrays, seeds, num_walks or self.num_walks, self.walk_length,
-                             self.restart_prob, max_rank, self.seed, epoch)
+                             self.restart_prob, max_rank, self.seed, epoch, self.parallel)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_walks={self.num_walks}, walk_length={self.walk_length}, "
@@ -702,14 +769,15 @@ class PinSageSampler:
 class UniformSampler:
     """GraphSAGE uniform neighbourhoods; ``sample(seeds, epoch=0)``, see :func:`uniform_neighbors`."""
 
-    def __init__(self, graph, num_samples: int = 10, seed: int = 0):
+    def __init__(self, graph, num_samples: int = 10, seed: int = 0, parallel: Optional[bool] = None):
         self.arrays = _check_graph(*_arrays_of(graph))
+        self.parallel = parallel
         self.num_items = self.arrays[0].shape[0] - 1
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.seed = _check_int("seed", seed, 0)
 
     def sample(self, seeds, epoch: int = 0) -> Ragged:
-        return uniform_neighbors(*self.arrays, seeds, self.num_samples, self.seed, epoch)
+        return uniform_neighbors(*self.arrays, seeds, self.num_samples, self.seed, epoch, self.parallel)
 
     __call__ = sample
 

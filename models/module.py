@@ -60,7 +60,7 @@ class PinSageModule(pl.LightningModule):
         warmup_epochs: linear warmup length in epochs (the paper: 1); ``lr_decay`` the
             per-epoch exponential decay after warmup.
         eval_ks: hit-rate cut-offs reported at validation/test.
-        eval_batch_size: queries ranked at once.
+        rank_batch_size: queries ranked at once.
         baselines: baselines evaluated by ``test`` with the same code.
         num_examples: how many sample recommendation lists go to the logger's table.
     """
@@ -84,7 +84,7 @@ class PinSageModule(pl.LightningModule):
         warmup_epochs: float = 1.0,
         lr_decay: float = 0.95,
         eval_ks: List[int] = [10, 100, 500],  # noqa: B006 - plain list for the CLI
-        eval_batch_size: int = 1024,
+        rank_batch_size: int = 1024,
         baselines: List[str] = ["popularity", "cooccurrence"],  # noqa: B006
         num_examples: int = 8,
     ) -> None:
@@ -171,7 +171,7 @@ class PinSageModule(pl.LightningModule):
             return
         pairs = torch.as_tensor(pairs, dtype=torch.long)
         q, i = pairs[:, 0], pairs[:, 1]
-        ranks = target_ranks(emb[q], emb, i, query_items=q, batch_size=self.hparams.eval_batch_size)
+        ranks = target_ranks(emb[q], emb, i, query_items=q, batch_size=self.hparams.rank_batch_size)
         metrics = item_to_item_metrics(ranks, self.hparams.eval_ks, num_items=emb.shape[0])
         out = {f"{stage}/{k}": v for k, v in metrics.items()}
         if with_baselines:

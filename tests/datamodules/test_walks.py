@@ -239,6 +239,14 @@ def test_determinism_epochs_threads_batches(graph):
         numba.set_num_threads(old)
     for x, y in zip(a, e):
         np.testing.assert_array_equal(x, y)
+    # serial and parallel drivers agree
+    for par in (True, False):
+        f = pinsage_neighbors(*arrays(graph), seeds, seed=3, epoch=0, parallel=par, **kw)
+        for x, y in zip(a, f):
+            np.testing.assert_array_equal(x, y)
+        fu = uniform_neighbors(*arrays(graph), seeds, num_samples=7, seed=3, parallel=par)
+        for x, y in zip(eu, fu):
+            np.testing.assert_array_equal(x, y)
     for x, y in zip(uniform_neighbors(*arrays(graph), seeds, num_samples=7, seed=3), eu):
         np.testing.assert_array_equal(x, y)
     # independent of batch composition/order: a seed's neighbourhood depends on (seed, epoch, item)
@@ -339,3 +347,38 @@ def test_classes_accept_graph_objects_and_tensors(graph):
     c = PinSageSampler(ig, num_walks=10, walk_length=2, restart_prob=0.5, top_t=5, seed=2).sample([1, 2, 3])
     for x, y in zip(a, c):
         np.testing.assert_array_equal(x, y)
+
+
+class _WorkerDataset:
+    """Map-style dataset sampling neighbourhoods inside DataLoader workers."""
+
+    def __init__(self, sampler, chunks):
+        self.sampler, self.chunks = sampler, chunks
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def __getitem__(self, i):
+        return self.sampler.sample(self.chunks[i])
+
+
+def test_auto_mode_is_safe_in_forked_dataloader_workers(graph):
+    # GNU OpenMP (numba's usual threading layer) aborts a forked child that enters a parallel
+    # region after the parent used one; in auto mode DataLoader workers run the serial driver.
+    torch = pytest.importorskip("torch")
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    sampler = PinSageSampler(graph, num_walks=1000, walk_length=2, top_t=10, seed=5)  # 40k hops per chunk
+    seeds = np.arange(graph.num_items)
+    ref = pinsage_neighbors(*arrays(graph), seeds, 1000, 2, 0.5, 10, 5, parallel=True)  # parent uses the pool
+    chunks = np.array_split(seeds, 4)
+    dl = torch.utils.data.DataLoader(_WorkerDataset(sampler, chunks), batch_size=None, num_workers=2,
+                                     multiprocessing_context="fork", collate_fn=lambda x: x)
+    got = list(dl)
+    for (p, i, w), c in zip(got, chunks):
+        rp = ref[0][c[0]:c[-1] + 2]
+        np.testing.assert_array_equal(p, rp - rp[0])
+        np.testing.assert_array_equal(i, ref[1][rp[0]:rp[-1]])
+        np.testing.assert_array_equal(w, ref[2][rp[0]:rp[-1]])

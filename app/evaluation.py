@@ -1,0 +1,289 @@
+"""Offline evaluation of item embeddings and the non-learned baselines, by one code path.
+
+``evaluate(ds, item_emb, part="test")`` returns one flat, JSON-able ``{"<model>/<protocol>/<metric>":
+float}`` dict (plus ``"<protocol>/num_..."`` counts and ``"<model>/<protocol>/seconds"`` timings).
+Every model -- the embeddings (``model_name``, default ``"pinsage"``) and each baseline
+(``random``, ``popularity``, ``cooccurrence``, see :mod:`models.baselines`) -- is a *scorer*
+``f(queries) -> scores [B, num_items]`` ranked by the same functions, so the numbers are
+comparable.
+
+Protocols (``part`` is ``"val"`` or ``"test"``; the *history* of a user is what precedes
+``part``: the training items for ``val``, training + validation items for ``test``):
+
+* ``item`` -- PinSage (Ying et al., 2018): each held-out pair ``(q, i)`` of ``part``
+  (``ds.val_pairs`` / ``ds.test_pairs``) ranks ``i`` against the whole catalogue with ``q``
+  itself left out; ``hit_rate@K`` for ``K`` in ``ks`` below the catalogue size, ``mrr`` = the
+  paper's *scaled* MRR ``mean 1 / ceil(rank / 100)``, ``hr@10``, ``ndcg@10``. Item-to-item
+  scores: dot products of embeddings; baselines by :func:`models.baselines.baseline_scorer`.
+* ``ncf`` -- NCF (He et al., 2017) leave-one-out: every held-out interaction ``(u, i)`` of
+  ``part`` ranks ``i`` among ``num_sampled_negatives`` (99) items sampled uniformly without
+  replacement (seeded) from the items ``u`` never interacted with anywhere in the log; for
+  ``part="test"`` the dataset's own negatives (``ds.extras["test_negatives"]``, the NCF
+  ``.test.negative`` file) are used when present. ``hr@10``, ``ndcg@10``. Splits with several
+  test items per user (Gowalla) give one case per held-out interaction.
+* ``full`` -- LightGCN (He et al., 2020): all held-out items of ``part`` of a user are the ground
+  truth, every item is ranked, the user's history items are masked; ``recall@K`` / ``ndcg@K``
+  for ``K`` in ``full_ks`` (20).
+
+User -> items scores for the embeddings (``ncf``, ``full``): ``z_j . p_u`` with the profile
+``p_u`` = the L2-normalised mean of the embeddings of ``u``'s history items
+(:func:`models.baselines.user_profiles`). PinSage itself is item-to-item; this is the
+"user -> items from history" recommendation the app serves. A user without history gets the
+zero profile (all-equal scores, i.e. the worst ranks: ties count against the target).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datamodules.datasets import RecDataset
+from models.baselines import (
+    BASELINES,
+    baseline_scorer,
+    candidate_ranks_from_scorer,
+    embedding_item_scorer,
+    embedding_user_scorer,
+    full_ranking_from_scorer,
+    grouped_target_ranks,
+    item_to_item_metrics,
+    user_scorer,
+)
+from models.metrics import hit_rate_at_k, ndcg_at_k
+
+PROTOCOLS = ("item", "ncf", "full")
+PARTS = ("val", "test")
+
+CSR = Tuple[np.ndarray, np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# what is held out, what is history
+# ----------------------------------------------------------------------------------------------
+def _csr(users: np.ndarray, items: np.ndarray, num_users: int) -> CSR:
+    order = np.lexsort((items, users))
+    ptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=ptr[1:])
+    return ptr, np.ascontiguousarray(items[order], dtype=np.int64)
+
+
+def _check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ValueError(f"part={part!r} is not valid; choose one of {list(PARTS)}")
+
+
+def history_rows(ds: RecDataset, part: str) -> np.ndarray:
+    """Interaction rows that precede ``part``: train (``val``), train + val (``test``)."""
+    _check_part(part)
+    return ds.split.train if part == "val" else np.concatenate([ds.split.train, ds.split.val])
+
+
+def history_csr(ds: RecDataset, part: str) -> CSR:
+    """Each user's history items before ``part`` as CSR ``(ptr [U + 1], items)``."""
+    rows = history_rows(ds, part)
+    it = ds.interactions
+    return _csr(it.users[rows], it.items[rows], ds.num_users)
+
+
+def heldout_csr(ds: RecDataset, part: str) -> CSR:
+    """Each user's held-out items of ``part`` as CSR ``(ptr [U + 1], items)``."""
+    _check_part(part)
+    u, i = ds.split_user_items(part)
+    return _csr(np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64), ds.num_users)
+
+
+def sample_negatives(users: np.ndarray, num_negatives: int, all_ptr: np.ndarray, all_items: np.ndarray,
+                     num_items: int, seed: int = 0) -> np.ndarray:
+    """``int64 [N, num_negatives]``: for each case ``users[n]``, distinct items drawn uniformly
+    from those the user never interacted with (``all_ptr``/``all_items``: the whole log as CSR,
+    items sorted within a user). Deterministic for a given ``seed``."""
+    if num_negatives < 1:
+        raise ValueError(f"num_sampled_negatives={num_negatives!r} is invalid: expected an int >= 1")
+    users = np.asarray(users, dtype=np.int64)
+    free = num_items - (all_ptr[users + 1] - all_ptr[users])
+    if users.size and free.min() < num_negatives:
+        k = int(np.argmin(free))
+        raise ValueError(
+            f"num_sampled_negatives={num_negatives} is invalid: user {int(users[k])} has only {int(free[k])} "
+            f"items they never interacted with (catalogue of {num_items}); use at most {int(free.min())}")
+    rng = np.random.default_rng(seed)
+    # sorted keys user * I + item of the whole log, to test "interacted" by binary search
+    owner = np.repeat(np.arange(all_ptr.size - 1, dtype=np.int64), np.diff(all_ptr))
+    keys = owner * num_items + all_items
+    keys.sort()
+    out = rng.integers(0, num_items, size=(users.size, num_negatives), dtype=np.int64)
+    while True:
+        k = users[:, None] * num_items + out
+        pos = np.clip(np.searchsorted(keys, k), 0, max(keys.size - 1, 0))
+        bad = keys[pos] == k if keys.size else np.zeros_like(out, dtype=bool)
+        # duplicates inside a row: every repeat after the first occurrence is redrawn
+        srt = np.argsort(out, axis=1, kind="stable")
+        s = np.take_along_axis(out, srt, axis=1)
+        dup_sorted = np.zeros_like(bad)
+        dup_sorted[:, 1:] = s[:, 1:] == s[:, :-1]
+        dup = np.zeros_like(bad)
+        np.put_along_axis(dup, srt, dup_sorted, axis=1)
+        bad |= dup
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            return out
+        out[bad] = rng.integers(0, num_items, size=n_bad, dtype=np.int64)
+
+
+def ncf_cases(ds: RecDataset, part: str = "test", num_negatives: int = 99, seed: int = 0) -> Dict[str, np.ndarray]:
+    """The NCF cases of ``part``: ``users [N]`` and ``candidates [N, 1 + num_negatives]`` (held-out
+    item in column 0), plus ``from_file`` (1 when the dataset's own test negatives were used)."""
+    _check_part(part)
+    users, items = (np.asarray(a, dtype=np.int64) for a in ds.split_user_items(part))
+    tn = ds.extras.get("test_negatives")
+    is_test = ds.interactions.is_test
+    if part == "test" and tn is not None and is_test is not None:
+        file_rows = np.flatnonzero(is_test)
+        pos = np.clip(np.searchsorted(file_rows, ds.split.test), 0, max(file_rows.size - 1, 0))
+        if file_rows.size and tn.shape[0] == file_rows.size and np.array_equal(file_rows[pos], ds.split.test):
+            negs = np.asarray(tn, dtype=np.int64)[pos]
+            return {"users": users, "candidates": np.concatenate([items[:, None], negs], axis=1),
+                    "from_file": np.array(1)}
+    it = ds.interactions
+    all_ptr, all_items = _csr(it.users, it.items, ds.num_users)
+    negs = sample_negatives(users, num_negatives, all_ptr, all_items, ds.num_items, seed)
+    return {"users": users, "candidates": np.concatenate([items[:, None], negs], axis=1),
+            "from_file": np.array(0)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluator
+# ----------------------------------------------------------------------------------------------
+def _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name, full_ks,
+                batch_size) -> Optional[Tensor]:
+    _check_part(part)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol={p!r} is not valid; choose from {list(PROTOCOLS)}")
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"baseline={b!r} is not valid; choose from {list(BASELINES)}")
+    for name, vals in (("ks", ks), ("full_ks", full_ks)):
+        if not vals or any(not isinstance(k, (int, np.integer)) or k < 1 for k in vals):
+            raise ValueError(f"{name}={vals!r} is invalid: expected a non-empty list of ints >= 1")
+    if "full" in protocols and any(k > ds.num_items for k in full_ks):
+        raise ValueError(f"full_ks={full_ks!r} is invalid: expected cut-offs <= num_items={ds.num_items}")
+    if int(num_sampled_negatives) < 1:
+        raise ValueError(f"num_sampled_negatives={num_sampled_negatives!r} is invalid: expected an int >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: expected an int >= 1")
+    if item_emb is None:
+        return None
+    if not isinstance(model_name, str) or not model_name or "/" in model_name or model_name in BASELINES:
+        raise ValueError(f"model_name={model_name!r} is invalid: expected a non-empty name without '/' "
+                         f"that is not a baseline ({list(BASELINES)})")
+    emb = torch.as_tensor(item_emb)
+    if emb.dim() != 2 or emb.size(0) != ds.num_items or emb.size(1) < 1:
+        raise ValueError(f"item_emb has shape {tuple(emb.shape)}: expected [num_items={ds.num_items}, d]")
+    if not torch.isfinite(emb).all():
+        raise ValueError("item_emb contains NaN or infinite values; expected finite embeddings")
+    return emb.float()
+
+
+def evaluate(
+    ds: RecDataset,
+    item_emb: Optional[Tensor] = None,
+    part: str = "test",
+    protocols: Sequence[str] = PROTOCOLS,
+    ks: Sequence[int] = (10, 100, 500),
+    baselines: Sequence[str] = BASELINES,
+    num_sampled_negatives: int = 99,
+    seed: int = 0,
+    model_name: str = "pinsage",
+    full_ks: Sequence[int] = (20,),
+    batch_size: int = 512,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, float]:
+    """Evaluate ``item_emb`` (``[num_items, d]``, or ``None`` for baselines only) and the
+    ``baselines`` on ``part`` of ``ds`` with each of ``protocols`` (see the module docstring).
+
+    Args:
+        ds: the dataset (its training graph feeds the baselines and the masks).
+        item_emb: item embeddings in the dataset's item index order.
+        part: ``"val"`` or ``"test"``.
+        protocols: any of ``"item"``, ``"ncf"``, ``"full"``.
+        ks: hit-rate cut-offs of the item protocol (those >= the catalogue size are skipped).
+        baselines: any of ``random``, ``popularity``, ``cooccurrence``.
+        num_sampled_negatives: NCF negatives per case when they are sampled.
+        seed: seeds the NCF negatives and the random baseline.
+        model_name: key prefix of the embeddings' metrics.
+        full_ks: cut-offs of the full-ranking protocol.
+        batch_size: distinct queries scored at once (bounds memory at ``batch_size x num_items``).
+        log: optional callback receiving one progress line per model and protocol.
+
+    Returns:
+        ``{"<model>/<protocol>/<metric>": float, "<model>/<protocol>/seconds": float,
+        "item/num_queries", "ncf/num_cases", "ncf/num_candidates", "ncf/from_file",
+        "full/num_users", "num_items"}``.
+    """
+    emb = _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name,
+                      full_ks, batch_size)
+    g = ds.train_graph
+    graph = (g.user_ptr, g.user_items, g.item_ptr, g.item_users)
+    out: Dict[str, float] = {"num_items": float(ds.num_items)}
+    models = ([model_name] if emb is not None else []) + list(baselines)
+    say = log or (lambda msg: None)
+
+    def timed(name: str, protocol: str, fn: Callable[[], Dict[str, float]]) -> None:
+        t0 = time.perf_counter()
+        metrics = fn()
+        dt = time.perf_counter() - t0
+        for k, v in metrics.items():
+            out[f"{name}/{protocol}/{k}"] = float(v)
+        out[f"{name}/{protocol}/seconds"] = dt
+        say(f"{name}/{protocol}: {dt:.1f}s " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    if "item" in protocols:
+        pairs = torch.as_tensor(np.asarray(getattr(ds, f"{part}_pairs"), dtype=np.int64)).view(-1, 2)
+        q, t = pairs[:, 0], pairs[:, 1]
+        out["item/num_queries"] = float(q.numel())
+        for name in models:
+            scorer = (embedding_item_scorer(emb) if name == model_name and emb is not None
+                      else baseline_scorer(name, *graph, ds.num_items, seed=seed))
+            timed(name, "item", lambda s=scorer: item_to_item_metrics(
+                grouped_target_ranks(s, q, t, exclude_query=True, batch_size=batch_size), ks,
+                num_items=ds.num_items) if q.numel() else {})
+
+    if "ncf" in protocols or "full" in protocols:
+        hist = history_csr(ds, part)
+
+        def make_user_scorer(name):
+            if name == model_name and emb is not None:
+                return embedding_user_scorer(emb, *hist)
+            return user_scorer(name, *graph, ds.num_items, seed=seed, history=hist)
+
+        if "ncf" in protocols:
+            cases = ncf_cases(ds, part, int(num_sampled_negatives), seed)
+            users = torch.as_tensor(cases["users"])
+            cand = torch.as_tensor(cases["candidates"])
+            out["ncf/num_cases"] = float(users.numel())
+            out["ncf/num_candidates"] = float(cand.size(1))
+            out["ncf/from_file"] = float(cases["from_file"])
+            for name in models:
+                s = make_user_scorer(name)
+
+                def ncf(s=s):
+                    if users.numel() == 0:
+                        return {}
+                    r = candidate_ranks_from_scorer(s, users, cand, batch_size=batch_size)
+                    return {"hr@10": float(hit_rate_at_k(r, 10)), "ndcg@10": float(ndcg_at_k(r, 10))}
+
+                timed(name, "ncf", ncf)
+
+        if "full" in protocols:
+            gt = heldout_csr(ds, part)
+            out["full/num_users"] = float(int((np.diff(gt[0]) > 0).sum()))
+            for name in models:
+                s = make_user_scorer(name)
+                timed(name, "full", lambda s=s: full_ranking_from_scorer(
+                    s, *gt, ks=full_ks, exclude_ptr=hist[0], exclude_items=hist[1], batch_size=batch_size))
+    return out

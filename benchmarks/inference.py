@@ -1,0 +1,199 @@
+"""Benchmark: layer-wise full-catalogue inference vs naive per-item minibatch inference.
+
+    PYTHONPATH=. python benchmarks/inference.py [--data-root ../shared/data] [--out benchmarks/results/inference.json]
+
+Both paths embed items with the same untrained PinSage (``conv="pinsage"``, in_channels = feature
+width, hidden 128, out 64, K = 2) and the same importance neighbourhoods (``PinSageSampler``:
+T = 10, 10 walks of length 2, restart 0.5; a neighbourhood is a function of (seed, epoch, item),
+so both paths see the same one).  Throughput = items per second, end to end:
+
+- **layer-wise** (:func:`app.inference.layerwise_embeddings`): sample the neighbourhood of every
+  item once (:func:`app.inference.neighbourhoods_for_all`), then layer 1 for every item, then
+  layer 2, then the head; timed on *all* items (sampling included).
+- **naive** (:func:`app.inference.naive_embeddings`): per batch of ``--batch-size`` targets, sample
+  the K-hop computation graph hop by hop as training does and run ``model.forward``; timed on a
+  random sample of ``--naive-items`` items (it scales linearly in the number of targets).
+
+The two results are compared on the sampled items (``max_abs_diff``; they must agree to ~1e-6).
+Each measurement is repeated ``--repeats`` times, alternating the two paths, and the fastest run
+is kept (the machine may be shared); the process CPU time of every run is recorded too
+(``ratio_cpu_time``: the same ratio in items per CPU-second, less sensitive to other load).
+
+Datasets: Gowalla (LightGCN split, train graph; features: log degree) from ``--data-root`` and a
+synthetic graph of 1M items (500k users, 5M interactions, 1000 communities, 16-d features + log
+degree; generated once, ~1 min, then cached by ``load_dataset``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from app.inference import layerwise_embeddings, naive_embeddings, neighbourhoods_for_all  # noqa: E402
+from datamodules.datasets import load_dataset  # noqa: E402
+from datamodules.walks import PinSageSampler  # noqa: E402
+from models.pinsage import PinSage  # noqa: E402
+
+SYNTHETIC_1M = dict(num_users=500_000, num_items=1_000_000, num_interactions=5_000_000,
+                    num_communities=1000, feature_dim=16, seed=0)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    import torch_geometric
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "numba": numba.__version__,
+        "device": "cpu",
+    }
+
+
+def _load(name: str, args):
+    if name == "gowalla":
+        return load_dataset("gowalla", root=args.data_root, features=["log_degree"], progress=True)
+    return load_dataset("synthetic", reader_args=SYNTHETIC_1M, progress=True)
+
+
+def bench_dataset(name: str, args) -> dict:
+    t0 = time.perf_counter()
+    ds = _load(name, args)
+    print(f"[{name}] loaded {ds.num_items} items, {ds.train_graph.num_edges} train edges, "
+          f"features {ds.item_features.shape} in {time.perf_counter() - t0:.1f}s", flush=True)
+    x = torch.from_numpy(ds.item_features)
+    sampler = PinSageSampler(ds.train_graph, num_walks=args.num_walks, walk_length=args.walk_length,
+                             restart_prob=0.5, top_t=args.top_t, seed=0)
+    torch.manual_seed(0)
+    model = PinSage(x.size(1), args.hidden, args.out_dim, num_layers=args.num_layers, conv="pinsage").eval()
+    rng = np.random.default_rng(0)
+    n_naive = min(args.naive_items, ds.num_items)
+    items = np.sort(rng.choice(ds.num_items, n_naive, replace=False)) if n_naive < ds.num_items \
+        else np.arange(ds.num_items)
+    items = rng.permutation(items)
+
+    # warm-up: numba kernels, PyG's generated propagate, allocator
+    naive_embeddings(model, x, sampler, items[:256], batch_size=args.batch_size)
+
+    lw_times, nbr_times, naive_times, lw_cpu, naive_cpu = [], [], [], [], []
+    z_lw = z_naive = None
+    for r in range(args.repeats):
+        t, c = time.perf_counter(), time.process_time()
+        nbr = neighbourhoods_for_all(sampler, ds.num_items, chunk_size=args.chunk_size)
+        t_nbr = time.perf_counter() - t
+        z_lw = layerwise_embeddings(model, x, nbr, chunk_size=args.chunk_size, progress=args.progress)
+        lw_times.append(time.perf_counter() - t)
+        lw_cpu.append(time.process_time() - c)
+        nbr_times.append(t_nbr)
+        del nbr
+        print(f"[{name}] run {r}: layer-wise {lw_times[-1]:.2f}s ({t_nbr:.2f}s neighbourhoods) "
+              f"= {ds.num_items / lw_times[-1]:.0f} items/s", flush=True)
+        t, c = time.perf_counter(), time.process_time()
+        z_naive = naive_embeddings(model, x, sampler, items, batch_size=args.batch_size, progress=args.progress)
+        naive_times.append(time.perf_counter() - t)
+        naive_cpu.append(time.process_time() - c)
+        print(f"[{name}] run {r}: naive {naive_times[-1]:.2f}s on {n_naive} items "
+              f"= {n_naive / naive_times[-1]:.0f} items/s", flush=True)
+    diff = float((z_lw[torch.from_numpy(items)] - z_naive).abs().max())
+    best_lw, best_naive = min(lw_times), min(naive_times)
+    lw_ips, naive_ips = ds.num_items / best_lw, n_naive / best_naive
+    row = {
+        "dataset": name if name == "gowalla" else "synthetic-1M",
+        "num_items": int(ds.num_items),
+        "num_train_edges": int(ds.train_graph.num_edges),
+        "layerwise_items_per_s": round(lw_ips, 1),
+        "naive_items_per_s": round(naive_ips, 1),
+        "ratio": round(lw_ips / naive_ips, 2),
+        "layerwise_seconds": [round(v, 3) for v in lw_times],
+        "layerwise_neighbourhood_seconds": [round(v, 3) for v in nbr_times],
+        "layerwise_model_items_per_s": round(ds.num_items / (best_lw - nbr_times[lw_times.index(best_lw)]), 1),
+        "naive_items_timed": int(n_naive),
+        "naive_seconds": [round(v, 3) for v in naive_times],
+        # CPU seconds of this process (all threads): less sensitive to other load on a shared machine
+        "layerwise_cpu_seconds": [round(v, 3) for v in lw_cpu],
+        "naive_cpu_seconds": [round(v, 3) for v in naive_cpu],
+        "ratio_cpu_time": round((ds.num_items / min(lw_cpu)) / (n_naive / min(naive_cpu)), 2),
+        "max_abs_diff": diff,
+        "settings": {"conv": "pinsage", "num_layers": args.num_layers, "top_t": args.top_t,
+                     "num_walks": args.num_walks, "walk_length": args.walk_length, "restart_prob": 0.5,
+                     "hidden": args.hidden, "out": args.out_dim, "in_channels": int(x.size(1)),
+                     "batch_size": args.batch_size, "chunk_size": args.chunk_size, "repeats": args.repeats},
+    }
+    print(f"[{name}] layer-wise {lw_ips:.0f} items/s, naive {naive_ips:.0f} items/s, "
+          f"ratio {row['ratio']:.1f}x (CPU time: {row['ratio_cpu_time']:.1f}x), max |diff| {diff:.2e}", flush=True)
+    return row
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "inference.json"))
+    p.add_argument("--datasets", nargs="+", default=["gowalla", "synthetic"], choices=["gowalla", "synthetic"])
+    p.add_argument("--naive-items", type=int, default=20_000,
+                   help="items timed on the naive path (a random sample; all items if fewer)")
+    p.add_argument("--batch-size", type=int, default=512, help="targets per naive minibatch")
+    p.add_argument("--chunk-size", type=int, default=65536, help="targets per layer-wise chunk")
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--top-t", type=int, default=10)
+    p.add_argument("--num-walks", type=int, default=10)
+    p.add_argument("--walk-length", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--out-dim", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: all cores)")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    machine = machine_info()
+    machine["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    rows = [bench_dataset(name, args) for name in args.datasets]
+    machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    result = {"machine": machine, "rows": rows, "total_seconds": round(time.perf_counter() - t0, 1),
+              "command": "PYTHONPATH=. python benchmarks/inference.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print("\n| dataset | items | layer-wise items/s | naive items/s | ratio | ratio (CPU time) |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['num_items']:,} | {r['layerwise_items_per_s']:,.0f} | "
+              f"{r['naive_items_per_s']:,.0f} | {r['ratio']:.1f}x | {r['ratio_cpu_time']:.1f}x |")
+    print(f"\nwrote {out} in {result['total_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
