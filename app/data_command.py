@@ -19,7 +19,10 @@ def build_parser() -> ArgumentParser:
         env_prefix="PINSAGE",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a configs/data/<name>.yaml file")
-    parser.add_function_arguments(load_dataset, "data", skip={"progress"})
+    # the same `data:` section as `pinsage fit` (sampler settings are accepted and ignored here)
+    from datamodules.datamodule import PinSageDataModule
+
+    parser.add_class_arguments(PinSageDataModule, "data")
     return parser
 
 
@@ -43,7 +46,8 @@ def _as_group_config(argv: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     cfg = parser.parse_args(_as_group_config(list(argv or [])))
-    args = {k: v for k, v in cfg.data.as_dict().items() if not k.startswith("__")}
+    data = cfg.data.as_dict()
+    args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "reader_args")}
     try:
         ds = load_dataset(**args, progress=True)
     except (DataError, ValueError, FileNotFoundError) as e:

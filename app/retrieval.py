@@ -37,9 +37,10 @@ KINDS = ("exact", "hnsw", "ivfpq")
 #: Build/search defaults per index kind (measured on 1M x 128, see benchmarks/ANN.md).
 DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {
     "exact": {},
-    "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 128},
-    # nlist=None -> about sqrt(N) lists, clamped so that every list gets >= 39 training points.
-    "ivfpq": {"nlist": None, "m": 32, "nbits": 8, "nprobe": 16, "k_factor": 10, "train_size": 50_000, "seed": 0},
+    "hnsw": {"M": 32, "efConstruction": 40, "efSearch": 128},
+    # nlist=None -> about sqrt(N) lists, clamped so that every list gets >= 39 training points;
+    # m=None -> 4-dimensional sub-vectors (d/4 sub-quantisers; the largest divisor of d <= d/4).
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 16, "k_factor": 10, "train_size": 50_000, "seed": 0},
 }
 
 #: Parameters that only change search behaviour (can be changed on a built or loaded index).
@@ -121,7 +122,10 @@ def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.In
         return index
     # ivfpq
     nbits = _int_param("nbits", p["nbits"], 1, 16)
-    m = _int_param("m", p["m"], 1, d)
+    if p["m"] is None:
+        m = max(k for k in range(1, max(1, d // 4) + 1) if d % k == 0)
+    else:
+        m = _int_param("m", p["m"], 1, d)
     if d % m:
         divisors = [k for k in range(1, d + 1) if d % k == 0]
         raise ValueError(f"m={m} is invalid: the dimension {d} must be divisible by m (choose one of {divisors})")

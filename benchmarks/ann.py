@@ -114,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kinds", default="hnsw,ivfpq")
-    ap.add_argument("--ef-sweep", default="64,128,256,512")
+    ap.add_argument("--ef-sweep", default="64,128,192,256")
     ap.add_argument("--nprobe-sweep", default="4,8,16,32")
     ap.add_argument("--hnsw-params", default="{}", help='JSON overrides of the HNSW defaults, e.g. \'{"M": 32}\'')
     ap.add_argument("--ivfpq-params", default="{}", help="JSON overrides of the IVF-PQ defaults")
@@ -147,7 +147,8 @@ def main(argv=None):
         index = build_index(x, kind, **overrides)
         build_s = time.perf_counter() - t
         if kind == "ivfpq":
-            params["nlist"] = faiss.extract_index_ivf(index).nlist
+            ivf = faiss.extract_index_ivf(index)
+            params["nlist"], params["m"] = ivf.nlist, faiss.downcast_index(ivf).pq.M
         print(f"{kind}: build {build_s:.1f}s {params}", flush=True)
         knob, values = sweeps[kind]
         values = sorted({int(v) for v in values.split(",")} | {int(params[knob])})

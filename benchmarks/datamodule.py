@@ -91,8 +91,8 @@ def main(argv=None) -> int:
 
     info = machine()
     settings = dict(batch_size=512, num_neighbors=10, num_layers=2, num_walks=10, walk_length=2, restart_prob=0.5,
-                    num_easy_negatives=500, hard_negatives=True, max_hard_negatives=6, sampler="pinsage",
-                    prefetch_factor=2, persistent_workers=False, pin_memory=False, seed=0)
+                    num_easy_negatives=500, hard_negatives=True, max_hard_negatives=6, hard_cache_mb=64.0,
+                    sampler="pinsage", prefetch_factor=2, persistent_workers=False, pin_memory=False, seed=0)
     rows = []
     for name in args.datasets:
         reader_args = SYNTHETIC if name == "synthetic" else None

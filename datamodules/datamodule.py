@@ -72,6 +72,8 @@ class PinSageDataModule(pl.LightningDataModule):
             Default ``[0.01, 0.05]``: ranks 17-84 on MovieLens-100K, 410-2049 on Gowalla.
         hard_num_walks: walks per query for the hard-negative ranking (``None``: about ``2 * hi``
             visits, at least 100 walks).
+        hard_cache_mb: memory per worker (MiB) for hard-negative rankings already computed this
+            epoch (queries recur in many pairs; 0 disables; batches are identical either way).
         num_workers, prefetch_factor, persistent_workers: DataLoader workers (``prefetch_factor``
             and ``persistent_workers`` only apply when ``num_workers > 0``).
         pin_memory: ``None`` = pin when CUDA is available.
@@ -101,6 +103,7 @@ class PinSageDataModule(pl.LightningDataModule):
         max_hard_negatives: int = 6,
         hard_negative_window: List[float] = list(DEFAULT_HARD_WINDOW),
         hard_num_walks: Optional[int] = None,
+        hard_cache_mb: float = 64.0,
         num_workers: int = 2,
         prefetch_factor: int = 2,
         persistent_workers: bool = True,
@@ -143,6 +146,12 @@ class PinSageDataModule(pl.LightningDataModule):
         self.hard_negative_window = list(hard_negative_window)
         resolve_hard_window(self.hard_negative_window, 10**12, self.num_neighbors)  # shape/sign check now
         self.hard_num_walks = None if hard_num_walks is None else _int("hard_num_walks", hard_num_walks, 1)
+        try:
+            self.hard_cache_mb = float(hard_cache_mb)
+        except (TypeError, ValueError):
+            self.hard_cache_mb = float("nan")
+        if not self.hard_cache_mb >= 0:
+            raise ValueError(f"hard_cache_mb must be a number >= 0, got {hard_cache_mb!r}")
         self.num_workers = _int("num_workers", num_workers, 0)
         self.prefetch_factor = _int("prefetch_factor", prefetch_factor, 1)
         self.persistent_workers = bool(persistent_workers)
@@ -181,7 +190,7 @@ class PinSageDataModule(pl.LightningDataModule):
         if self.hard_negatives and self.max_hard_negatives > 0:
             miner = HardNegativeMiner(g, self.hard_negative_window, self.num_neighbors, self.hard_num_walks,
                                       self.walk_length, self.restart_prob,
-                                      seed=self.seed + 7919)
+                                      seed=self.seed + 7919, cache_mb=self.hard_cache_mb)
             self.hard_negative_ranks = (miner.lo, miner.hi)
         self._builder, self._miner, self.dataset = builder, miner, ds
 

@@ -231,7 +231,8 @@ class TrainBatchDataset(Dataset):
 class EvalChunkDataset(Dataset):
     """``dataset[c] -> EvalBatch`` of items ``[c * chunk_size, (c+1) * chunk_size)`` (index order)."""
 
-    def __init__(self, builder: ComputationGraphBuilder, chunk_size: int, epoch: int = 0, items: Optional[np.ndarray] = None):
+    def __init__(self, builder: ComputationGraphBuilder, chunk_size: int, epoch: int = 0,
+                 items: Optional[np.ndarray] = None):
         self.builder = builder
         self.chunk_size = _check_positive("eval_batch_size", chunk_size)
         self.epoch = int(epoch)

@@ -27,6 +27,13 @@ the neighbourhood that were reached (``T+1 .. reached``); when even those are em
 ``T + 1`` items reached, e.g. an isolated or tiny-degree query), draw uniformly from the
 catalogue minus ``{q, i}`` (with replacement).
 
+Cost: ranking a query takes ``hard_num_walks`` walks (auto: about two visits per window rank), by
+far the most expensive part of a batch on large catalogues; a query occurs in many pairs per
+epoch, so each process keeps this epoch's rankings in a bounded cache (``cache_mb``; a ranking is
+a function of ``(seed, epoch, query)``, so the cache never changes a batch). Visit-count ties are
+broken by smaller item id (see :mod:`datamodules.walks`), so among equally-visited items at the
+window's edges low ids are favoured; more walks mean fewer ties.
+
 **Curriculum**: the batch built for Lightning's ``current_epoch = e`` (0-based; the paper's epoch
 ``n = e + 1``) gets ``min(e, max_hard_negatives)`` hard negatives per query, i.e. none in the first
 epoch, ``n - 1`` at epoch ``n``; ``hard_negatives=False`` switches them off (the ablation).
@@ -171,10 +178,13 @@ class HardNegativeMiner:
         num_walks: walks per query for the ranking (``None``: :func:`auto_hard_num_walks`).
         walk_length, restart_prob: the walks (as for the neighbourhoods).
         seed: random stream; the ranking is a function of ``(seed, epoch, query)``.
+        cache_mb: per-process memory for rankings already computed this epoch (a query occurs in
+            many pairs per epoch; 0 disables the cache; results are identical either way).
     """
 
     def __init__(self, graph, window: Sequence[float] = DEFAULT_HARD_WINDOW, num_neighbors: int = 20,
-                 num_walks: Optional[int] = None, walk_length: int = 2, restart_prob: float = 0.5, seed: int = 0):
+                 num_walks: Optional[int] = None, walk_length: int = 2, restart_prob: float = 0.5, seed: int = 0,
+                 cache_mb: float = 64.0):
         self.arrays = (np.ascontiguousarray(graph.item_ptr, dtype=np.int64), np.ascontiguousarray(graph.item_users),
                        np.ascontiguousarray(graph.user_ptr, dtype=np.int64), np.ascontiguousarray(graph.user_items))
         self.num_items = int(self.arrays[0].shape[0] - 1)
@@ -188,6 +198,51 @@ class HardNegativeMiner:
             raise ValueError(f"hard_num_walks must be a positive integer or null (auto), got {num_walks!r}")
         self.num_walks = int(num_walks)
         self.seed = int(seed)
+        try:
+            cache_mb = float(cache_mb)
+        except (TypeError, ValueError):
+            cache_mb = float("nan")
+        if not cache_mb >= 0:
+            raise ValueError(f"hard_cache_mb must be a number >= 0, got {cache_mb!r}")
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache_epoch = -1
+        self._cache: dict = {}
+        self._cache_used = 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_cache={}, _cache_epoch=-1, _cache_used=0)
+        return state
+
+    def cached_ranking(self, queries: np.ndarray, epoch: int):
+        """:meth:`ranking` of distinct ``queries`` through a per-process, per-epoch cache.
+
+        A ranking is a function of ``(seed, epoch, query)``, so the cache never changes a result;
+        it saves the walks of queries already ranked this epoch in this process. Rankings (int32,
+        at most ``hi`` items each) are kept until ``hard_cache_mb`` is used up; a new epoch empties it.
+        """
+        if self.cache_bytes <= 0:
+            ptr, items, _ = self.ranking(queries, epoch)
+            return ptr, items
+        if epoch != self._cache_epoch:
+            self._cache, self._cache_epoch, self._cache_used = {}, epoch, 0
+        cache = self._cache
+        got = [cache.get(int(q)) for q in queries]
+        miss = np.array([i for i, r in enumerate(got) if r is None], dtype=np.int64)
+        if miss.size:
+            mptr, mitems, _ = self.ranking(queries[miss], epoch)
+            mitems = mitems.astype(np.int32)
+            for j, i in enumerate(miss):
+                r = mitems[mptr[j]:mptr[j + 1]].copy()
+                got[i] = r
+                if self._cache_used + r.nbytes + 100 <= self.cache_bytes:
+                    cache[int(queries[i])] = r
+                    self._cache_used += r.nbytes + 100
+        lens = np.fromiter((r.size for r in got), dtype=np.int64, count=len(got))
+        ptr = np.zeros(len(got) + 1, dtype=np.int64)
+        np.cumsum(lens, out=ptr[1:])
+        items = np.concatenate(got).astype(np.int64) if got else np.empty(0, dtype=np.int64)
+        return ptr, items
 
     def ranking(self, queries: np.ndarray, epoch: int = 0):
         """``(ptr, items, counts)`` visit ranking of each query up to rank ``hi``."""
@@ -203,7 +258,7 @@ class HardNegativeMiner:
         if num <= 0 or B == 0:
             return np.empty((B, max(int(num), 0)), dtype=np.int64)
         uq, inv = np.unique(queries, return_inverse=True)
-        ptr, items, _ = self.ranking(uq, epoch)
+        ptr, items = self.cached_ranking(uq, epoch)
         reached = np.diff(ptr)[inv]  # per pair
         base = ptr[:-1][inv]
         T, lo, hi = self.num_neighbors, self.lo, self.hi

@@ -64,6 +64,7 @@ data:
     (dict(dataset="nope"), "dataset"),
     (dict(split="random"), "split"),
     (dict(hard_num_walks=0), "hard_num_walks"),
+    (dict(hard_cache_mb=-1), "hard_cache_mb"),
 ])
 def test_bad_arguments_name_the_argument(cache_dir, kw, name):
     with pytest.raises(ValueError, match=name):

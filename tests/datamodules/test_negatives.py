@@ -162,3 +162,21 @@ def test_hard_negatives_deterministic_per_rng_and_epoch():
 def test_bad_hard_num_walks():
     with pytest.raises(ValueError, match="hard_num_walks"):
         HardNegativeMiner(dense_graph(), [0.1, 0.3], num_neighbors=5, num_walks=0)
+
+
+def test_ranking_cache_changes_nothing():
+    g = dense_graph()
+    cached = HardNegativeMiner(g, [0.1, 0.3], num_neighbors=5, seed=3, cache_mb=1)
+    plain = HardNegativeMiner(g, [0.1, 0.3], num_neighbors=5, seed=3, cache_mb=0)
+    for epoch, q in ((1, np.arange(0, 40)), (1, np.arange(20, 60)), (2, np.arange(0, 40))):
+        pos = (q + 1) % 120
+        a = cached.sample(q, pos, 3, epoch, np.random.default_rng(epoch))
+        b = plain.sample(q, pos, 3, epoch, np.random.default_rng(epoch))
+        assert np.array_equal(a, b)
+        assert cached._cache_epoch == epoch and set(cached._cache) <= set(range(120))
+    assert len(cached._cache) == 40  # emptied when the epoch changed
+    tiny = HardNegativeMiner(g, [0.1, 0.3], num_neighbors=5, seed=3, cache_mb=0.0005)  # ~500 bytes
+    tiny.sample(np.arange(40), np.arange(1, 41), 2, 1, np.random.default_rng(0))
+    assert 0 < len(tiny._cache) < 40 and tiny._cache_used <= tiny.cache_bytes
+    with pytest.raises(ValueError, match="hard_cache_mb"):
+        HardNegativeMiner(g, [0.1, 0.3], num_neighbors=5, cache_mb=-1)
