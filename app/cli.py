@@ -19,6 +19,8 @@ from typing import List, Optional
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# idle OpenMP threads sleep instead of spinning: the walk kernels and torch share 2 cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -32,6 +34,28 @@ def _lightning_cli_class():
             parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
             parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
             parser.link_arguments("data.num_layers", "model.num_layers")
+            # where `pinsage predict` writes its artifacts (see app/artifacts.py)
+            parser.add_argument("--artifacts.output_dir", type=Optional[str], default=None,
+                                help="output folder of predict (default artifacts/<dataset>)")
+            parser.add_argument("--artifacts.index", type=str, default="auto",
+                                help="FAISS index: auto | exact | hnsw | ivfpq")
+            parser.add_argument("--artifacts.chunk_size", type=int, default=65536,
+                                help="items per chunk of layer-wise inference (bounds memory)")
+            parser.add_argument("--artifacts.evaluate", type=bool, default=True,
+                                help="also write metrics.json (every evaluation protocol + baselines)")
+
+        def predict(self, model, datamodule=None, ckpt_path=None, **_):
+            """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""
+            from .artifacts import load_weights, write_artifacts
+
+            cfg = self.config[self.subcommand]
+            art = cfg.artifacts
+            load_weights(model, ckpt_path)
+            out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
+            write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
+                            evaluate=art.evaluate, ckpt_path=ckpt_path,
+                            config=cfg.as_dict())
+            print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI
 

@@ -12,7 +12,9 @@ Usage (from the project root)::
         [--workers 0 1 2] [--batches 40] [--out benchmarks/results/datamodule.json]
 
 ``batches_per_s`` counts ``--batches`` minibatches after the first one (so worker start-up is
-excluded; it is reported separately as ``first_batch_s``). The machine description includes the
+excluded; it is reported separately as ``first_batch_s``); every run starts with an empty
+hard-negative ranking cache, so the figures are those of the start of an epoch (the cache hit
+rate, and the speed, grow as the epoch goes on). The machine description includes the
 load average, since a shared machine skews the figures.
 """
 
@@ -55,6 +57,8 @@ def machine() -> dict:
 
 
 def bench(dm, workers: int, batches: int) -> dict:
+    if dm._miner is not None:
+        dm._miner.clear_cache()  # forked workers would inherit rankings a previous run computed
     loader = dm.make_train_dataloader(num_workers=workers)
     loader.sampler.set_epoch(1)  # Lightning epoch 1 = paper epoch 2: hard negatives on
     t0 = time.perf_counter()

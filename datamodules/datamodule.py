@@ -194,6 +194,11 @@ class PinSageDataModule(pl.LightningDataModule):
             self.hard_negative_ranks = (miner.lo, miner.hi)
         self._builder, self._miner, self.dataset = builder, miner, ds
 
+    def neighbour_sampler(self):
+        """The importance (or uniform) neighbourhood sampler the model trains with."""
+        self._require()
+        return self._builder.sampler
+
     def _require(self) -> RecDataset:
         if self.dataset is None:
             self.setup()

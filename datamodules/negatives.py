@@ -209,6 +209,9 @@ class HardNegativeMiner:
         self._cache: dict = {}
         self._cache_used = 0
 
+    def clear_cache(self) -> None:
+        self._cache, self._cache_epoch, self._cache_used = {}, -1, 0
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.update(_cache={}, _cache_epoch=-1, _cache_used=0)

@@ -175,6 +175,8 @@ def test_ranking_cache_changes_nothing():
         assert np.array_equal(a, b)
         assert cached._cache_epoch == epoch and set(cached._cache) <= set(range(120))
     assert len(cached._cache) == 40  # emptied when the epoch changed
+    cached.clear_cache()
+    assert cached._cache == {} and cached._cache_used == 0
     tiny = HardNegativeMiner(g, [0.1, 0.3], num_neighbors=5, seed=3, cache_mb=0.0005)  # ~500 bytes
     tiny.sample(np.arange(40), np.arange(1, 41), 2, 1, np.random.default_rng(0))
     assert 0 < len(tiny._cache) < 40 and tiny._cache_used <= tiny.cache_bytes
