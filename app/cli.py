@@ -44,6 +44,9 @@ def _lightning_cli_class():
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
 
+        def before_fit(self) -> None:
+            _checkpoints_under_root(self.trainer)
+
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
             """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""
             from .artifacts import load_weights, write_artifacts
@@ -58,6 +61,17 @@ def _lightning_cli_class():
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI
+
+
+def _checkpoints_under_root(trainer) -> None:
+    """Checkpoints go to ``<default_root_dir>/checkpoints`` whatever the logger (a stable path)."""
+    import os.path
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+            cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
 
 def run_lightning(argv: List[str]):
