@@ -2,8 +2,8 @@
 
 * ``pinsage fit|validate|test|predict --config configs/<name>.yaml [--trainer.* --data.* --model.*]``
   is the Lightning CLI over :class:`models.module.PinSageModule` and
-  :class:`datamodules.datamodule.PinSageDataModule`; ``test`` prints the metrics (model and
-  baselines) as one JSON object on its last stdout line.
+  :class:`datamodules.datamodule.PinSageDataModule`; ``test`` and ``validate`` print the metrics (model
+  and baselines) as one JSON object on its last stdout line.
 * ``pinsage data --config configs/data/<name>.yaml`` inspects a dataset (counts as JSON).
 * ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
 """
@@ -105,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
     cli = run_lightning(argv)
-    if argv[0] == "test":
+    if argv[0] in ("test", "validate"):
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
 

@@ -150,7 +150,8 @@ class PinSageModule(pl.LightningModule):
         self._eval_chunks = []
 
     def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
+        # `pinsage validate` also scores the baselines; validation inside `fit` does not (cost)
+        self._evaluate("val", with_baselines=self.trainer.state.fn == "validate")
 
     def on_test_epoch_end(self) -> None:
         self._evaluate("test", with_baselines=True)
