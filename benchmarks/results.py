@@ -89,13 +89,54 @@ def run_baselines(dataset: str, seed: int) -> dict:
             "eval_seconds": round(time.perf_counter() - t0, 1), "metrics": m}
 
 
+METRICS = [("item", "hit_rate@10"), ("item", "hit_rate@100"), ("item", "hit_rate@500"), ("item", "mrr"),
+           ("ncf", "hr@10"), ("ncf", "ndcg@10"), ("full", "recall@20"), ("full", "ndcg@20")]
+
+
+def render(db: dict) -> str:
+    """Markdown tables: mean +- std over seeds of every (run/baseline, protocol metric)."""
+    import numpy as np
+
+    groups: dict = {}
+    for r in db["rows"]:
+        if r["run"].endswith("-baselines"):
+            dataset = r["run"][: -len("-baselines")]
+            for b in ("random", "popularity", "cooccurrence"):
+                groups.setdefault((dataset, b), []).append({k.split("/", 1)[1]: v for k, v in r["metrics"].items()
+                                                          if k.startswith(b + "/")})
+        else:
+            dataset = {"ml100k": "movielens-100k", "latest-small": "movielens-latest-small",
+                       "gowalla": "gowalla"}[r["run"].rsplit("-", 1)[0]]
+            groups.setdefault((dataset, r["run"]), []).append(
+                {k.split("/", 1)[1]: v for k, v in r["metrics"].items() if k.startswith("pinsage/")})
+    out = []
+    for dataset in sorted({d for d, _ in groups}):
+        out.append(f"\n### {dataset}\n")
+        out.append("| model | seeds | " + " | ".join(f"{p} {m}" for p, m in METRICS) + " |")
+        out.append("|---|---:|" + "---:|" * len(METRICS))
+        for (d, name), runs in sorted(groups.items()):
+            if d != dataset:
+                continue
+            cells = []
+            for p_, m in METRICS:
+                vals = [x[f"{p_}/{m}"] for x in runs if f"{p_}/{m}" in x]
+                cells.append("-" if not vals else f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if len(vals) > 1
+                             else f"{vals[0]:.4f}")
+            out.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="*", default=[], choices=list(RUNS))
     p.add_argument("--baselines", nargs="*", default=[])
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    p.add_argument("--render", action="store_true", help="print the markdown tables of results.json")
     a = p.parse_args()
+    if a.render:
+        print(render(_load()))
+        return
     for seed in a.seeds:
         for name in a.runs:
             row = run_model(name, seed, a.epochs)
