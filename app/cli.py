@@ -29,6 +29,25 @@ def _lightning_cli_class():
     from pytorch_lightning.cli import LightningCLI
 
     class PinSageCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI merges a checkpoint's hyperparameters over the config: refuse a shape
+            # mismatch instead of silently training/testing another model than the config says
+            sub = self.config.get("subcommand")
+            path = sub and self.config[sub].get("ckpt_path")
+            if path and os.path.isfile(path):
+                import torch
+
+                from models.module import SHAPE_KEYS
+
+                saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+                cfg = self.config[sub].model
+                diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
+                        if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
+                if diff:
+                    raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
+                                     "use the config it was trained with or retrain")
+            super()._parse_ckpt_path()
+
         def add_arguments_to_parser(self, parser) -> None:
             # the model is sized by the data it trains on
             parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
@@ -78,11 +97,24 @@ def run_lightning(argv: List[str]):
     from datamodules.datamodule import PinSageDataModule
     from models.module import PinSageModule
 
+    from pytorch_lightning.cli import SaveConfigCallback
+
+    class LogConfigCallback(SaveConfigCallback):
+        """Writes config.yaml beside the run and sends the whole resolved config to the logger."""
+
+        def save_config(self, trainer, pl_module, stage) -> None:
+            import yaml
+
+            if trainer.logger is not None:
+                cfg = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                trainer.logger.log_hyperparams({"config": cfg})
+
     cli_cls = _lightning_cli_class()
     cli = cli_cls(
         PinSageModule,
         PinSageDataModule,
         args=None if argv == sys.argv[1:] else argv,
+        save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
         auto_configure_optimizers=False,

@@ -228,11 +228,12 @@ class PinSageModule(pl.LightningModule):
     def steps_per_epoch(self) -> int:
         if self._trainer is None:
             return 1
-        total = self.trainer.estimated_stepping_batches
+        total = self.trainer.estimated_stepping_batches  # also loads the train dataloader
+        batches = self.trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            return max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
         epochs = max(self.trainer.max_epochs or 1, 1)
-        if not math.isfinite(total):
-            return 1
-        return max(int(total // epochs), 1)
+        return max(int(total // epochs), 1) if math.isfinite(total) else 1
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
@@ -243,6 +244,14 @@ class PinSageModule(pl.LightningModule):
             desc = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"checkpoint was trained with another model shape ({desc}); "
                              "use the config it was trained with or retrain")
+        # hyperparameters can be overridden at load time: compare the tensors too
+        own = self.state_dict()
+        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+               for k, v in checkpoint.get("state_dict", {}).items()
+               if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+        if bad:
+            raise ValueError("checkpoint was trained with another model shape (" + "; ".join(bad[:3])
+                             + (" ..." if len(bad) > 3 else "") + "); use the config it was trained with or retrain")
 
     def metrics_json(self) -> str:
         return json.dumps(self.last_metrics, sort_keys=True)

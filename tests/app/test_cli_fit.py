@@ -20,3 +20,11 @@ def test_fit_writes_best_and_last_then_test_prints_metrics_json(tiny_run, capsys
     # above the popularity list on the paper's scaled MRR
     assert out["test/hit_rate@100"] > 0.5
     assert out["test/mrr"] > out["test/popularity/mrr"]
+
+
+def test_checkpoint_of_another_shape_is_refused_by_the_cli(tiny_run):
+    import pytest
+
+    run, last, args = tiny_run
+    with pytest.raises(ValueError, match=r"another model shape \(hidden_channels: checkpoint 32 vs config 64\)"):
+        main(["test", *args, "--model.hidden_channels=64", "--ckpt_path", str(last)])
