@@ -73,3 +73,10 @@ def test_unknown_key_is_one_clear_error(capsys):
     with pytest.raises(SystemExit):
         parse_only(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--model.no_such_key=1"])
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_csv_logger_is_one_switch(tmp_path):
+    cfg = parse_only(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--trainer.logger=CSVLogger",
+                      f"--trainer.logger.save_dir={tmp_path}"])
+    assert cfg.trainer.logger.class_path.endswith("CSVLogger")
+    assert str(cfg.trainer.logger.init_args.save_dir) == str(tmp_path)
