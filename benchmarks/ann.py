@@ -37,6 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.retrieval import DEFAULT_PARAMS, build_index, recall_at_k, set_search_params  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 
 def clustered_embeddings(n: int, d: int, clusters: int, local_dim: int, seed: int, centres=None):
     """``n`` unit vectors from a Zipf-sized Gaussian mixture; returns (x, model) where model re-draws."""
@@ -75,15 +78,7 @@ def timed_search(index, q, k, repeats):
 
 
 def machine(threads):
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = None
     try:
         with open("/proc/meminfo") as f:

@@ -72,7 +72,10 @@ def main() -> None:
                    "load_from_cache_s": round(warm["seconds"], 3), "cache_peak_rss_mb": round(warm["peak_rss_mb"])}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import cpu_model
+
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
                "python": platform.python_version(), "loadavg": os.getloadavg()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))

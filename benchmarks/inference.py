@@ -47,25 +47,18 @@ from datamodules.datasets import load_dataset  # noqa: E402
 from datamodules.walks import PinSageSampler  # noqa: E402
 from models.pinsage import PinSage  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 SYNTHETIC_1M = dict(num_users=500_000, num_items=1_000_000, num_interactions=5_000_000,
                     num_communities=1000, feature_dim=16, seed=0)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict:
     import torch_geometric
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "numba_threads": numba.get_num_threads(),

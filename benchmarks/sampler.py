@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SETTINGS = [dict(num_walks=nw, walk_length=wl, restart=0.5, T=t)
@@ -157,14 +160,7 @@ def _machine(threads: int):
     import numba
     import numpy as np
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "numba_threading_layer": None}
     try:

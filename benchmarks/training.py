@@ -41,6 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "movielens-100k"
 
@@ -339,6 +342,7 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("DGL_SKIP_GRAPHBOLT", "1")
 import torch, torch.utils.data as tud, tqdm
 
+
 warmup, out = int(sys.argv[1]), sys.argv[2]
 sys.argv = [os.path.join(HERE, "model.py")] + sys.argv[3:]
 rec = {"step_t": [], "wait": [], "pairs": [], "t_end": None}
@@ -490,14 +494,7 @@ def _note(o: dict, nw: int) -> str:
 def _machine() -> dict:
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "torch": torch.__version__}
 

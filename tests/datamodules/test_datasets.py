@@ -1,11 +1,10 @@
 import json
-import os
 import time
 
 import numpy as np
 import pytest
 
-from datamodules.datasets import RecDataset, load_dataset
+from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
 from tests.conftest import data_folder
 

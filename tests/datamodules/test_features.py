@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,7 @@ from datamodules import features as F
 from datamodules.features import build_item_features, item_texts
 from datamodules.interactions import DataError, Interactions, ItemTable
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def real(name: str) -> Path:
-    folder = DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"real dataset folder {folder} is absent (it lives in ../shared/data/{name} next to the project)")
-    return folder
+from tests.conftest import data_folder as real
 
 
 def make(titles=None, years=None, cats=None, names=("Comedy", "Drama")):

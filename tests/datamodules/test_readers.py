@@ -20,14 +20,7 @@ from datamodules.readers import (
     read_table_log,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def real(name: str) -> Path:
-    folder = DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"real dataset folder {folder} is absent (it lives in ../shared/data/{name} next to the project)")
-    return folder
+from tests.conftest import data_folder as real
 
 
 def write(path: Path, text: str, encoding: str = "utf-8", newline: str = "\n") -> Path:

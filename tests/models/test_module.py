@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from models.module import PinSageModule, WarmupExponential
 
