@@ -62,6 +62,10 @@ def run_model(name: str, seed: int, epochs: int | None) -> dict:
               "--trainer.enable_progress_bar=false"]
     if epochs:
         common.append(f"--trainer.max_epochs={epochs}")
+    if work.exists():  # a stale last.ckpt would make Lightning write last-v1.ckpt beside it
+        import shutil
+
+        shutil.rmtree(work)
     t0 = time.perf_counter()
     _pinsage("fit", *common)
     fit_s = time.perf_counter() - t0
