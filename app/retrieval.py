@@ -40,7 +40,7 @@ DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {
     "hnsw": {"M": 32, "efConstruction": 40, "efSearch": 128},
     # nlist=None -> about sqrt(N) lists, clamped so that every list gets >= 39 training points;
     # m=None -> 4-dimensional sub-vectors (d/4 sub-quantisers; the largest divisor of d <= d/4).
-    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 8, "k_factor": 10, "train_size": 50_000, "seed": 0},
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 4, "k_factor": 10, "train_size": 50_000, "seed": 0},
 }
 
 #: Parameters that only change search behaviour (can be changed on a built or loaded index).
