@@ -136,7 +136,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("usage: pinsage {fit,validate,test,predict,data,recommend} [--config CONFIG] [overrides]\n"
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
-    cli = run_lightning(argv)
+    from datamodules.interactions import DataError
+
+    try:
+        cli = run_lightning(argv)
+    except (DataError, ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     if argv[0] in ("test", "validate"):
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0

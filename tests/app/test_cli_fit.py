@@ -22,9 +22,14 @@ def test_fit_writes_best_and_last_then_test_prints_metrics_json(tiny_run, capsys
     assert out["test/mrr"] > out["test/popularity/mrr"]
 
 
-def test_checkpoint_of_another_shape_is_refused_by_the_cli(tiny_run):
-    import pytest
-
+def test_checkpoint_of_another_shape_is_refused_by_the_cli(tiny_run, capsys):
     run, last, args = tiny_run
-    with pytest.raises(ValueError, match=r"another model shape \(hidden_channels: checkpoint 32 vs config 64\)"):
-        main(["test", *args, "--model.hidden_channels=64", "--ckpt_path", str(last)])
+    assert main(["test", *args, "--model.hidden_channels=64", "--ckpt_path", str(last)]) == 2
+    assert "another model shape (hidden_channels: checkpoint 32 vs config 64)" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_error(tiny_run, tmp_path, capsys):
+    _, _, args = tiny_run
+    assert main(["fit", *args, "--data.dataset=movielens-100k", f"--data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "pinsage fit: error:" in err and "missing file 'u.data'" in err

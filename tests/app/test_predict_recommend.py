@@ -31,10 +31,10 @@ def test_predict_writes_complete_artifacts(artifacts):
     assert not [p for p in artifacts.parent.iterdir() if p.name.startswith(".")]  # no temp left behind
 
 
-def test_predict_without_checkpoint_is_one_clear_error(tiny_run, tmp_path):
+def test_predict_without_checkpoint_is_one_clear_error(tiny_run, tmp_path, capsys):
     _, _, args = tiny_run
-    with pytest.raises(ValueError, match="predict needs --ckpt_path"):
-        main(["predict", *args, "--artifacts.output_dir", str(tmp_path / "x")])
+    assert main(["predict", *args, "--artifacts.output_dir", str(tmp_path / "x")]) == 2
+    assert "pinsage predict: error: predict needs --ckpt_path" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
