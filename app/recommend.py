@@ -54,6 +54,14 @@ class Recommender:
         self.user_ids = users["user_ids"].tolist()
         self.user_index = {raw: u for u, raw in enumerate(self.user_ids)}
         self.user_ptr, self.user_items = users["ptr"], users["items"]
+        d = self.emb.shape[1]
+        # the model's user encoder (models/user_encoder.py): p_u = normalise(W_u sum of history)
+        self.user_encoder = users["encoder"] if "encoder" in users.files else np.eye(d, dtype=np.float32)
+
+    def user_vector(self, history) -> np.ndarray:
+        """The user representation the model trained and was evaluated with (see UserEncoder)."""
+        q = self.user_encoder @ self.emb[np.asarray(history, dtype=np.int64)].sum(0)
+        return (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
 
     @property
     def num_items(self) -> int:
@@ -88,8 +96,7 @@ class Recommender:
         u = self.user_index[raw_id]
         seen = self.user_items[self.user_ptr[u]:self.user_ptr[u + 1]]
         self._check_k(k, len(np.unique(seen)))
-        q = self.emb[seen].mean(0)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        q = self.user_vector(seen)
         s, ids = search(self.index, q[None, :].astype(np.float32), k, exclude=[seen])
         return self._answer({"user": raw_id, "history": len(seen)}, s[0], ids[0])
 
