@@ -30,6 +30,7 @@ from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, Tra
                       resolve_rank)
 from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
+from .pairs import check_min_weight, check_pairs, make_pair_source
 from .splits import SPLITS, check_split_seed
 from .walks import PinSageSampler, UniformSampler
 
@@ -52,6 +53,11 @@ class PinSageDataModule(pl.LightningDataModule):
         features: item features to build (``None`` = the dataset's defaults).
         split: ``auto`` | ``temporal`` | ``random`` | ``fixed`` (``datamodules.splits``).
         split_seed: seed of the random split (and of held-out queries of unordered splits).
+        pairs: training pairs ``auto`` | ``consecutive`` | ``cooccurrence`` | ``walk``
+            (:mod:`datamodules.pairs`; ``auto``: consecutive with timestamps, else cooccurrence).
+        min_weight: only interactions with weight ``>= min_weight`` make training pairs (``None``: all).
+        weighted_walks: walks (neighbourhoods, ``walk`` pairs) move proportionally to the
+            interaction weights when the log has them.
         reader_args: format options passed to the reader / synthetic generator.
         num_layers: ``K``, convolution layers = hops of the computation graph (GraphSAGE/PinSage: 2).
         num_neighbors: ``T``, neighbourhood size (top-T visited items). Default 20: the paper's 50
@@ -90,6 +96,9 @@ class PinSageDataModule(pl.LightningDataModule):
         features: Optional[List[str]] = None,
         split: str = "auto",
         split_seed: int = 0,
+        pairs: str = "auto",
+        min_weight: Optional[float] = None,
+        weighted_walks: bool = True,
         reader_args: Optional[Dict[str, Any]] = None,
         num_layers: int = 2,
         num_neighbors: int = 20,
@@ -126,6 +135,10 @@ class PinSageDataModule(pl.LightningDataModule):
         self.features = None if features is None else list(features)
         self.split = split
         self.split_seed = check_split_seed(split_seed)
+        self.pairs = check_pairs(pairs)
+        self.min_weight = check_min_weight(min_weight)
+        self.weighted_walks = bool(weighted_walks)
+        self._pairs = None
         self.reader_args = dict(reader_args or {})
         self.num_layers = _int("num_layers", num_layers, 0)
         self.num_neighbors = _int("num_neighbors", num_neighbors, 1)
@@ -185,7 +198,8 @@ class PinSageDataModule(pl.LightningDataModule):
         g = ds.train_graph
         if self.sampler == "pinsage":
             nbr = PinSageSampler(g, num_walks=self.num_walks, walk_length=self.walk_length,
-                                 restart_prob=self.restart_prob, top_t=self.num_neighbors, seed=self.seed)
+                                 restart_prob=self.restart_prob, top_t=self.num_neighbors, seed=self.seed,
+                                 weighted=self.weighted_walks)
         else:
             nbr = UniformSampler(g, num_samples=self.uniform_num_samples, seed=self.seed)
         builder = ComputationGraphBuilder(nbr, ds.item_features, self.num_layers)
@@ -195,6 +209,8 @@ class PinSageDataModule(pl.LightningDataModule):
                                       self.walk_length, self.restart_prob,
                                       seed=self.seed + 7919, cache_mb=self.hard_cache_mb)
             self.hard_negative_ranks = (miner.lo, miner.hi)
+        self._pairs = make_pair_source(ds, self.pairs, self.min_weight, self.walk_length, self.restart_prob,
+                                       self.seed, self.weighted_walks)
         self._builder, self._miner, self.dataset = builder, miner, ds
 
     def neighbour_sampler(self):
@@ -249,7 +265,7 @@ class PinSageDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> TrainBatchDataset:
         ds = self._require()
-        return TrainBatchDataset(ds.train_pairs, self._builder, self.num_easy_negatives, self._miner,
+        return TrainBatchDataset(self._pairs, self._builder, self.num_easy_negatives, self._miner,
                                  self.max_hard_negatives, self.seed)
 
     def make_train_dataloader(self, rank: Optional[int] = None, world_size: Optional[int] = None,
