@@ -114,7 +114,7 @@ class StaticPairs:
 
 
 @njit(nogil=True, cache=True)
-def _sample_pairs(idx, tgt_pos, tgt_user, user_ptr, user_items, item_ptr, item_users, item_cw, user_cw, weighted,
+def _sample_pairs(idx, tgt_pos, tgt_user, user_ptr, user_items, item_ptr, item_users, item_tab, user_tab, weighted,
                   hops, thr, key):
     """Pairs of the target edges ``idx`` (see the module docstring); serial (fork-safe)."""
     n = idx.shape[0]
@@ -140,7 +140,7 @@ def _sample_pairs(idx, tgt_pos, tgt_user, user_ptr, user_items, item_ptr, item_u
             r = _mix(st)
             us = item_ptr[cur]
             if weighted:
-                e = _pick_weighted(item_cw, us, item_ptr[cur + 1], r)
+                e = _pick_weighted(item_tab, us, item_ptr[cur + 1], r)
             else:
                 e = us + _below(r, item_ptr[cur + 1] - us)
             v = item_users[e]
@@ -148,7 +148,7 @@ def _sample_pairs(idx, tgt_pos, tgt_user, user_ptr, user_items, item_ptr, item_u
             r = _mix(st)
             is_ = user_ptr[v]
             if weighted:
-                e = _pick_weighted(user_cw, is_, user_ptr[v + 1], r)
+                e = _pick_weighted(user_tab, is_, user_ptr[v + 1], r)
             else:
                 e = is_ + _below(r, user_ptr[v + 1] - is_)
             cur = np.int64(user_items[e])
@@ -184,7 +184,7 @@ class SampledPairs:
         self.item_users = np.ascontiguousarray(graph.item_users)
         ww = walk_weights(graph) if (weighted and kind == "walk") else None
         self.weighted = ww is not None
-        self.item_cw, self.user_cw = (ww if ww is not None else (np.zeros(1), np.zeros(1)))
+        self.item_tab, self.user_tab = (ww if ww is not None else (np.zeros(1, np.uint64), np.zeros(1, np.uint64)))
         deg = np.diff(self.user_ptr)
         users = np.repeat(np.arange(graph.num_users, dtype=np.int64), deg)
         eligible = deg[users] >= 2
@@ -201,7 +201,7 @@ class SampledPairs:
             raise IndexError(f"pair indices must be in [0, {self.num_pairs})")
         thr = min(int(self.restart_prob * 2**32), 2**32 - 1)
         return _sample_pairs(idx, self.tgt_pos, self.tgt_user, self.user_ptr, self.user_items, self.item_ptr,
-                             self.item_users, self.item_cw, self.user_cw, self.weighted, np.int64(self.hops),
+                             self.item_users, self.item_tab, self.user_tab, self.weighted, np.int64(self.hops),
                              np.uint64(thr), _stream_key(self.seed, int(epoch), _SALT[self.kind]))
 
     def epoch_pairs(self, epoch: int = 0) -> np.ndarray:

@@ -41,11 +41,11 @@ batch composition or order.
 **Weighted walks** (``walk_weights``, ``PinSageSampler(weighted=True)``): with interaction
 weights ``w(u, i)`` (play counts, ratings), a hop goes item ``i`` -> user ``u`` with probability
 ``w(u, i) / sum_u' w(u', i)``, then user ``u`` -> item ``j`` with ``w(u, j) / sum_j' w(u, j')``:
-the uniform walk is the special case of equal weights. The kernels draw a slot by binary search
-in per-segment cumulative weights (:class:`WalkWeights`, ``float64``, 16 bytes per edge) from the
-same random number that the uniform path maps with a multiply-shift, so unit weights give exactly
-the uniform path's walks; graphs without weights (or with all weights equal) take the uniform
-path itself. :func:`exact_ppr` takes the same weights (``weights=``).
+the uniform walk is the special case of equal weights. The kernels draw a slot with per-segment
+alias tables (Walker/Vose; :class:`WalkWeights`, 8 bytes per edge and layout): the uniform slot
+of the same random number, kept or replaced by its alias, so equal weights give exactly the
+uniform path's walks and a hop costs one extra load whatever the degree; graphs without weights
+(or with all weights equal) take the uniform path itself. :func:`exact_ppr` takes the same weights (``weights=``).
 
 **Uniform neighbourhood** (GraphSAGE baseline): ``num_samples`` one-hop draws with replacement:
 a uniform user of ``s``, then a uniform item of that user other than ``s`` (users whose only item
@@ -115,7 +115,7 @@ __all__ = [
     "UniformSampler",
     "WalkWeights",
     "walk_weights",
-    "cumulative_weights",
+    "alias_table",
 ]
 
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -286,36 +286,29 @@ def _hash_topk(hkeys, hcnt, used, m, cap, heap, k, out_items, out_cnt, out_off):
 
 
 _GROUP = 32  # walks advanced in lockstep (memory-level parallelism)
-_INV32 = 1.0 / 4294967296.0
+_ALIAS_KEY = np.uint64(0xA5A5F00DC0FFEE11)
 
 
 @njit(inline="always", cache=True)
-def _pick_weighted(cw, lo, hi, r):
-    """A CSR slot in ``[lo, hi)`` with probability proportional to its weight.
+def _pick_weighted(tab, lo, hi, r):
+    """A CSR slot in ``[lo, hi)`` with probability proportional to its weight (alias method).
 
-    ``cw`` holds per-segment inclusive cumulative weights (``cw[e] = w[lo] + ... + w[e]``,
-    :func:`cumulative_weights`); ``u = (r >> 32) / 2**32`` (the high 32 bits, like :func:`_below`)
-    and the slot is the first ``e`` with ``cw[e] > u * cw[hi - 1]`` (binary search). With unit
-    weights this is exactly ``lo + _below(r, hi - lo)``. A segment of total weight 0 falls back to
-    a uniform slot.
+    ``tab[e]`` (:func:`alias_table`) packs slot ``e``'s acceptance threshold (high 32 bits) and
+    its alias (low 32 bits, an offset from ``lo``). The slot ``k = lo + _below(r, hi - lo)`` is
+    drawn exactly as on the uniform path, then kept when a second uniform (a mix of ``r``; the
+    walk's random stream is not advanced) is below its threshold, else replaced by its alias.
+    Full slots have threshold ``2**32 - 1`` and themselves as alias, so with equal weights this
+    is exactly the uniform path. One extra load per hop, O(1) whatever the degree.
     """
-    total = cw[hi - 1]
-    if not total > 0.0:
-        return lo + _below(r, hi - lo)
-    x = np.float64(r >> _S32) * _INV32 * total
-    a = lo
-    b = hi - 1  # cw[b] = total > x always holds
-    while a < b:
-        m = (a + b) >> 1
-        if cw[m] > x:
-            b = m
-        else:
-            a = m + 1
-    return a
+    k = lo + _below(r, hi - lo)
+    t = tab[k]
+    if (_mix(r ^ _ALIAS_KEY) >> _S32) < (t >> _S32):
+        return k
+    return lo + np.int64(t & _LO32)
 
 
 @njit(nogil=True, cache=True)
-def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, lo, hi,
+def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, lo, hi,
                    num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt, out_len):
     """Visit counts of ``seeds[lo:hi]`` -> top-K blocks ``out_items/out_cnt[b*K:]``, ``out_len[b]``.
 
@@ -324,7 +317,8 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw,
     Visits are counted in a small open-addressing hash table (L1-resident) and the top-K read off
     with a bounded heap. Walk ``w`` of seed ``s`` draws from its own counter-based stream, so the
     result does not depend on threads, grouping or batch composition. ``weighted``: transitions
-    proportional to edge weight (``item_cw``/``user_cw``, see :func:`_pick_weighted`), else uniform.
+    proportional to edge weight (alias tables ``item_tab``/``user_tab``, see :func:`_pick_weighted`),
+    else uniform.
     """
     cap = num_walks * walk_length
     bits = 4
@@ -365,7 +359,7 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw,
                         rr[j] = r
                         us = item_ptr[cur[j]]
                         if weighted:
-                            pos[j] = _pick_weighted(item_cw, us, item_ptr[cur[j] + 1], r)
+                            pos[j] = _pick_weighted(item_tab, us, item_ptr[cur[j] + 1], r)
                         else:
                             pos[j] = us + _below(r, item_ptr[cur[j] + 1] - us)
                     # phase 2: load the user, pick an item slot
@@ -376,7 +370,7 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw,
                         r = _mix(x)
                         is_ = user_ptr[u]
                         if weighted:
-                            pos[j] = _pick_weighted(user_cw, is_, user_ptr[u + 1], r)
+                            pos[j] = _pick_weighted(user_tab, is_, user_ptr[u + 1], r)
                         else:
                             pos[j] = is_ + _below(r, user_ptr[u + 1] - is_)
                     # phase 3: load the item, count it, drop walks that stop
@@ -412,7 +406,7 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw,
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, num_walks,
+def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, num_walks,
                       walk_length, stop_threshold, K, key):
     """Parallel driver (prange over chunks of ``_CHUNK`` seeds) -> (out_items, out_cnt, out_len)."""
     B = seeds.shape[0]
@@ -421,21 +415,21 @@ def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, item_cw, user_
     out_len = np.zeros(B, dtype=np.int64)
     nchunks = (B + _CHUNK - 1) // _CHUNK
     for c in prange(nchunks):
-        _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, c * _CHUNK,
+        _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, c * _CHUNK,
                        min(B, (c + 1) * _CHUNK), num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt,
                        out_len)
     return out_items, out_cnt, out_len
 
 
 @njit(nogil=True, cache=True)
-def _pinsage_serial(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, num_walks,
+def _pinsage_serial(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, num_walks,
                     walk_length, stop_threshold, K, key):
     """Serial driver (no threading layer involved: safe in forked DataLoader workers)."""
     B = seeds.shape[0]
     out_items = np.empty(B * K, dtype=np.int64)
     out_cnt = np.empty(B * K, dtype=np.int32)
     out_len = np.zeros(B, dtype=np.int64)
-    _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, 0, B, num_walks,
+    _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, 0, B, num_walks,
                    walk_length, stop_threshold, K, key, out_items, out_cnt, out_len)
     return out_items, out_cnt, out_len
 
@@ -622,23 +616,70 @@ def _empty() -> Ragged:
 # edge weights (weighted transitions)
 # ----------------------------------------------------------------------------------------------
 class WalkWeights(NamedTuple):
-    """Per-segment inclusive cumulative edge weights of both CSR layouts (``float64``):
-    ``item_cw`` aligned with ``item_users``, ``user_cw`` with ``user_items``."""
+    """Alias tables (:func:`alias_table`, ``uint64``, one entry per edge) of both CSR layouts:
+    ``item_table`` aligned with ``item_users``, ``user_table`` with ``user_items``."""
 
-    item_cw: np.ndarray
-    user_cw: np.ndarray
-
-
-_NO_CW = np.zeros(1, dtype=np.float64)
+    item_table: np.ndarray
+    user_table: np.ndarray
 
 
-def cumulative_weights(ptr: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``cw[e] = weights[ptr[s]] + ... + weights[e]`` for ``e`` in segment ``s`` (``float64``)."""
-    w = np.asarray(weights, dtype=np.float64)
-    cs = np.cumsum(w)
-    ptr = np.asarray(ptr, dtype=np.int64)
-    start = np.concatenate([[0.0], cs])[ptr[:-1]]  # sum before each segment
-    return np.ascontiguousarray(cs - np.repeat(start, np.diff(ptr)))
+_NO_TAB = np.zeros(1, dtype=np.uint64)
+_FULL = np.uint64(0xFFFFFFFF)
+
+
+@njit(nogil=True, cache=True)
+def _alias_kernel(ptr, w, out):
+    """Vose's alias method per CSR segment; ``out[e] = threshold << 32 | alias offset``."""
+    n = ptr.shape[0] - 1
+    maxd = 0
+    for s in range(n):
+        maxd = max(maxd, ptr[s + 1] - ptr[s])
+    q = np.empty(maxd, dtype=np.float64)
+    small = np.empty(maxd, dtype=np.int64)
+    large = np.empty(maxd, dtype=np.int64)
+    for s in range(n):
+        lo = ptr[s]
+        d = ptr[s + 1] - lo
+        tot = 0.0
+        for k in range(d):
+            tot += w[lo + k]
+        for k in range(d):  # full slot, alias = itself (also the zero-total fallback: uniform)
+            out[lo + k] = (_FULL << _S32) | np.uint64(k)
+        if d == 0 or not tot > 0.0:
+            continue
+        ns = 0
+        nl = 0
+        for k in range(d):
+            q[k] = w[lo + k] * d / tot
+            if q[k] < 1.0:
+                small[ns] = k
+                ns += 1
+            else:
+                large[nl] = k
+                nl += 1
+        while ns > 0 and nl > 0:
+            ns -= 1
+            sm = small[ns]
+            lg = large[nl - 1]
+            thr = min(np.uint64(q[sm] * 4294967296.0), _FULL)
+            out[lo + sm] = (thr << _S32) | np.uint64(lg)
+            q[lg] = (q[lg] + q[sm]) - 1.0
+            if q[lg] < 1.0:
+                nl -= 1
+                small[ns] = lg
+                ns += 1
+        # what is left (rounding) stays full
+
+
+def alias_table(ptr: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-segment alias table of a CSR (``uint64 [E]``, see :func:`_pick_weighted`): slot ``e`` of
+    segment ``s`` is drawn with probability ``weights[e] / sum(weights[segment s])``; a segment of
+    total weight 0 is drawn uniformly."""
+    ptr = np.ascontiguousarray(ptr, dtype=np.int64)
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    out = np.empty(w.shape[0], dtype=np.uint64)
+    _alias_kernel(ptr, w, out)
+    return out
 
 
 def walk_weights(graph) -> Optional[WalkWeights]:
@@ -661,19 +702,20 @@ def walk_weights(graph) -> Optional[WalkWeights]:
         raise ValueError(f"weighted walks need finite edge weights >= 0, got {bad!r}; "
                          "pass weighted_walks=false to walk uniformly")
     item_w = w[np.asarray(graph.item_to_user_edge, dtype=np.int64)]
-    return WalkWeights(cumulative_weights(graph.item_ptr, item_w), cumulative_weights(graph.user_ptr, w))
+    return WalkWeights(alias_table(graph.item_ptr, item_w), alias_table(graph.user_ptr, w))
 
 
 def _check_walk_weights(ww, item_ptr, user_ptr):
-    """``(item_cw, user_cw, weighted)`` for the kernels (dummies and ``False`` when ``ww`` is None)."""
+    """``(item_table, user_table, weighted)`` for the kernels (dummies and ``False`` when ``ww`` is None)."""
     if ww is None:
-        return _NO_CW, _NO_CW, False
-    item_cw = np.ascontiguousarray(ww[0], dtype=np.float64)
-    user_cw = np.ascontiguousarray(ww[1], dtype=np.float64)
-    if item_cw.shape != (int(item_ptr[-1]),) or user_cw.shape != (int(user_ptr[-1]),):
-        raise ValueError(f"walk_weights must hold one cumulative weight per edge of each layout "
-                         f"({int(item_ptr[-1])}), got {item_cw.shape} and {user_cw.shape}")
-    return item_cw, user_cw, True
+        return _NO_TAB, _NO_TAB, False
+    item_tab = np.ascontiguousarray(ww[0])
+    user_tab = np.ascontiguousarray(ww[1])
+    if (item_tab.dtype != np.uint64 or user_tab.dtype != np.uint64 or item_tab.shape != (int(item_ptr[-1]),)
+            or user_tab.shape != (int(user_ptr[-1]),)):
+        raise ValueError(f"walk_weights must be a WalkWeights of uint64 alias tables with one entry per edge "
+                         f"({int(item_ptr[-1])}), got {item_tab.dtype}{item_tab.shape} and {user_tab.dtype}{user_tab.shape}")
+    return item_tab, user_tab, True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -749,9 +791,9 @@ def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
     thr = min(int(restart_prob * 2**32), 2**32 - 1)
     work = seeds.shape[0] * num_walks * walk_length
     kernel = _pinsage_parallel if _use_parallel(parallel, work) else _pinsage_serial
-    item_cw, user_cw, weighted = _check_walk_weights(walk_weights, item_ptr, user_ptr)
+    item_tab, user_tab, weighted = _check_walk_weights(walk_weights, item_ptr, user_ptr)
     out_items, out_cnt, out_len = kernel(
-        item_ptr, item_users, user_ptr, user_items, item_cw, user_cw, weighted, seeds, np.int64(num_walks),
+        item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, np.int64(num_walks),
         np.int64(walk_length), np.int64(thr), np.int64(k), _stream_key(seed, epoch, 1))
     return _compact(out_items, out_cnt, out_len, k)
 

@@ -29,6 +29,8 @@ def test_data_command_reports_a_random_split_for_a_log_without_timestamps(tmp_pa
     assert out["num_interactions"] == len(rows)
     assert out["num_val"] == out["num_test"] == 40 and out["num_train"] == len(rows) - 80
     assert out["num_val_pairs"] == out["num_test_pairs"] == 40
+    # no timestamps: the training pairs are co-occurrences, one per training interaction
+    assert out["pairs"] == "cooccurrence" and out["num_epoch_pairs"] == out["num_train"]
     # the held-out items are not each user's highest item id (what "last row in file order" gives)
     ds = load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"), features=["log_degree"],
                       reader_args={"path": "log.csv"})
@@ -46,5 +48,8 @@ def test_data_command_reports_a_random_split_for_a_log_without_timestamps(tmp_pa
     # an explicit temporal split on the same log says so
     assert main(argv + ["--data.split", "temporal"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "temporal"
-    # a bad seed is one error line, exit code 2
+    # a bad seed is one error line, exit code 2; so is min_weight on a log without weights
     assert main(argv + ["--data.split_seed", "-1"]) == 2
+    assert main(argv + ["--data.min_weight", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pinsage data: error: min_weight=3.0 needs interaction weights")

@@ -405,10 +405,10 @@ def raw_weights(g):
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_unit_weights_give_exactly_the_uniform_walks(graph, parallel):
-    from datamodules.walks import WalkWeights, cumulative_weights
+    from datamodules.walks import WalkWeights, alias_table
 
-    ones = WalkWeights(cumulative_weights(graph.item_ptr, np.ones(graph.item_users.size)),
-                       cumulative_weights(graph.user_ptr, np.ones(graph.user_items.size)))
+    ones = WalkWeights(alias_table(graph.item_ptr, np.ones(graph.item_users.size)),
+                       alias_table(graph.user_ptr, np.ones(graph.user_items.size)))
     seeds = np.arange(graph.num_items)
     kw = dict(num_walks=30, walk_length=3, restart_prob=0.3, top_t=15, seed=2, epoch=1, parallel=parallel)
     a = pinsage_neighbors(*arrays(graph), seeds, **kw)
@@ -507,3 +507,26 @@ def test_bad_weights_raise():
     PinSageSampler(bad)  # unweighted: the weights are not used
     with pytest.raises(ValueError, match="walk_weights"):
         pinsage_neighbors(*arrays(g), [0], walk_weights=(np.ones(3), np.ones(3)))
+
+
+def test_alias_tables_encode_the_weights_exactly():
+    from datamodules.walks import alias_table
+
+    rng = np.random.default_rng(8)
+    deg = np.array([1, 2, 5, 0, 17, 3, 40])
+    ptr = np.concatenate([[0], np.cumsum(deg)])
+    w = rng.random(ptr[-1]) * rng.integers(0, 4, ptr[-1])  # some zero weights
+    w[ptr[5]:ptr[6]] = 0.0  # a segment of total weight 0: uniform
+    tab = alias_table(ptr, w)
+    for s, d in enumerate(deg):
+        if d == 0:
+            continue
+        t = tab[ptr[s]:ptr[s + 1]]
+        keep = (t >> np.uint64(32)).astype(np.float64) / 2**32
+        alias = (t & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        assert alias.max() < d
+        p = keep / d
+        np.add.at(p, alias, (1 - keep) / d)
+        ws = w[ptr[s]:ptr[s + 1]]
+        expected = ws / ws.sum() if ws.sum() > 0 else np.full(d, 1 / d)
+        np.testing.assert_allclose(p, expected, atol=1e-8)
