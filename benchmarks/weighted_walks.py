@@ -102,6 +102,7 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     out = dict(
         machine=dict(cpu=cpu_model(), python=platform.python_version(), cores=os.cpu_count(),
+                     load_average_at_end=list(os.getloadavg()),
                      note="2-core VM shared with other jobs during the run; ratios come from interleaved calls"),
         method=__doc__.strip().splitlines()[0] + "; medians of interleaved repeats, serial driver",
         command="python benchmarks/weighted_walks.py " + " ".join(argv or sys.argv[1:]),
