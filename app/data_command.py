@@ -1,4 +1,10 @@
-"""``pinsage data``: parse (or load from cache) a dataset and print its counts as JSON."""
+"""``pinsage data``: parse (or load from cache) a dataset and print its counts as JSON.
+
+The JSON holds the sizes (``num_train`` / ``num_val`` / ``num_test`` interactions and pairs) and
+the split kind actually used (``split``: ``auto`` resolved to ``temporal``/``random``/``fixed``)
+with its ``split_seed``; the training pair kind (``pairs``: ``auto`` resolved), ``min_weight``
+and ``num_epoch_pairs`` (training pairs per epoch; ``num_train_pairs`` counts the consecutive
+pairs)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
+from datamodules.pairs import make_pair_source
+from datamodules.splits import resolve_split
 
 
 def build_parser() -> ArgumentParser:
@@ -47,11 +55,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     cfg = parser.parse_args(_as_group_config(list(argv or [])))
     data = cfg.data.as_dict()
-    args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "reader_args")}
+    args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "split_seed", "reader_args")}
     try:
         ds = load_dataset(**args, progress=True)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(ds.summary()))
+    summary = ds.summary()
+    summary["split"] = resolve_split(args["split"], ds.interactions)
+    summary["split_seed"] = args["split_seed"]
+    try:
+        src = make_pair_source(ds, data["pairs"], data["min_weight"], data["walk_length"], data["restart_prob"],
+                               data["seed"], data["weighted_walks"])
+    except ValueError as e:
+        print(f"pinsage data: error: {e}", file=sys.stderr)
+        return 2
+    summary["pairs"] = src.kind
+    summary["min_weight"] = data["min_weight"]
+    summary["num_epoch_pairs"] = src.num_pairs
+    print(json.dumps(summary))
     return 0

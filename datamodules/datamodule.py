@@ -30,7 +30,8 @@ from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, IdB
                       make_loader, resolve_rank)
 from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
-from .splits import SPLITS
+from .pairs import check_min_weight, check_pairs, make_pair_source
+from .splits import SPLITS, check_split_seed
 from .walks import PinSageSampler, UniformSampler
 
 SAMPLERS = ("pinsage", "uniform")
@@ -60,7 +61,13 @@ class PinSageDataModule(pl.LightningDataModule):
         root: data root (e.g. ``../shared/data``); see :func:`~datamodules.datasets.load_dataset`.
         cache_dir: parsed-dataset cache (default ``$PINSAGE_CACHE`` or ``~/.cache/pinsage``).
         features: item features to build (``None`` = the dataset's defaults).
-        split: ``auto`` | ``temporal`` | ``fixed``.
+        split: ``auto`` | ``temporal`` | ``random`` | ``fixed`` (``datamodules.splits``).
+        split_seed: seed of the random split (and of held-out queries of unordered splits).
+        pairs: training pairs ``auto`` | ``consecutive`` | ``cooccurrence`` | ``walk``
+            (:mod:`datamodules.pairs`; ``auto``: consecutive with timestamps, else cooccurrence).
+        min_weight: only interactions with weight ``>= min_weight`` make training pairs (``None``: all).
+        weighted_walks: walks (neighbourhoods, ``walk`` pairs) move proportionally to the
+            interaction weights when the log has them.
         reader_args: format options passed to the reader / synthetic generator.
         num_layers: ``K``, convolution layers = hops of the computation graph (GraphSAGE/PinSage: 2).
         num_neighbors: ``T``, neighbourhood size (top-T visited items). Default 20: the paper's 50
@@ -109,6 +116,10 @@ class PinSageDataModule(pl.LightningDataModule):
         cache_dir: Optional[str] = None,
         features: Optional[List[str]] = None,
         split: str = "auto",
+        split_seed: int = 0,
+        pairs: str = "auto",
+        min_weight: Optional[float] = None,
+        weighted_walks: bool = True,
         reader_args: Optional[Dict[str, Any]] = None,
         num_layers: int = 2,
         num_neighbors: int = 20,
@@ -157,6 +168,11 @@ class PinSageDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.features = None if features is None else list(features)
         self.split = split
+        self.split_seed = check_split_seed(split_seed)
+        self.pairs = check_pairs(pairs)
+        self.min_weight = check_min_weight(min_weight)
+        self.weighted_walks = bool(weighted_walks)
+        self._pairs = None
         self.reader_args = dict(reader_args or {})
         self.num_layers = _int("num_layers", num_layers, 0)
         self.num_neighbors = _int("num_neighbors", num_neighbors, 1)
@@ -202,7 +218,7 @@ class PinSageDataModule(pl.LightningDataModule):
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> RecDataset:
         return load_dataset(self.dataset_name, root=self.root, cache_dir=self.cache_dir, features=self.features,
-                            split=self.split, reader_args=self.reader_args)
+                            split=self.split, reader_args=self.reader_args, split_seed=self.split_seed)
 
     def prepare_data(self) -> None:
         """Parse and cache the dataset (Lightning runs this on one process per node)."""
@@ -216,7 +232,8 @@ class PinSageDataModule(pl.LightningDataModule):
         g = ds.train_graph
         if self.sampler == "pinsage":
             nbr = PinSageSampler(g, num_walks=self.num_walks, walk_length=self.walk_length,
-                                 restart_prob=self.restart_prob, top_t=self.num_neighbors, seed=self.seed)
+                                 restart_prob=self.restart_prob, top_t=self.num_neighbors, seed=self.seed,
+                                 weighted=self.weighted_walks)
         else:
             nbr = UniformSampler(g, num_samples=self.uniform_num_samples, seed=self.seed)
         builder = ComputationGraphBuilder(nbr, ds.item_features, self.num_layers)
@@ -226,6 +243,8 @@ class PinSageDataModule(pl.LightningDataModule):
                                       self.walk_length, self.restart_prob,
                                       seed=self.seed + 7919, cache_mb=self.hard_cache_mb)
             self.hard_negative_ranks = (miner.lo, miner.hi)
+        self._pairs = make_pair_source(ds, self.pairs, self.min_weight, self.walk_length, self.restart_prob,
+                                       self.seed, self.weighted_walks)
         self._builder, self._miner, self.dataset = builder, miner, ds
 
     def neighbour_sampler(self):
@@ -309,10 +328,10 @@ class PinSageDataModule(pl.LightningDataModule):
     def train_dataset(self):
         ds = self._require()
         if not self.full_graph:
-            return TrainBatchDataset(ds.train_pairs, self._builder, self.num_easy_negatives, self._miner,
+            return TrainBatchDataset(self._pairs, self._builder, self.num_easy_negatives, self._miner,
                                      self.max_hard_negatives, self.seed)
         if self.queries == "items":
-            return IdBatchDataset(ds.train_pairs, ds.num_items, self.num_easy_negatives, self._miner,
+            return IdBatchDataset(self._pairs, ds.num_items, self.num_easy_negatives, self._miner,
                                   self.max_hard_negatives, self.seed)
         ptr, items, weights = self.full_graph_data()["history"]
         users = np.repeat(np.arange(ptr.size - 1, dtype=np.int64), np.diff(ptr))

@@ -20,6 +20,8 @@ re-indexing, feature slicing) runs in ``DataLoader`` workers (``num_workers``, `
 * :class:`TrainBatchDataset` turns a ``BatchIndex`` into a :class:`~datamodules.batch.PinSageBatch`.
   Its random generator is seeded by ``(seed, epoch, rank, batch_index)`` and the walks by
   ``(seed, epoch, item)``, so a batch is identical whatever ``num_workers`` is.
+  Pairs drawn per epoch (``pairs: cooccurrence | walk``, :mod:`datamodules.pairs`) are a pure
+  function of ``(seed, epoch, pair index)`` and are drawn in the worker for its batch only.
 * The samplers subclass ``torch.utils.data.DistributedSampler`` (without its constructor) so that
   Lightning's ``use_distributed_sampler=True`` leaves them alone instead of wrapping them; running
   the trainer with ``use_distributed_sampler=False`` (as ``app/cli.py`` does) is equivalent.
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .batch import EvalBatch, IdBatch, PinSageBatch
 from .minibatch import ComputationGraphBuilder
 from .negatives import HardNegativeMiner, num_hard_for_epoch, sample_easy_negatives
+from .pairs import StaticPairs
 
 
 class BatchIndex(NamedTuple):
@@ -180,7 +183,8 @@ class TrainBatchDataset(Dataset):
     """Map-style dataset: ``dataset[BatchIndex] -> PinSageBatch`` (built in the worker).
 
     Args:
-        pairs: ``int64 [P, 2]`` training pairs ``(q, i)``.
+        pairs: ``int64 [P, 2]`` training pairs ``(q, i)``, or a pair source of
+            :mod:`datamodules.pairs` (pairs drawn per epoch: ``take(indices, epoch)``).
         builder: the :class:`ComputationGraphBuilder` (neighbour sampler, features, K).
         num_easy_negatives: easy negatives per batch (capped by the catalogue).
         miner: a :class:`HardNegativeMiner` or ``None`` (no hard negatives).
@@ -188,13 +192,15 @@ class TrainBatchDataset(Dataset):
         seed: seeds every batch's generator with ``(seed, epoch, rank, batch_index)``.
     """
 
-    def __init__(self, pairs: np.ndarray, builder: ComputationGraphBuilder, num_easy_negatives: int = 500,
+    def __init__(self, pairs, builder: ComputationGraphBuilder, num_easy_negatives: int = 500,
                  miner: Optional[HardNegativeMiner] = None, max_hard_negatives: int = 6, seed: int = 0):
-        pairs = np.asarray(pairs, dtype=np.int64)
-        if pairs.ndim != 2 or pairs.shape[1] != 2:
-            raise ValueError(f"pairs must have shape [P, 2], got {pairs.shape}")
-        if pairs.size and (pairs.min() < 0 or pairs.max() >= builder.num_items):
-            raise ValueError(f"pairs must hold item ids in [0, {builder.num_items})")
+        if not hasattr(pairs, "take") or not hasattr(pairs, "num_pairs"):
+            pairs = np.asarray(pairs, dtype=np.int64)
+            if pairs.ndim != 2 or pairs.shape[1] != 2:
+                raise ValueError(f"pairs must have shape [P, 2], got {pairs.shape}")
+            if pairs.size and (pairs.min() < 0 or pairs.max() >= builder.num_items):
+                raise ValueError(f"pairs must hold item ids in [0, {builder.num_items})")
+            pairs = StaticPairs(pairs)
         self.pairs = pairs
         self.builder = builder
         self.num_easy_negatives = int(num_easy_negatives)
@@ -207,7 +213,7 @@ class TrainBatchDataset(Dataset):
 
     def make_batch(self, pair_idx: np.ndarray, epoch: int = 0, rank: int = 0, batch_index: int = 0) -> PinSageBatch:
         rng = batch_rng(self.seed, epoch, rank, batch_index)
-        p = self.pairs[np.asarray(pair_idx, dtype=np.int64)]
+        p = self.pairs.take(np.asarray(pair_idx, dtype=np.int64), epoch)
         q, pos = p[:, 0], p[:, 1]
         easy = sample_easy_negatives(self.builder.num_items, self.num_easy_negatives, np.concatenate([q, pos]), rng)
         h = self.num_hard(epoch)
@@ -225,7 +231,7 @@ class TrainBatchDataset(Dataset):
                         "from EpochBatchSampler, got " + type(index).__name__)
 
     def __len__(self) -> int:
-        return int(self.pairs.shape[0])
+        return int(self.pairs.num_pairs)
 
 
 class IdBatchDataset(Dataset):
@@ -233,7 +239,8 @@ class IdBatchDataset(Dataset):
 
     Args:
         examples: ``int64 [P, 2]`` training examples ``(query, positive)``: item pairs
-            (``queries="items"``) or training interactions ``(user, item)`` (``queries="users"``).
+            (``queries="items"``; or a pair source of :mod:`datamodules.pairs`) or training
+            interactions ``(user, item)`` (``queries="users"``).
         num_items: catalogue size.
         num_easy_negatives, miner, max_hard_negatives, seed: as :class:`TrainBatchDataset`; the
             hard negatives of a user query come from its positive's visit ranking.
@@ -244,9 +251,11 @@ class IdBatchDataset(Dataset):
     def __init__(self, examples: np.ndarray, num_items: int, num_easy_negatives: int = 500,
                  miner: Optional[HardNegativeMiner] = None, max_hard_negatives: int = 6, seed: int = 0,
                  queries: str = "items", pos_weight: Optional[np.ndarray] = None):
-        examples = np.asarray(examples, dtype=np.int64)
-        if examples.ndim != 2 or examples.shape[1] != 2:
-            raise ValueError(f"examples must have shape [P, 2], got {examples.shape}")
+        if not hasattr(examples, "take"):
+            examples = np.asarray(examples, dtype=np.int64)
+            if examples.ndim != 2 or examples.shape[1] != 2:
+                raise ValueError(f"examples must have shape [P, 2], got {examples.shape}")
+            examples = StaticPairs(examples)
         self.examples = examples
         self.num_items = int(num_items)
         self.num_easy_negatives = int(num_easy_negatives)
@@ -254,7 +263,7 @@ class IdBatchDataset(Dataset):
         self.max_hard_negatives = int(max_hard_negatives)
         self.seed = int(seed)
         self.queries = queries
-        self.pos_weight = (np.ones(examples.shape[0], dtype=np.float32) if pos_weight is None
+        self.pos_weight = (np.ones(examples.num_pairs, dtype=np.float32) if pos_weight is None
                            else np.asarray(pos_weight, dtype=np.float32))
 
     def num_hard(self, epoch: int) -> int:
@@ -263,7 +272,8 @@ class IdBatchDataset(Dataset):
     def make_batch(self, idx: np.ndarray, epoch: int = 0, rank: int = 0, batch_index: int = 0) -> IdBatch:
         rng = batch_rng(self.seed, epoch, rank, batch_index)
         idx = np.asarray(idx, dtype=np.int64)
-        q, pos = self.examples[idx, 0], self.examples[idx, 1]
+        ex = self.examples.take(idx, epoch)
+        q, pos = ex[:, 0], ex[:, 1]
         users = self.queries == "users"
         exclude = pos if users else np.concatenate([q, pos])
         easy = sample_easy_negatives(self.num_items, self.num_easy_negatives, exclude, rng)
@@ -282,7 +292,7 @@ class IdBatchDataset(Dataset):
                         "from EpochBatchSampler, got " + type(index).__name__)
 
     def __len__(self) -> int:
-        return int(self.examples.shape[0])
+        return int(self.examples.num_pairs)
 
 
 class EvalChunkDataset(Dataset):

@@ -38,6 +38,15 @@ per-thread RNG (not reproducible across thread counts); here randomness is a cou
 ``(seed, epoch, seed item, walk, hop)``, so results depend only on those, never on threads,
 batch composition or order.
 
+**Weighted walks** (``walk_weights``, ``PinSageSampler(weighted=True)``): with interaction
+weights ``w(u, i)`` (play counts, ratings), a hop goes item ``i`` -> user ``u`` with probability
+``w(u, i) / sum_u' w(u', i)``, then user ``u`` -> item ``j`` with ``w(u, j) / sum_j' w(u, j')``:
+the uniform walk is the special case of equal weights. The kernels draw a slot with per-segment
+alias tables (Walker/Vose; :class:`WalkWeights`, 8 bytes per edge and layout): the uniform slot
+of the same random number, kept or replaced by its alias, so equal weights give exactly the
+uniform path's walks and a hop costs one extra load whatever the degree; graphs without weights
+(or with all weights equal) take the uniform path itself. :func:`exact_ppr` takes the same weights (``weights=``).
+
 **Uniform neighbourhood** (GraphSAGE baseline): ``num_samples`` one-hop draws with replacement:
 a uniform user of ``s``, then a uniform item of that user other than ``s`` (users whose only item
 is ``s`` are redrawn). Returned deduplicated in the same ragged format, ordered by count
@@ -91,7 +100,7 @@ def _default_numba_cache_dir() -> None:
 
 _default_numba_cache_dir()
 
-from typing import Optional, Tuple  # noqa: E402
+from typing import NamedTuple, Optional, Tuple  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -104,6 +113,9 @@ __all__ = [
     "exact_ppr",
     "PinSageSampler",
     "UniformSampler",
+    "WalkWeights",
+    "walk_weights",
+    "alias_table",
 ]
 
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -274,18 +286,39 @@ def _hash_topk(hkeys, hcnt, used, m, cap, heap, k, out_items, out_cnt, out_off):
 
 
 _GROUP = 32  # walks advanced in lockstep (memory-level parallelism)
+_ALIAS_KEY = np.uint64(0xA5A5F00DC0FFEE11)
+
+
+@njit(inline="always", cache=True)
+def _pick_weighted(tab, lo, hi, r):
+    """A CSR slot in ``[lo, hi)`` with probability proportional to its weight (alias method).
+
+    ``tab[e]`` (:func:`alias_table`) packs slot ``e``'s acceptance threshold (high 32 bits) and
+    its alias (low 32 bits, an offset from ``lo``). The slot ``k = lo + _below(r, hi - lo)`` is
+    drawn exactly as on the uniform path, then kept when a second uniform (a mix of ``r``; the
+    walk's random stream is not advanced) is below its threshold, else replaced by its alias.
+    Full slots have threshold ``2**32 - 1`` and themselves as alias, so with equal weights this
+    is exactly the uniform path. One extra load per hop, O(1) whatever the degree.
+    """
+    k = lo + _below(r, hi - lo)
+    t = tab[k]
+    if (_mix(r ^ _ALIAS_KEY) >> _S32) < (t >> _S32):
+        return k
+    return lo + np.int64(t & _LO32)
 
 
 @njit(nogil=True, cache=True)
-def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, num_walks, walk_length,
-                   stop_threshold, K, key, out_items, out_cnt, out_len):
+def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, lo, hi,
+                   num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt, out_len):
     """Visit counts of ``seeds[lo:hi]`` -> top-K blocks ``out_items/out_cnt[b*K:]``, ``out_len[b]``.
 
     Per seed, walks are advanced in groups of ``_GROUP`` in lockstep, one phase (one dependent
     memory load) at a time over the whole group, so the cache misses of independent walks overlap.
     Visits are counted in a small open-addressing hash table (L1-resident) and the top-K read off
     with a bounded heap. Walk ``w`` of seed ``s`` draws from its own counter-based stream, so the
-    result does not depend on threads, grouping or batch composition.
+    result does not depend on threads, grouping or batch composition. ``weighted``: transitions
+    proportional to edge weight (alias tables ``item_tab``/``user_tab``, see :func:`_pick_weighted`),
+    else uniform.
     """
     cap = num_walks * walk_length
     bits = 4
@@ -325,7 +358,10 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, nu
                         r = _mix(x)
                         rr[j] = r
                         us = item_ptr[cur[j]]
-                        pos[j] = us + _below(r, item_ptr[cur[j] + 1] - us)
+                        if weighted:
+                            pos[j] = _pick_weighted(item_tab, us, item_ptr[cur[j] + 1], r)
+                        else:
+                            pos[j] = us + _below(r, item_ptr[cur[j] + 1] - us)
                     # phase 2: load the user, pick an item slot
                     for j in range(na):
                         u = item_users[pos[j]]
@@ -333,7 +369,10 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, nu
                         st[j] = x
                         r = _mix(x)
                         is_ = user_ptr[u]
-                        pos[j] = is_ + _below(r, user_ptr[u + 1] - is_)
+                        if weighted:
+                            pos[j] = _pick_weighted(user_tab, is_, user_ptr[u + 1], r)
+                        else:
+                            pos[j] = is_ + _below(r, user_ptr[u + 1] - is_)
                     # phase 3: load the item, count it, drop walks that stop
                     j = 0
                     while j < na:
@@ -367,8 +406,8 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, lo, hi, nu
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, stop_threshold,
-                      K, key):
+def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, num_walks,
+                      walk_length, stop_threshold, K, key):
     """Parallel driver (prange over chunks of ``_CHUNK`` seeds) -> (out_items, out_cnt, out_len)."""
     B = seeds.shape[0]
     out_items = np.empty(B * K, dtype=np.int64)
@@ -376,21 +415,22 @@ def _pinsage_parallel(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
     out_len = np.zeros(B, dtype=np.int64)
     nchunks = (B + _CHUNK - 1) // _CHUNK
     for c in prange(nchunks):
-        _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, c * _CHUNK, min(B, (c + 1) * _CHUNK),
-                       num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt, out_len)
+        _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, c * _CHUNK,
+                       min(B, (c + 1) * _CHUNK), num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt,
+                       out_len)
     return out_items, out_cnt, out_len
 
 
 @njit(nogil=True, cache=True)
-def _pinsage_serial(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, stop_threshold,
-                    K, key):
+def _pinsage_serial(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, num_walks,
+                    walk_length, stop_threshold, K, key):
     """Serial driver (no threading layer involved: safe in forked DataLoader workers)."""
     B = seeds.shape[0]
     out_items = np.empty(B * K, dtype=np.int64)
     out_cnt = np.empty(B * K, dtype=np.int32)
     out_len = np.zeros(B, dtype=np.int64)
-    _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, seeds, 0, B, num_walks, walk_length,
-                   stop_threshold, K, key, out_items, out_cnt, out_len)
+    _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, 0, B, num_walks,
+                   walk_length, stop_threshold, K, key, out_items, out_cnt, out_len)
     return out_items, out_cnt, out_len
 
 
@@ -573,11 +613,118 @@ def _empty() -> Ragged:
 
 
 # ----------------------------------------------------------------------------------------------
+# edge weights (weighted transitions)
+# ----------------------------------------------------------------------------------------------
+class WalkWeights(NamedTuple):
+    """Alias tables (:func:`alias_table`, ``uint64``, one entry per edge) of both CSR layouts:
+    ``item_table`` aligned with ``item_users``, ``user_table`` with ``user_items``."""
+
+    item_table: np.ndarray
+    user_table: np.ndarray
+
+
+_NO_TAB = np.zeros(1, dtype=np.uint64)
+_FULL = np.uint64(0xFFFFFFFF)
+
+
+@njit(nogil=True, cache=True)
+def _alias_kernel(ptr, w, out):
+    """Vose's alias method per CSR segment; ``out[e] = threshold << 32 | alias offset``."""
+    n = ptr.shape[0] - 1
+    maxd = 0
+    for s in range(n):
+        maxd = max(maxd, ptr[s + 1] - ptr[s])
+    q = np.empty(maxd, dtype=np.float64)
+    small = np.empty(maxd, dtype=np.int64)
+    large = np.empty(maxd, dtype=np.int64)
+    for s in range(n):
+        lo = ptr[s]
+        d = ptr[s + 1] - lo
+        tot = 0.0
+        for k in range(d):
+            tot += w[lo + k]
+        for k in range(d):  # full slot, alias = itself (also the zero-total fallback: uniform)
+            out[lo + k] = (_FULL << _S32) | np.uint64(k)
+        if d == 0 or not tot > 0.0:
+            continue
+        ns = 0
+        nl = 0
+        for k in range(d):
+            q[k] = w[lo + k] * d / tot
+            if q[k] < 1.0:
+                small[ns] = k
+                ns += 1
+            else:
+                large[nl] = k
+                nl += 1
+        while ns > 0 and nl > 0:
+            ns -= 1
+            sm = small[ns]
+            lg = large[nl - 1]
+            thr = min(np.uint64(q[sm] * 4294967296.0), _FULL)
+            out[lo + sm] = (thr << _S32) | np.uint64(lg)
+            q[lg] = (q[lg] + q[sm]) - 1.0
+            if q[lg] < 1.0:
+                nl -= 1
+                small[ns] = lg
+                ns += 1
+        # what is left (rounding) stays full
+
+
+def alias_table(ptr: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-segment alias table of a CSR (``uint64 [E]``, see :func:`_pick_weighted`): slot ``e`` of
+    segment ``s`` is drawn with probability ``weights[e] / sum(weights[segment s])``; a segment of
+    total weight 0 is drawn uniformly."""
+    ptr = np.ascontiguousarray(ptr, dtype=np.int64)
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    out = np.empty(w.shape[0], dtype=np.uint64)
+    _alias_kernel(ptr, w, out)
+    return out
+
+
+def walk_weights(graph) -> Optional[WalkWeights]:
+    """The :class:`WalkWeights` of an ``InteractionGraph`` (``weights`` aligned with ``user_items``,
+    ``item_to_user_edge`` mapping item-major to user-major edges), or ``None`` (the uniform fast
+    path) when the graph has no weights or all of them are equal (then weighted = uniform).
+
+    Raises ``ValueError`` for negative or non-finite weights, or a graph whose weights do not
+    match its edges."""
+    w = getattr(graph, "weights", None)
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape != (int(graph.user_ptr[-1]),):
+        raise ValueError(f"graph weights must have one entry per edge ({int(graph.user_ptr[-1])}), got shape {w.shape}")
+    if w.size == 0 or np.all(w == w[0]):
+        return None
+    if not np.isfinite(w).all() or w.min() < 0:
+        bad = w[~np.isfinite(w) | (w < 0)][0]
+        raise ValueError(f"weighted walks need finite edge weights >= 0, got {bad!r}; "
+                         "pass weighted_walks=false to walk uniformly")
+    item_w = w[np.asarray(graph.item_to_user_edge, dtype=np.int64)]
+    return WalkWeights(alias_table(graph.item_ptr, item_w), alias_table(graph.user_ptr, w))
+
+
+def _check_walk_weights(ww, item_ptr, user_ptr):
+    """``(item_table, user_table, weighted)`` for the kernels (dummies and ``False`` when ``ww`` is None)."""
+    if ww is None:
+        return _NO_TAB, _NO_TAB, False
+    item_tab = np.ascontiguousarray(ww[0])
+    user_tab = np.ascontiguousarray(ww[1])
+    if (item_tab.dtype != np.uint64 or user_tab.dtype != np.uint64 or item_tab.shape != (int(item_ptr[-1]),)
+            or user_tab.shape != (int(user_ptr[-1]),)):
+        raise ValueError(f"walk_weights must be a WalkWeights of uint64 alias tables with one entry per edge "
+                         f"({int(item_ptr[-1])}), got {item_tab.dtype}{item_tab.shape} and {user_tab.dtype}{user_tab.shape}")
+    return item_tab, user_tab, True
+
+
+# ----------------------------------------------------------------------------------------------
 # public functions
 # ----------------------------------------------------------------------------------------------
 def pinsage_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 10,
                       walk_length: int = 2, restart_prob: float = 0.5, top_t: int = 10, seed: int = 0,
-                      epoch: int = 0, parallel: Optional[bool] = None) -> Ragged:
+                      epoch: int = 0, parallel: Optional[bool] = None,
+                      walk_weights: Optional["WalkWeights"] = None) -> Ragged:
     """PinSage importance neighbourhoods of ``seeds`` (see the module docstring for the definition).
 
     Returns ``(nbr_ptr int64 [B+1], nbr_items int64 [nnz], nbr_weight float32 [nnz])``: the
@@ -594,15 +741,20 @@ def pinsage_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
     one numba thread, and inside torch DataLoader workers), ``True`` or ``False``. The result is
     the same either way. In forked worker processes that are not torch DataLoader workers pass
     ``parallel=False``: GNU OpenMP aborts a forked child whose parent already used its pool.
+
+    ``walk_weights``: ``None`` (uniform transitions, the fast path) or a :class:`WalkWeights` of
+    the same graph (transitions proportional to edge weight; see "Weighted walks" above).
     """
     ptr, items, weight, _ = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks,
-                                              walk_length, restart_prob, top_t, seed, epoch, parallel)
+                                              walk_length, restart_prob, top_t, seed, epoch, parallel,
+                                              walk_weights)
     return ptr, items, weight
 
 
 def visit_ranking(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: int = 1000,
                   walk_length: int = 3, restart_prob: float = 0.5, max_rank: int = 5000, seed: int = 0,
-                  epoch: int = 0, parallel: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  epoch: int = 0, parallel: Optional[bool] = None,
+                  walk_weights: Optional["WalkWeights"] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Items reached from each seed ranked by visit count: ``(ptr, items, counts int32)``.
 
     Same walks as :func:`pinsage_neighbors` with ``top_t=max_rank``; entry ``r`` of a seed's range
@@ -614,13 +766,13 @@ def visit_ranking(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: 
     """
     max_rank = _check_int("max_rank", max_rank, 1)
     res = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
-                            restart_prob, max_rank, seed, epoch, parallel)
+                            restart_prob, max_rank, seed, epoch, parallel, walk_weights)
     ptr, items, _, counts = res
     return ptr, items, counts
 
 
 def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length, restart_prob,
-                      top_t, seed, epoch, parallel=None):
+                      top_t, seed, epoch, parallel=None, walk_weights=None):
     """(ptr, items, weight, counts) -- the shared body of the public walk functions."""
     item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
     num_walks = _check_int("num_walks", num_walks, 1)
@@ -639,9 +791,10 @@ def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
     thr = min(int(restart_prob * 2**32), 2**32 - 1)
     work = seeds.shape[0] * num_walks * walk_length
     kernel = _pinsage_parallel if _use_parallel(parallel, work) else _pinsage_serial
+    item_tab, user_tab, weighted = _check_walk_weights(walk_weights, item_ptr, user_ptr)
     out_items, out_cnt, out_len = kernel(
-        item_ptr, item_users, user_ptr, user_items, seeds, np.int64(num_walks), np.int64(walk_length),
-        np.int64(thr), np.int64(k), _stream_key(seed, epoch, 1))
+        item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, np.int64(num_walks),
+        np.int64(walk_length), np.int64(thr), np.int64(k), _stream_key(seed, epoch, 1))
     return _compact(out_items, out_cnt, out_len, k)
 
 
@@ -671,7 +824,7 @@ def uniform_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_sam
 
 
 def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Optional[int] = None,
-              tol: float = 1e-12, max_iter: int = 100_000) -> np.ndarray:
+              tol: float = 1e-12, max_iter: int = 100_000, weights=None) -> np.ndarray:
     """Personalised PageRank of the item -> user -> item chain, by power iteration.
 
     ``pi = a * sum_{k=0..L} (1-a)^k P^k[s, :]`` with ``a = restart_prob``, ``P`` the one-hop
@@ -685,6 +838,10 @@ def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Op
     user_items)``. ``source_item``: an item id (returns ``float64 [num_items]``) or a 1-d array of
     ids (returns ``[len(source_item), num_items]``). Sparse numpy, memory ``O(E * num_sources)``:
     meant for tests and small catalogues.
+
+    ``weights``: ``None`` (uniform hops) or ``(item_weights, user_weights)``, the raw edge weights
+    aligned with ``item_users`` and ``user_items``: hops proportional to weight, as the weighted
+    walks make them.
     """
     item_ptr, item_users, user_ptr, user_items = _check_graph(*_arrays_of(graph_or_arrays))
     a = float(restart_prob)
@@ -696,12 +853,18 @@ def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Op
     scalar = np.ndim(source_item) == 0
     src = _check_seeds(source_item, num_items)
     S = src.shape[0]
-    deg_i = np.diff(item_ptr).astype(np.float64)
-    deg_u = np.diff(user_ptr).astype(np.float64)
-    inv_i = np.divide(1.0, deg_i, out=np.zeros_like(deg_i), where=deg_i > 0)
-    inv_u = np.divide(1.0, deg_u, out=np.zeros_like(deg_u), where=deg_u > 0)
     ui = user_items.astype(np.int64)
     iu = item_users.astype(np.int64)
+    if weights is None:
+        w_item, w_user = np.ones(iu.size), np.ones(ui.size)
+    else:
+        w_item, w_user = (np.asarray(a, dtype=np.float64) for a in weights)
+    # W_i = sum of item i's edge weights, W_u = sum of user u's
+    deg_i = np.bincount(np.repeat(np.arange(num_items), np.diff(item_ptr)), weights=w_item, minlength=num_items)
+    deg_u = np.bincount(np.repeat(np.arange(user_ptr.size - 1), np.diff(user_ptr)), weights=w_user,
+                        minlength=user_ptr.size - 1)
+    inv_i = np.divide(1.0, deg_i, out=np.zeros_like(deg_i), where=deg_i > 0)
+    inv_u = np.divide(1.0, deg_u, out=np.zeros_like(deg_u), where=deg_u > 0)
 
     def segsum(vals, ptr):
         cs = np.zeros((vals.shape[0] + 1, vals.shape[1]))
@@ -722,8 +885,9 @@ def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Op
             break
         if k > max_iter:
             break
-        y = segsum(x[ui] * inv_i[ui, None], user_ptr)  # users: sum over their items of x_i / deg(i)
-        x = segsum(y[iu] * inv_u[iu, None], item_ptr)  # items: sum over their users of y_u / deg(u)
+        # users: sum over their items of x_i w(u, i) / W_i; items: sum over their users of y_u w(u, i) / W_u
+        y = segsum(x[ui] * (inv_i[ui] * w_user)[:, None], user_ptr)
+        x = segsum(y[iu] * (inv_u[iu] * w_item)[:, None], item_ptr)
         pi += coef * x
     pi = pi.T
     return pi[0] if scalar else pi
@@ -737,11 +901,14 @@ class PinSageSampler:
 
     ``sample(seeds, epoch=0) -> (ptr, items, weights)``; see :func:`pinsage_neighbors`. Arguments
     are validated at construction (``ValueError`` naming the argument, value and valid range).
+    ``weighted=True``: transitions proportional to the graph's edge weights (:func:`walk_weights`;
+    a graph without weights, or with all weights equal, stays on the uniform fast path).
     """
 
     def __init__(self, graph, num_walks: int = 10, walk_length: int = 2, restart_prob: float = 0.5,
-                 top_t: int = 10, seed: int = 0, parallel: Optional[bool] = None):
+                 top_t: int = 10, seed: int = 0, parallel: Optional[bool] = None, weighted: bool = False):
         self.arrays = _check_graph(*_arrays_of(graph))
+        self.walk_weights = walk_weights(graph) if weighted else None
         self.parallel = parallel
         self.num_items = self.arrays[0].shape[0] - 1
         self.num_walks = _check_int("num_walks", num_walks, 1)
@@ -752,18 +919,19 @@ class PinSageSampler:
 
     def sample(self, seeds, epoch: int = 0) -> Ragged:
         return pinsage_neighbors(*self.arrays, seeds, self.num_walks, self.walk_length, self.restart_prob,
-                                 self.top_t, self.seed, epoch, self.parallel)
+                                 self.top_t, self.seed, epoch, self.parallel, self.walk_weights)
 
     __call__ = sample
 
     def ranking(self, seeds, max_rank: int, num_walks: Optional[int] = None, epoch: int = 0):
         """:func:`visit_ranking` with this sampler's walk parameters (``num_walks`` overridable)."""
         return visit_ranking(*self.arrays, seeds, num_walks or self.num_walks, self.walk_length,
-                             self.restart_prob, max_rank, self.seed, epoch, self.parallel)
+                             self.restart_prob, max_rank, self.seed, epoch, self.parallel, self.walk_weights)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_walks={self.num_walks}, walk_length={self.walk_length}, "
-                f"restart_prob={self.restart_prob}, top_t={self.top_t}, seed={self.seed})")
+                f"restart_prob={self.restart_prob}, top_t={self.top_t}, seed={self.seed}, "
+                f"weighted={self.walk_weights is not None})")
 
 
 class UniformSampler:

@@ -382,3 +382,151 @@ def test_auto_mode_is_safe_in_forked_dataloader_workers(graph):
         np.testing.assert_array_equal(p, rp - rp[0])
         np.testing.assert_array_equal(i, ref[1][rp[0]:rp[-1]])
         np.testing.assert_array_equal(w, ref[2][rp[0]:rp[-1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# weighted transitions
+# ----------------------------------------------------------------------------------------------
+def weighted_graph(seed=0, low=1, high=6, **kw):
+    """``random_graph`` as an ``InteractionGraph`` with integer weights in ``[low, high)``."""
+    from datamodules.graph import InteractionGraph
+
+    g = random_graph(seed=seed, **kw)
+    users = np.repeat(np.arange(g.num_users), np.diff(g.user_ptr))
+    w = np.random.default_rng(seed + 100).integers(low, high, users.size).astype(np.float32)
+    return InteractionGraph.from_edges(users, g.user_items.astype(np.int64), g.num_users, g.num_items, weights=w)
+
+
+def raw_weights(g):
+    """(item-major, user-major) raw edge weights of an InteractionGraph."""
+    w = g.weights.astype(np.float64)
+    return w[g.item_to_user_edge], w
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_unit_weights_give_exactly_the_uniform_walks(graph, parallel):
+    from datamodules.walks import WalkWeights, alias_table
+
+    ones = WalkWeights(alias_table(graph.item_ptr, np.ones(graph.item_users.size)),
+                       alias_table(graph.user_ptr, np.ones(graph.user_items.size)))
+    seeds = np.arange(graph.num_items)
+    kw = dict(num_walks=30, walk_length=3, restart_prob=0.3, top_t=15, seed=2, epoch=1, parallel=parallel)
+    a = pinsage_neighbors(*arrays(graph), seeds, **kw)
+    b = pinsage_neighbors(*arrays(graph), seeds, walk_weights=ones, **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    kw.pop("top_t")
+    a = visit_ranking(*arrays(graph), seeds[:10], max_rank=500, **kw)
+    b = visit_ranking(*arrays(graph), seeds[:10], max_rank=500, walk_weights=ones, **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_unweighted_graphs_stay_on_the_fast_path():
+    from datamodules.graph import InteractionGraph
+    from datamodules.walks import walk_weights
+
+    g = weighted_graph()
+    plain = InteractionGraph.from_edges(np.repeat(np.arange(g.num_users), np.diff(g.user_ptr)),
+                                        g.user_items.astype(np.int64), g.num_users, g.num_items)
+    const = InteractionGraph.from_edges(np.repeat(np.arange(g.num_users), np.diff(g.user_ptr)),
+                                        g.user_items.astype(np.int64), g.num_users, g.num_items,
+                                        weights=np.full(g.num_edges, 4.0))
+    assert walk_weights(plain) is None and walk_weights(const) is None and walk_weights(g) is not None
+    seeds = np.arange(g.num_items)
+    ref = PinSageSampler(plain, num_walks=20, top_t=10, seed=1).sample(seeds, 3)
+    for graph_ in (plain, const):  # weighted=True on a graph without (distinct) weights: the same walks
+        out = PinSageSampler(graph_, num_walks=20, top_t=10, seed=1, weighted=True).sample(seeds, 3)
+        for x, y in zip(ref, out):
+            np.testing.assert_array_equal(x, y)
+    out = PinSageSampler(g, num_walks=20, top_t=10, seed=1).sample(seeds, 3)  # weighted=False: ignores them
+    for x, y in zip(ref, out):
+        np.testing.assert_array_equal(x, y)
+    w = PinSageSampler(g, num_walks=20, top_t=10, seed=1, weighted=True).sample(seeds, 3)
+    assert not np.array_equal(w[1], ref[1])
+
+
+def test_exact_weighted_ppr_matches_dense_inverse():
+    g = weighted_graph(seed=4, num_users=15, num_items=10, num_edges=40, communities=2)
+    wi, wu = raw_weights(g)
+    P_iu = np.zeros((g.num_items, g.num_users))
+    for i in range(g.num_items):
+        sl = slice(g.item_ptr[i], g.item_ptr[i + 1])
+        P_iu[i, g.item_users[sl]] = wi[sl] / wi[sl].sum()
+    P_ui = np.zeros((g.num_users, g.num_items))
+    for u in range(g.num_users):
+        sl = slice(g.user_ptr[u], g.user_ptr[u + 1])
+        P_ui[u, g.user_items[sl]] = wu[sl] / wu[sl].sum()
+    a = 0.25
+    dense = a * np.linalg.inv(np.eye(g.num_items) - (1 - a) * (P_iu @ P_ui))
+    np.testing.assert_allclose(exact_ppr(g, np.arange(g.num_items), a, weights=(wi, wu)), dense, atol=1e-9)
+
+
+def test_weighted_visits_equal_weighted_truncated_ppr():
+    # weights 1..20: transitions far from uniform; expected visits per walk = weighted PPR / (p(1-p))
+    g = weighted_graph(seed=5, low=1, high=21)
+    p, L, nw, s = 0.5, 3, 40000, 5
+    wi, wu = raw_weights(g)
+    sampler = PinSageSampler(g, num_walks=nw, walk_length=L, restart_prob=p, top_t=g.num_items, seed=3,
+                             weighted=True)
+    ptr, items, counts = sampler.ranking([s], max_rank=g.num_items)
+    c = dense_counts(ptr, items, counts, 0, g.num_items) / nw
+    expected = exact_ppr(g, s, p, walk_length=L, weights=(wi, wu)) / (p * (1 - p))
+    uniform = exact_ppr(g, s, p, walk_length=L) / (p * (1 - p))
+    expected[s] = uniform[s] = 0.0
+    top = np.argsort(-expected)[:10]
+    np.testing.assert_allclose(c[top], expected[top], rtol=0.1)
+    # and the walks follow the weights, not the uniform chain
+    assert np.abs(c - expected).sum() < 0.5 * np.abs(c - uniform).sum()
+
+
+def test_zero_weight_edges_are_never_walked():
+    from datamodules.graph import InteractionGraph
+
+    g = random_graph(seed=6)
+    users = np.repeat(np.arange(g.num_users), np.diff(g.user_ptr))
+    items = g.user_items.astype(np.int64)
+    w = np.where(items == 7, 0.0, 1.0 + np.arange(items.size) % 2)  # item 7 unreachable, others 1 or 2
+    wg = InteractionGraph.from_edges(users, items, g.num_users, g.num_items, weights=w)
+    seeds = np.setdiff1d(np.arange(g.num_items), [7])
+    ptr, nbr, _ = PinSageSampler(wg, num_walks=50, walk_length=3, top_t=g.num_items, seed=0,
+                                 weighted=True).sample(seeds)
+    assert nbr.size > 0 and 7 not in set(nbr.tolist())
+
+
+def test_bad_weights_raise():
+    from datamodules.graph import InteractionGraph
+
+    g = random_graph(seed=7)
+    users = np.repeat(np.arange(g.num_users), np.diff(g.user_ptr))
+    w = np.ones(users.size)
+    w[3] = -1.0
+    bad = InteractionGraph.from_edges(users, g.user_items.astype(np.int64), g.num_users, g.num_items, weights=w)
+    with pytest.raises(ValueError, match="weights >= 0"):
+        PinSageSampler(bad, weighted=True)
+    PinSageSampler(bad)  # unweighted: the weights are not used
+    with pytest.raises(ValueError, match="walk_weights"):
+        pinsage_neighbors(*arrays(g), [0], walk_weights=(np.ones(3), np.ones(3)))
+
+
+def test_alias_tables_encode_the_weights_exactly():
+    from datamodules.walks import alias_table
+
+    rng = np.random.default_rng(8)
+    deg = np.array([1, 2, 5, 0, 17, 3, 40])
+    ptr = np.concatenate([[0], np.cumsum(deg)])
+    w = rng.random(ptr[-1]) * rng.integers(0, 4, ptr[-1])  # some zero weights
+    w[ptr[5]:ptr[6]] = 0.0  # a segment of total weight 0: uniform
+    tab = alias_table(ptr, w)
+    for s, d in enumerate(deg):
+        if d == 0:
+            continue
+        t = tab[ptr[s]:ptr[s + 1]]
+        keep = (t >> np.uint64(32)).astype(np.float64) / 2**32
+        alias = (t & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        assert alias.max() < d
+        p = keep / d
+        np.add.at(p, alias, (1 - keep) / d)
+        ws = w[ptr[s]:ptr[s + 1]]
+        expected = ws / ws.sum() if ws.sum() > 0 else np.full(d, 1 / d)
+        np.testing.assert_allclose(p, expected, atol=1e-8)
