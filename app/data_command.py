@@ -1,4 +1,8 @@
-"""``pinsage data``: parse (or load from cache) a dataset and print its counts as JSON."""
+"""``pinsage data``: parse (or load from cache) a dataset and print its counts as JSON.
+
+The JSON holds the sizes (``num_train`` / ``num_val`` / ``num_test`` interactions and pairs) and
+the split kind actually used (``split``: ``auto`` resolved to ``temporal``/``random``/``fixed``)
+with its ``split_seed``."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
+from datamodules.splits import resolve_split
 
 
 def build_parser() -> ArgumentParser:
@@ -47,11 +52,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     cfg = parser.parse_args(_as_group_config(list(argv or [])))
     data = cfg.data.as_dict()
-    args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "reader_args")}
+    args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "split_seed", "reader_args")}
     try:
         ds = load_dataset(**args, progress=True)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(ds.summary()))
+    summary = ds.summary()
+    summary["split"] = resolve_split(args["split"], ds.interactions)
+    summary["split_seed"] = args["split_seed"]
+    print(json.dumps(summary))
     return 0

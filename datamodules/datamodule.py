@@ -30,7 +30,7 @@ from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, Tra
                       resolve_rank)
 from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
-from .splits import SPLITS
+from .splits import SPLITS, check_split_seed
 from .walks import PinSageSampler, UniformSampler
 
 SAMPLERS = ("pinsage", "uniform")
@@ -50,7 +50,8 @@ class PinSageDataModule(pl.LightningDataModule):
         root: data root (e.g. ``../shared/data``); see :func:`~datamodules.datasets.load_dataset`.
         cache_dir: parsed-dataset cache (default ``$PINSAGE_CACHE`` or ``~/.cache/pinsage``).
         features: item features to build (``None`` = the dataset's defaults).
-        split: ``auto`` | ``temporal`` | ``fixed``.
+        split: ``auto`` | ``temporal`` | ``random`` | ``fixed`` (``datamodules.splits``).
+        split_seed: seed of the random split (and of held-out queries of unordered splits).
         reader_args: format options passed to the reader / synthetic generator.
         num_layers: ``K``, convolution layers = hops of the computation graph (GraphSAGE/PinSage: 2).
         num_neighbors: ``T``, neighbourhood size (top-T visited items). Default 20: the paper's 50
@@ -88,6 +89,7 @@ class PinSageDataModule(pl.LightningDataModule):
         cache_dir: Optional[str] = None,
         features: Optional[List[str]] = None,
         split: str = "auto",
+        split_seed: int = 0,
         reader_args: Optional[Dict[str, Any]] = None,
         num_layers: int = 2,
         num_neighbors: int = 20,
@@ -123,6 +125,7 @@ class PinSageDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.features = None if features is None else list(features)
         self.split = split
+        self.split_seed = check_split_seed(split_seed)
         self.reader_args = dict(reader_args or {})
         self.num_layers = _int("num_layers", num_layers, 0)
         self.num_neighbors = _int("num_neighbors", num_neighbors, 1)
@@ -168,7 +171,7 @@ class PinSageDataModule(pl.LightningDataModule):
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> RecDataset:
         return load_dataset(self.dataset_name, root=self.root, cache_dir=self.cache_dir, features=self.features,
-                            split=self.split, reader_args=self.reader_args)
+                            split=self.split, reader_args=self.reader_args, split_seed=self.split_seed)
 
     def prepare_data(self) -> None:
         """Parse and cache the dataset (Lightning runs this on one process per node)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
-from .splits import Split, consecutive_pairs, heldout_pairs, make_split
+from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
 
 CACHE_VERSION = 1
 
@@ -303,6 +303,7 @@ def load_dataset(
     reader_args: Optional[Dict[str, Any]] = None,
     use_cache: bool = True,
     progress: bool = False,
+    split_seed: int = 0,
 ) -> RecDataset:
     """Load a named dataset (see module docstring), from cache when possible.
 
@@ -314,18 +315,21 @@ def load_dataset(
             ``~/.cache/pinsage``).
         features: item features to build (see ``datamodules.features``); ``None`` = the
             dataset's defaults (all content it has, plus log degree).
-        split: ``auto`` (the dataset's own split if it has one, else temporal), ``temporal``,
-            ``fixed``.
+        split: ``auto`` (the dataset's own split if it has one, else temporal with timestamps,
+            else random), ``temporal``, ``random``, ``fixed`` (see ``datamodules.splits``).
         reader_args: format options (``table``: path, columns...; ``synthetic``: sizes, seed).
         use_cache: read and write the cache.
         progress: report progress on stderr.
+        split_seed: seed of the random split / random validation rows / held-out queries.
     """
     if dataset not in DATASET_NAMES:
         raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
     reader_args = dict(reader_args or {})
     log = _Progress(progress)
+    check_split(split)
+    split_seed = check_split_seed(split_seed)
     key_parts: Dict[str, Any] = {"v": CACHE_VERSION, "dataset": dataset, "features": features, "split": split,
-                                 "reader_args": reader_args}
+                                 "split_seed": split_seed, "reader_args": reader_args}
     folder = None
     if dataset != "synthetic":
         spec = _specs()[dataset]
@@ -346,7 +350,9 @@ def load_dataset(
     cache_path = cdir / f"{dataset}-{key}.npz"
     if use_cache and cache_path.is_file():
         log(f"loading {dataset} from cache {cache_path}")
-        return RecDataset.load(cache_path)
+        ds = RecDataset.load(cache_path)
+        announce_split(split, ds.interactions, split_seed, dataset)
+        return ds
 
     extras: Dict[str, np.ndarray] = {}
     external = None
@@ -369,7 +375,8 @@ def load_dataset(
     if tn is not None:
         extras["test_negatives"] = tn
     log(f"read {inter.num_interactions} interactions; splitting")
-    ds = build_dataset(dataset, inter, split=split, features=features if features is not None else default_features,
+    announce_split(split, inter, split_seed, dataset)
+    ds = build_dataset(dataset, inter, split=split, split_seed=split_seed, features=features if features is not None else default_features,
                        external=external, cache_dir=cdir, extras=extras)
     if use_cache:
         ds.save(cache_path)
@@ -398,19 +405,17 @@ def build_dataset(
     external: Optional[np.ndarray] = None,
     cache_dir: Optional[Path] = None,
     extras: Optional[Dict[str, np.ndarray]] = None,
+    split_seed: int = 0,
 ) -> RecDataset:
     """Split an :class:`Interactions` log and build graph, pairs and features (no caching)."""
     from .features import build_item_features
 
-    sp = make_split(inter, split)
+    sp, train_pairs, val_pairs, test_pairs = split_and_pairs(inter, split, split_seed)
     graph = InteractionGraph.from_edges(
         inter.users[sp.train], inter.items[sp.train], inter.num_users, inter.num_items,
         timestamps=None if inter.timestamps is None else inter.timestamps[sp.train],
         weights=None if inter.weights is None else inter.weights[sp.train],
     )
-    train_pairs = consecutive_pairs(inter, sp.train)
-    val_pairs = heldout_pairs(inter, sp.train, sp.val)
-    test_pairs = heldout_pairs(inter, np.concatenate([sp.train, sp.val]), sp.test)
     feats = list(features or [])
     x, names, has_content = build_item_features(
         inter, graph.item_degree(), feats, cache_dir=cache_dir, external=external)

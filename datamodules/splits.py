@@ -3,27 +3,39 @@
 * ``temporal``: per user, interactions ordered by (timestamp, file order); the last one is the
   test interaction, the second last the validation one (users with fewer than 3 interactions
   keep everything in training).
-* ``fixed``: the dataset's own train/test split (``Interactions.is_test``); validation is the last
-  training interaction (file order) of every user with at least 3 training interactions, so the
-  test split stays exactly the published one.
+* ``random``: a seeded random per-user leave-one-out: per user one random interaction is the test
+  one, another random one the validation one (users with fewer than 3 interactions keep
+  everything in training). For logs without timestamps, where file order says nothing about time
+  (many logs are sorted by item id, so "the last row" would be the user's highest item id).
+* ``fixed``: the dataset's own train/test split (``Interactions.is_test``), kept exactly;
+  validation is one training interaction of every user with at least 3 training interactions:
+  the latest one when the log has timestamps, a seeded random one when it has none.
+* ``auto``: ``fixed`` when the dataset has its own split, else ``temporal`` when it has
+  timestamps, else ``random`` (announced on stderr once per process).
 
+The seed (``split_seed``) is a data argument: the split is a pure function of (log, kind, seed).
 Held-out interactions are never part of the training graph (``RecDataset.train_graph``).
 
 Pairs (q, i): "the user engaged with i right after q". Training pairs come from consecutive
 interactions of the same user inside the training part only. A held-out interaction i gets the
-pair (q, i) with q = the user's interaction right before it (a training item for validation
-items; for test items the validation item when there is one).
+pair (q, i) with q from the user's *context* (training rows for validation; training and
+validation rows for test): for an ordered split (``temporal``, or ``fixed`` with timestamps) q is
+the context row right before i; for an unordered one (``random``, ``fixed`` without timestamps)
+q is a seeded random context item of the same user.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .interactions import Interactions
 
-SPLITS = ("auto", "temporal", "fixed")
+SPLITS = ("auto", "temporal", "random", "fixed")
+
+_SALT_SPLIT, _SALT_VAL, _SALT_QUERY = 0x5B117, 0x7A1, 0x9E7
 
 
 @dataclass
@@ -36,6 +48,50 @@ class Split:
 
     def sizes(self) -> dict:
         return {"train": int(self.train.size), "val": int(self.val.size), "test": int(self.test.size)}
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
+    return split
+
+
+def check_split_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"split_seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def resolve_split(split: str, inter: Interactions) -> str:
+    """The split kind ``split`` means for ``inter`` (``auto`` resolved; see module docstring)."""
+    check_split(split)
+    if split != "auto":
+        return split
+    if inter.is_test is not None:
+        return "fixed"
+    return "temporal" if inter.timestamps is not None else "random"
+
+
+def is_ordered(kind: str, inter: Interactions) -> bool:
+    """Whether held-out items of a ``kind`` split follow their context in time (see module docstring)."""
+    return kind == "temporal" or (kind == "fixed" and inter.timestamps is not None)
+
+
+_announced: set = set()
+
+
+def announce_split(split: str, inter: Interactions, seed: int = 0, name: str = "") -> None:
+    """Say on stderr (once per process and dataset) that ``auto`` chose the random split."""
+    if split == "auto" and resolve_split(split, inter) == "random" and (name, seed) not in _announced:
+        _announced.add((name, seed))
+        what = f"dataset {name!r}" if name else "the log"
+        print(f"pinsage: {what} has no timestamps, so split='auto' is a seeded random per-user leave-one-out "
+              f"(split='random', split_seed={seed}); pass --data.split temporal if file order is time order",
+              file=sys.stderr, flush=True)
+
+
+def _rng(seed: int, salt: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), salt]))
 
 
 def user_time_order(inter: Interactions, rows: np.ndarray | None = None) -> np.ndarray:
@@ -71,12 +127,33 @@ def temporal_leave_last_out(inter: Interactions, min_interactions: int = 3) -> S
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
-def fixed_split(inter: Interactions, min_train: int = 3) -> Split:
+def random_leave_one_out(inter: Interactions, seed: int = 0, min_interactions: int = 3) -> Split:
+    """Per user (>= ``min_interactions`` rows): test = one seeded random row, val = another."""
+    n = inter.num_interactions
+    key = _rng(seed, _SALT_SPLIT).random(n)
+    order = np.lexsort((key, inter.users))  # per user, a random order of its rows
+    u = inter.users[order]
+    from_end = _rank_from_end(u)
+    eligible = _run_length(u) >= min_interactions
+    test = order[eligible & (from_end == 1)]
+    val = order[eligible & (from_end == 2)]
+    train = order[~(eligible & (from_end <= 2))]
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def fixed_split(inter: Interactions, min_train: int = 3, seed: int = 0) -> Split:
+    """The dataset's own test rows; validation = one training row per user with >= ``min_train``
+    training rows: the latest (timestamp, file order) with timestamps, a seeded random one without."""
     if inter.is_test is None:
-        raise ValueError("split='fixed' needs a dataset with its own train/test split; use split='temporal'")
+        raise ValueError("split='fixed' needs a dataset with its own train/test split; "
+                         "use split='temporal' or split='random'")
     test = np.flatnonzero(inter.is_test)
     train_rows = np.flatnonzero(~inter.is_test)
-    order = user_time_order(inter, train_rows)
+    if inter.timestamps is not None:
+        order = user_time_order(inter, train_rows)
+    else:
+        key = _rng(seed, _SALT_VAL).random(inter.num_interactions)[train_rows]
+        order = train_rows[np.lexsort((key, inter.users[train_rows]))]
     u = inter.users[order]
     from_end = _rank_from_end(u)
     eligible = _run_length(u) >= min_train
@@ -85,12 +162,15 @@ def fixed_split(inter: Interactions, min_train: int = 3) -> Split:
     return Split(np.sort(train), np.sort(val), test)
 
 
-def make_split(inter: Interactions, split: str = "auto") -> Split:
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
-    if split == "auto":
-        split = "fixed" if inter.is_test is not None else "temporal"
-    return temporal_leave_last_out(inter) if split == "temporal" else fixed_split(inter)
+def make_split(inter: Interactions, split: str = "auto", seed: int = 0) -> Split:
+    """Split ``inter`` (``split`` in ``SPLITS``, ``seed`` = ``split_seed``; see module docstring)."""
+    kind = resolve_split(split, inter)
+    seed = check_split_seed(seed)
+    if kind == "temporal":
+        return temporal_leave_last_out(inter)
+    if kind == "random":
+        return random_leave_one_out(inter, seed)
+    return fixed_split(inter, seed=seed)
 
 
 def consecutive_pairs(inter: Interactions, rows: np.ndarray) -> np.ndarray:
@@ -136,3 +216,43 @@ def heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_rows: n
     i = inter.items[hrows[ok]]
     pairs = np.stack([q, i], axis=1)
     return pairs[pairs[:, 0] != pairs[:, 1]]
+
+
+def random_heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_rows: np.ndarray,
+                         seed: int = 0, salt: int = 0) -> np.ndarray:
+    """``int64 [H, 2]`` pairs (q, i): i held out, q = a seeded random context item of the same user.
+
+    For splits without a time order (``random``; ``fixed`` without timestamps). Held-out rows of
+    users without any context row are skipped. ``salt`` separates the validation and test draws.
+    """
+    heldout_rows = np.asarray(heldout_rows, dtype=np.int64)
+    if heldout_rows.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ctx = np.asarray(context_rows, dtype=np.int64)
+    ctx = ctx[np.lexsort((ctx, inter.users[ctx]))]
+    ptr = np.zeros(inter.num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(inter.users[ctx], minlength=inter.num_users), out=ptr[1:])
+    hrows = np.sort(heldout_rows)
+    hu = inter.users[hrows]
+    count = ptr[hu + 1] - ptr[hu]
+    ok = count > 0
+    r = _rng(seed, _SALT_QUERY + int(salt)).random(hrows.size)
+    pick = np.minimum((r * count).astype(np.int64), np.maximum(count - 1, 0))
+    q = inter.items[ctx[(ptr[hu] + pick)[ok]]]
+    pairs = np.stack([q, inter.items[hrows[ok]]], axis=1)
+    return pairs[pairs[:, 0] != pairs[:, 1]]
+
+
+def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0):
+    """``(Split, train_pairs, val_pairs, test_pairs)`` of ``inter`` (see module docstring)."""
+    kind = resolve_split(split, inter)
+    sp = make_split(inter, kind, seed)
+    train_pairs = consecutive_pairs(inter, sp.train)
+    test_ctx = np.concatenate([sp.train, sp.val])
+    if is_ordered(kind, inter):
+        val_pairs = heldout_pairs(inter, sp.train, sp.val)
+        test_pairs = heldout_pairs(inter, test_ctx, sp.test)
+    else:
+        val_pairs = random_heldout_pairs(inter, sp.train, sp.val, seed, salt=1)
+        test_pairs = random_heldout_pairs(inter, test_ctx, sp.test, seed, salt=2)
+    return sp, train_pairs, val_pairs, test_pairs

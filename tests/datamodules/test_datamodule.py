@@ -62,7 +62,8 @@ data:
     (dict(num_layers=-1), "num_layers"),
     (dict(batch_size=0), "batch_size"),
     (dict(dataset="nope"), "dataset"),
-    (dict(split="random"), "split"),
+    (dict(split="shuffled"), "split"),
+    (dict(split_seed=-1), "split_seed"),
     (dict(hard_num_walks=0), "hard_num_walks"),
     (dict(hard_cache_mb=-1), "hard_cache_mb"),
 ])

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from datamodules.interactions import Interactions
-from datamodules.splits import consecutive_pairs, fixed_split, heldout_pairs, make_split, temporal_leave_last_out
+from datamodules.splits import (consecutive_pairs, fixed_split, heldout_pairs, make_split, random_heldout_pairs,
+                                random_leave_one_out, resolve_split, split_and_pairs, temporal_leave_last_out)
 
 
 def _log():
@@ -47,11 +48,109 @@ def test_fixed_split_keeps_test_and_carves_val():
     users = np.array([0, 0, 0, 0, 0, 1, 1])
     items = np.array([1, 2, 3, 4, 5, 1, 2])
     is_test = np.array([0, 0, 0, 0, 1, 0, 1], dtype=bool)
-    inter = Interactions.from_raw(users, items, is_test=is_test)
+    ts = np.array([1, 2, 3, 4, 5, 1, 2])
+    inter = Interactions.from_raw(users, items, is_test=is_test, timestamps=ts)
     sp = fixed_split(inter)
     assert inter.items[sp.test].tolist() == [4, 1]  # dense ids of raw 5 and 2
-    assert inter.items[sp.val].tolist() == [3]  # last training row of user 0 (raw item 4)
+    assert inter.items[sp.val].tolist() == [3]  # latest training row of user 0 (raw item 4)
+    # without timestamps: the published test rows stay, validation is a random training row
+    inter = Interactions.from_raw(users, items, is_test=is_test)
+    vals = set()
+    for seed in range(20):
+        sp = fixed_split(inter, seed=seed)
+        assert inter.items[sp.test].tolist() == [4, 1]
+        assert sp.val.size == 1 and inter.users[sp.val[0]] == 0 and not inter.is_test[sp.val[0]]
+        assert np.array_equal(np.sort(np.concatenate([sp.train, sp.val])), np.flatnonzero(~inter.is_test))
+        vals.add(int(inter.items[sp.val[0]]))
+    assert vals == {0, 1, 2, 3}  # every training item of user 0 is drawn for some seed
+    assert np.array_equal(fixed_split(inter, seed=3).val, fixed_split(inter, seed=3).val)
     with pytest.raises(ValueError, match="split='fixed'"):
         make_split(Interactions.from_raw(users, items), "fixed")
     with pytest.raises(ValueError, match="split='nope'"):
         make_split(inter, "nope")
+
+
+def _sorted_by_item_log(num_users=300, seed=0):
+    """A log without timestamps sorted by item id (as many public logs are), 5-30 items a user."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(num_users):
+        its = rng.choice(500, size=int(rng.integers(5, 31)), replace=False)
+        users += [u] * its.size
+        items += its.tolist()
+    users, items = np.array(users), np.array(items)
+    order = np.argsort(items, kind="stable")
+    return Interactions.from_raw(users[order], items[order])
+
+
+def _is_user_max(inter, rows):
+    top = np.full(inter.num_users, -1)
+    np.maximum.at(top, inter.users, inter.items)
+    return inter.items[rows] == top[inter.users[rows]]
+
+
+def test_log_without_timestamps_sorted_by_item_gets_a_random_split():
+    inter = _sorted_by_item_log()
+    assert resolve_split("auto", inter) == "random"
+    sp = make_split(inter, "auto", seed=0)
+    # one test and one validation row per user, disjoint, the rest in training
+    assert sp.test.size == sp.val.size == inter.num_users
+    assert np.array_equal(np.sort(inter.users[sp.test]), np.arange(inter.num_users))
+    assert np.array_equal(np.sort(np.concatenate([sp.train, sp.val, sp.test])), np.arange(inter.num_interactions))
+    # held-out items are not the users' highest ids (file order would make all of them so)
+    assert _is_user_max(inter, sp.test).mean() < 0.2 and _is_user_max(inter, sp.val).mean() < 0.2
+    old = temporal_leave_last_out(inter)  # what "last row in file order" gives
+    assert _is_user_max(inter, old.test).all()
+    # seeded: same seed, same split; another seed, another split
+    again = make_split(inter, "random", seed=0)
+    assert np.array_equal(sp.test, again.test) and np.array_equal(sp.val, again.val)
+    assert not np.array_equal(sp.test, make_split(inter, "random", seed=1).test)
+
+
+def test_random_split_keeps_short_users_in_training():
+    users = np.array([0, 0, 1, 1, 1, 2])
+    items = np.array([0, 1, 0, 1, 2, 3])
+    inter = Interactions.from_raw(users, items)
+    sp = random_leave_one_out(inter, seed=5)
+    assert inter.users[sp.test].tolist() == [1] and inter.users[sp.val].tolist() == [1]
+    assert set(inter.users[sp.train].tolist()) == {0, 1, 2} and sp.train.size == 4
+
+
+def test_random_heldout_queries_are_random_context_items_of_the_user():
+    inter = _sorted_by_item_log(num_users=200, seed=1)
+    sp, _, val_pairs, test_pairs = split_and_pairs(inter, "random", seed=0)
+    assert val_pairs.shape == (inter.num_users, 2) and test_pairs.shape == (inter.num_users, 2)
+    hist = [set() for _ in range(inter.num_users)]
+    for r in sp.train:
+        hist[int(inter.users[r])].add(int(inter.items[r]))
+    # rows are in sorted row order: one pair per held-out row, q a context item of the same user
+    for part, pairs, extra in (("val", val_pairs, None), ("test", test_pairs, sp.val)):
+        rows = np.sort(getattr(sp, part))
+        ctx = [set(h) for h in hist]
+        if extra is not None:
+            for r in extra:
+                ctx[int(inter.users[r])].add(int(inter.items[r]))
+        assert np.array_equal(pairs[:, 1], inter.items[rows])
+        assert all(q in ctx[int(u)] for q, u in zip(pairs[:, 0].tolist(), inter.users[rows]))
+    # not "the row before in file order" (the highest training id below i): mostly another item
+    vrows = np.sort(sp.val)
+    before = [max([h for h in hist[int(u)] if h < i], default=-1) for u, i in zip(inter.users[vrows], val_pairs[:, 1])]
+    assert (val_pairs[:, 0] != np.array(before)).mean() > 0.5
+    # seeded: the same seed gives the same pairs, another seed other ones
+    _, _, v2, t2 = split_and_pairs(inter, "random", seed=0)
+    assert np.array_equal(v2, val_pairs) and np.array_equal(t2, test_pairs)
+    v3 = random_heldout_pairs(inter, sp.train, sp.val, seed=1, salt=1)
+    assert np.array_equal(v3[:, 1], val_pairs[:, 1]) and not np.array_equal(v3[:, 0], val_pairs[:, 0])
+
+
+def test_auto_without_timestamps_is_announced_once(capsys):
+    import datamodules.splits as splits
+
+    inter = _sorted_by_item_log(num_users=20, seed=2)
+    splits._announced.discard(("hand", 0))
+    splits.announce_split("auto", inter, 0, "hand")
+    splits.announce_split("auto", inter, 0, "hand")
+    err = capsys.readouterr().err
+    assert err.count("split='random'") == 1 and "no timestamps" in err
+    splits.announce_split("temporal", inter, 0, "hand2")  # explicit choice: nothing to announce
+    assert capsys.readouterr().err == ""
