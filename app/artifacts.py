@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ def write_artifacts(
     ckpt_path: Optional[str] = None,
     config: Optional[dict] = None,
     progress: bool = True,
+    baselines: Optional[Sequence[str]] = None,
 ) -> Path:
     """Embed every item layer-wise with the trained model and write the artifact folder."""
     from datamodules.graph import InteractionGraph
@@ -104,7 +105,8 @@ def write_artifacts(
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
         metrics = None
         if evaluate:
-            metrics = run_evaluation(ds, torch.from_numpy(emb), part="test", log=log)
+            kw = {} if baselines is None else {"baselines": list(baselines)}
+            metrics = run_evaluation(ds, torch.from_numpy(emb), part="test", log=log, **kw)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         manifest = {
             "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,

@@ -3,7 +3,9 @@
 ``evaluate(ds, item_emb, part="test")`` returns one flat, JSON-able ``{"<model>/<protocol>/<metric>":
 float}`` dict (plus ``"<protocol>/num_..."`` counts and ``"<model>/<protocol>/seconds"`` timings).
 Every model -- the embeddings (``model_name``, default ``"pinsage"``) and each baseline
-(``random``, ``popularity``, ``cooccurrence``, see :mod:`models.baselines`) -- is a *scorer*
+(``random``, ``popularity``, ``cooccurrence``, see :mod:`models.baselines`; the item-item
+``itemknn``, ``rp3beta``, ``ease``, ``pixie``, see :mod:`models.item_item` and
+:mod:`app.item_item_baselines`) -- is a *scorer*
 ``f(queries) -> scores [B, num_items]`` ranked by the same functions, so the numbers are
 comparable.
 
@@ -213,6 +215,7 @@ def evaluate(
     log: Optional[Callable[[str], None]] = None,
     baseline_params: Optional[Dict[str, dict]] = None,
     baseline_matrices: Optional[Dict[str, object]] = None,
+    user_emb: Optional[Tensor] = None,
 ) -> Dict[str, float]:
     """Evaluate ``item_emb`` (``[num_items, d]``, or ``None`` for baselines only) and the
     ``baselines`` on ``part`` of ``ds`` with each of ``protocols`` (see the module docstring).
@@ -237,6 +240,9 @@ def evaluate(
             ``{"ease": {"lam": 200.0}}``; see :func:`app.item_item_baselines.resolve_params`).
         baseline_matrices: per item-item baseline, an already built matrix to use as is (so one
             EASE matrix serves the validation and the test part).
+        user_emb: optional ``[num_users, d]`` user embeddings of a model that learns them
+            (LightGCN): the user protocols then score ``user_emb[u] . item_emb[j]`` instead of
+            the mean-of-history profile.
 
     Returns:
         ``{"<model>/<protocol>/<metric>": float, "<model>/<protocol>/seconds": float,
@@ -245,6 +251,12 @@ def evaluate(
     """
     emb = _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name,
                       full_ks, batch_size, baseline_params)
+    uemb = None
+    if user_emb is not None:
+        uemb = torch.as_tensor(user_emb).float()
+        if emb is None or uemb.dim() != 2 or uemb.shape != (ds.num_users, emb.size(1)):
+            raise ValueError(f"user_emb has shape {tuple(uemb.shape)}: expected [num_users={ds.num_users}, d] "
+                             "beside item_emb [num_items, d]")
     g = ds.train_graph
     graph = (g.user_ptr, g.user_items, g.item_ptr, g.item_users)
     out: Dict[str, float] = {"num_items": float(ds.num_items)}
@@ -289,6 +301,8 @@ def evaluate(
 
         def make_user_scorer(name):
             if name == model_name and emb is not None:
+                if uemb is not None:
+                    return lambda u: uemb[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
                 return embedding_user_scorer(emb, *hist)
             if name in ITEM_ITEM_BASELINES:
                 return item_item_user_scorer(matrix(name), *hist)

@@ -100,15 +100,21 @@ def topk_per_row(W: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((W.data[keep], (rows, W.indices[keep])), shape=W.shape)
 
 
+def item_gram(user_ptr, user_items, num_items: int):
+    """``(G, item_degree)``: the co-count matrix ``X^T X`` (float32 CSR) and the item degrees."""
+    X = interaction_matrix(user_ptr, user_items, num_items)
+    return (X.T @ X).tocsr().astype(np.float32), np.asarray(X.sum(axis=0)).ravel()
+
+
 def itemknn_similarity(user_ptr, user_items, num_items: int, k: int = 100,
-                       shrink: float = 10.0) -> sp.csr_matrix:
+                       shrink: float = 10.0, gram=None) -> sp.csr_matrix:
     """ItemKNN cosine: ``W[i, j] = x_i . x_j / (|x_i| |x_j| + shrink)`` (``i != j``), keeping for
-    every column ``j`` its ``k`` largest entries. Returns ``float32`` CSR ``[I, I]``."""
+    every column ``j`` its ``k`` largest entries. Returns ``float32`` CSR ``[I, I]``.
+    ``gram``: :func:`item_gram` of the same graph, to reuse it across settings."""
     k = _check_positive_int("k", k)
     shrink = _check_nonneg("shrink", shrink)
-    X = interaction_matrix(user_ptr, user_items, num_items)
-    G = (X.T @ X).tocsr().astype(np.float32)  # co-counts, symmetric
-    norm = np.sqrt(np.asarray(X.sum(axis=0)).ravel()).astype(np.float32)
+    G, deg = gram if gram is not None else item_gram(user_ptr, user_items, num_items)
+    norm = np.sqrt(deg).astype(np.float32)
     G = G.tocoo()
     off = G.row != G.col
     r, c, v = G.row[off], G.col[off], G.data[off]
@@ -117,24 +123,30 @@ def itemknn_similarity(user_ptr, user_items, num_items: int, k: int = 100,
     return topk_per_row(S, k).T.tocsr()
 
 
-def rp3beta_similarity(user_ptr, user_items, num_items: int, alpha: float = 1.0, beta: float = 0.5,
-                       k: int = 200) -> sp.csr_matrix:
-    """RP3beta: ``W = (P_iu^alpha @ P_ui^alpha) / popularity^beta`` (column-wise), diagonal 0,
-    top-``k`` per row. Returns ``float32`` CSR ``[I, I]``."""
-    k = _check_positive_int("k", k)
+def rp3_walk(user_ptr, user_items, num_items: int, alpha: float = 1.0):
+    """``(P_iu^alpha @ P_ui^alpha, item_degree)``: the 3-step item -> user -> item walk matrix."""
     alpha = _check_nonneg("alpha", alpha)
-    beta = _check_nonneg("beta", beta)
     X = interaction_matrix(user_ptr, user_items, num_items)
     user_deg = np.asarray(X.sum(axis=1)).ravel()
     item_deg = np.asarray(X.sum(axis=0)).ravel()
     inv_u = np.divide(1.0, user_deg, out=np.zeros_like(user_deg), where=user_deg > 0)
     inv_i = np.divide(1.0, item_deg, out=np.zeros_like(item_deg), where=item_deg > 0)
-    P_ui = sp.diags(inv_u.astype(np.float32)) @ X  # user -> item
+    P_ui = (sp.diags(inv_u.astype(np.float32)) @ X).tocsr()  # user -> item
     P_iu = (sp.diags(inv_i.astype(np.float32)) @ X.T.tocsr()).tocsr()  # item -> user
     if alpha != 1.0:
         P_ui = P_ui.power(alpha)
         P_iu = P_iu.power(alpha)
-    W = (P_iu @ P_ui).tocsr()
+    return (P_iu @ P_ui).tocsr().astype(np.float32), item_deg
+
+
+def rp3beta_similarity(user_ptr, user_items, num_items: int, alpha: float = 1.0, beta: float = 0.5,
+                       k: int = 200, walk=None) -> sp.csr_matrix:
+    """RP3beta: ``W = (P_iu^alpha @ P_ui^alpha) / popularity^beta`` (column-wise), diagonal 0,
+    top-``k`` per row. Returns ``float32`` CSR ``[I, I]``. ``walk``: :func:`rp3_walk` of the same
+    graph and ``alpha``, to reuse it across ``beta`` and ``k``."""
+    k = _check_positive_int("k", k)
+    beta = _check_nonneg("beta", beta)
+    W, item_deg = walk if walk is not None else rp3_walk(user_ptr, user_items, num_items, alpha)
     disc = np.divide(1.0, np.power(item_deg, beta), out=np.zeros_like(item_deg), where=item_deg > 0)
     W = _zero_diag((W @ sp.diags(disc.astype(np.float32))).tocsr())
     return topk_per_row(W.astype(np.float32), k)
@@ -147,8 +159,6 @@ def ease_weights(user_ptr, user_items, num_items: int, lam: float = 500.0,
     Returns a dense ``float32 [I, I]`` array (C order, ``4 * I^2`` bytes). Catalogues larger than
     ``max_items`` are refused with a ``ValueError`` naming both sizes.
     """
-    from scipy.linalg import lapack
-
     lam = _check_nonneg("lam", lam)
     if lam <= 0:
         raise ValueError(f"lam={lam!r} is invalid: expected a number > 0 (the L2 penalty of EASE)")
@@ -158,25 +168,62 @@ def ease_weights(user_ptr, user_items, num_items: int, lam: float = 500.0,
             f"ease: the catalogue has {num_items} items, more than the limit of {max_items}: EASE keeps a "
             f"dense {num_items} x {num_items} float32 matrix ({gib:.1f} GiB); use itemknn or rp3beta instead")
     X = interaction_matrix(user_ptr, user_items, num_items)
-    G = np.zeros((num_items, num_items), dtype=np.float32)
-    gram = (X.T @ X).tocsr().astype(np.float32)
-    gram.toarray(out=G)
-    del gram
-    G[np.diag_indices(num_items)] += np.float32(lam)
-    # G is symmetric: its transpose view is Fortran-ordered, so LAPACK works in place on it
-    F = G.T
-    _, info = lapack.spotrf(F, lower=1, overwrite_a=1, clean=0)
-    if info != 0:
-        raise ValueError(f"ease: X^T X + lam I is not positive definite (spotrf info={info}); raise lam={lam}")
-    _, info = lapack.spotri(F, lower=1, overwrite_c=1)
-    if info != 0:
-        raise ValueError(f"ease: inversion failed (spotri info={info}) for lam={lam}")
-    # F's lower triangle = G's upper triangle holds P; mirror it into the lower triangle by blocks
-    _symmetrize_from_upper(G)
+    if X.shape[0] < num_items:
+        G = _ease_inverse_dual(X, lam)
+    else:
+        G = np.zeros((num_items, num_items), dtype=np.float32)
+        gram = (X.T @ X).tocsr().astype(np.float32)
+        gram.toarray(out=G)
+        del gram
+        G[np.diag_indices(num_items)] += np.float32(lam)
+        _inverse_spd_inplace(G, f"X^T X + lam I (lam={lam})")
     d = np.diag(G).copy()
     G /= -d[None, :]  # B[i, j] = -P[i, j] / P[j, j]
     G[np.diag_indices(num_items)] = 0.0
     return G
+
+
+def _inverse_spd_inplace(A: np.ndarray, what: str) -> None:
+    """``A <- A^-1`` for a symmetric positive definite float32 C-ordered ``A``, in place
+    (LAPACK ``spotrf`` + ``spotri`` on the Fortran-ordered transpose view, then mirrored)."""
+    from scipy.linalg import lapack
+
+    F = A.T  # A is symmetric: its transpose view is Fortran-ordered, so LAPACK works in place
+    c, info = lapack.spotrf(F, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        raise ValueError(f"ease: {what} is not positive definite (spotrf info={info}); use a larger lam")
+    if not np.shares_memory(c, A):  # pragma: no cover - LAPACK wrappers copy non-contiguous input
+        F[...] = c
+    c, info = lapack.spotri(F, lower=1, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"ease: inverting {what} failed (spotri info={info})")
+    if not np.shares_memory(c, A):  # pragma: no cover
+        F[...] = c
+    # F's lower triangle = A's upper triangle holds the inverse; mirror it into the lower one
+    _symmetrize_from_upper(A)
+
+
+def _ease_inverse_dual(X: sp.csr_matrix, lam: float, block: int = 2048) -> np.ndarray:
+    """``(X^T X + lam I)^-1`` through the users x users system when there are fewer users than
+    items (Woodbury): ``(I - X^T (lam I + X X^T)^-1 X) / lam``; the dense work is a
+    ``num_users^2`` factorisation instead of ``num_items^2``. Returns float32 ``[I, I]``."""
+    num_users, num_items = X.shape
+    K = np.zeros((num_users, num_users), dtype=np.float32)
+    (X @ X.T).tocsr().astype(np.float32).toarray(out=K)
+    K[np.diag_indices(num_users)] += np.float32(lam)
+    _inverse_spd_inplace(K, f"lam I + X X^T (lam={lam})")  # K = M = (lam I + X X^T)^-1
+    Xc = X.tocsc()
+    Xt = X.T.tocsr()
+    P = np.empty((num_items, num_items), dtype=np.float32)
+    for s in range(0, num_items, block):
+        e = min(s + block, num_items)
+        Zb = Xc[:, s:e].T.tocsr() @ K  # [b, U] = X[:, s:e]^T M
+        P[:, s:e] = Xt @ np.ascontiguousarray(Zb.T)  # X^T M X[:, s:e]
+        del Zb
+    del K
+    P *= np.float32(-1.0 / lam)
+    P[np.diag_indices(num_items)] += np.float32(1.0 / lam)
+    return P
 
 
 def _symmetrize_from_upper(A: np.ndarray, block: int = 2048) -> None:
@@ -245,15 +292,63 @@ def item_item_scorer(W) -> Callable[[Tensor], Tensor]:
     return lambda q: torch.from_numpy(_dense(W[_ids(q, n, "query items")]))
 
 
+_KERNELS: dict = {}
+
+
+def _kernels():
+    """numba kernels (compiled on first use, cached on disk): ``out[r] += W[i]`` over the
+    history items ``i`` of row ``r``, for a CSR and for a dense ``W``."""
+    if not _KERNELS:
+        from numba import njit, prange
+
+        @njit(parallel=True, nogil=True, cache=True)
+        def sparse_rows(h_ptr, h_items, rows, w_ptr, w_idx, w_val, out):
+            for r in prange(rows.shape[0]):
+                u = rows[r]
+                for e in range(h_ptr[u], h_ptr[u + 1]):
+                    i = h_items[e]
+                    for f in range(w_ptr[i], w_ptr[i + 1]):
+                        out[r, w_idx[f]] += w_val[f]
+
+        @njit(parallel=True, nogil=True, cache=True)
+        def dense_rows(h_ptr, h_items, rows, W, out):
+            n = W.shape[1]
+            for r in prange(rows.shape[0]):
+                u = rows[r]
+                for e in range(h_ptr[u], h_ptr[u + 1]):
+                    i = h_items[e]
+                    for j in range(n):
+                        out[r, j] += W[i, j]
+
+        _KERNELS.update(sparse_rows=sparse_rows, dense_rows=dense_rows)
+    return _KERNELS
+
+
 def item_item_user_scorer(W, history_ptr, history_items) -> Callable[[Tensor], Tensor]:
     """User -> items: ``f(u [B]) = H[u] @ W`` (``H`` the 0/1 users x items history matrix from the
-    CSR ``(history_ptr, history_items)``) as ``float32 [B, I]``."""
+    CSR ``(history_ptr, history_items)``, repeated items counted once) as ``float32 [B, I]``.
+    A numba kernel adds the rows of ``W`` of each history item, so the cost is the history size
+    times the row length of ``W``, with no sparse product."""
     W = _check_matrix(W)
     n = W.shape[0]
     H = interaction_matrix(history_ptr, history_items, n)
+    h_ptr = H.indptr.astype(np.int64)
+    h_items = H.indices.astype(np.int64)
+    if sp.issparse(W):
+        W.sort_indices()
+        parts = (W.indptr.astype(np.int64), W.indices.astype(np.int64), np.asarray(W.data, dtype=np.float32))
+    else:
+        dense = np.ascontiguousarray(W, dtype=np.float32)
 
     def score(u: Tensor) -> Tensor:
-        return torch.from_numpy(_dense(H[_ids(u, H.shape[0], "users")] @ W))
+        rows = _ids(u, H.shape[0], "users")
+        out = np.zeros((rows.size, n), dtype=np.float32)
+        if rows.size:
+            if sp.issparse(W):
+                _kernels()["sparse_rows"](h_ptr, h_items, rows, *parts, out)
+            else:
+                _kernels()["dense_rows"](h_ptr, h_items, rows, dense, out)
+        return torch.from_numpy(out)
 
     return score
 
@@ -279,7 +374,8 @@ def matrix_nbytes(W) -> int:
 
 
 __all__: Sequence[str] = (
-    "ITEM_ITEM_BASELINES", "EASE_MAX_ITEMS", "DEFAULT_PARAMS", "interaction_matrix", "topk_per_row",
+    "ITEM_ITEM_BASELINES", "EASE_MAX_ITEMS", "DEFAULT_PARAMS", "interaction_matrix", "topk_per_row", "item_gram",
+    "rp3_walk",
     "itemknn_similarity", "rp3beta_similarity", "ease_weights", "visit_count_matrix", "item_item_scorer",
     "item_item_user_scorer", "build_item_item", "matrix_nbytes",
 )
