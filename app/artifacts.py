@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ def write_artifacts(
     ckpt_path: Optional[str] = None,
     config: Optional[dict] = None,
     progress: bool = True,
+    baselines: Optional[Sequence[str]] = None,
 ) -> Path:
     """Embed every item layer-wise with the trained model and write the artifact folder."""
     from datamodules.graph import InteractionGraph
@@ -112,7 +113,8 @@ def write_artifacts(
             half = getattr(datamodule, "user_recency_half_life", None)
             metrics = run_evaluation(
                 ds, torch.from_numpy(emb), part="test", log=log, ks=[k for k in hp.eval_ks if k < ds.num_items],
-                protocols=hp.test_protocols, baselines=hp.baselines, seed=getattr(datamodule, "seed", 0),
+                protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
+                seed=getattr(datamodule, "seed", 0),
                 user_fn=module.user_vectors, history_weights=None if half is None else (
                     lambda part: np.exp2(-recency_from_end(ds, part) / float(half)).astype(np.float32)))
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -62,6 +62,10 @@ def _lightning_cli_class():
                                 help="items per chunk of layer-wise inference (bounds memory)")
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
+            parser.add_argument("--artifacts.baselines", type=Optional[List[str]], default=None,
+                                help="baselines scored beside the model in metrics.json (default: random, "
+                                     "popularity, cooccurrence; also itemknn, rp3beta, ease, pixie with their "
+                                     "validation-tuned settings)")
 
         def _wire_evaluator(self) -> None:
             from .evaluation import module_evaluator
@@ -87,11 +91,18 @@ def _lightning_cli_class():
 
             cfg = self.config[self.subcommand]
             art = cfg.artifacts
+            names = art.get("baselines")
+            if names is not None:
+                from .evaluation import ALL_BASELINES
+
+                bad = [b for b in names if b not in ALL_BASELINES]
+                if bad:
+                    raise ValueError(f"--artifacts.baselines has {bad}: choose from {list(ALL_BASELINES)}")
             load_weights(model, ckpt_path)
             out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
                             evaluate=art.evaluate, ckpt_path=ckpt_path,
-                            config=cfg.as_dict())
+                            config=cfg.as_dict(), baselines=art.get("baselines"))
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI

@@ -3,7 +3,9 @@
 ``evaluate(ds, item_emb, part="test")`` returns one flat, JSON-able ``{"<model>/<protocol>/<metric>":
 float}`` dict (plus ``"<protocol>/num_..."`` counts and ``"<model>/<protocol>/seconds"`` timings).
 Every model -- the embeddings (``model_name``, default ``"pinsage"``) and each baseline
-(``random``, ``popularity``, ``cooccurrence``, see :mod:`models.baselines`) -- is a *scorer*
+(``random``, ``popularity``, ``cooccurrence``, see :mod:`models.baselines`; the item-item
+``itemknn``, ``rp3beta``, ``ease``, ``pixie``, see :mod:`models.item_item` and
+:mod:`app.item_item_baselines`) -- is a *scorer*
 ``f(queries) -> scores [B, num_items]`` ranked by the same functions, so the numbers are
 comparable.
 
@@ -53,9 +55,14 @@ from models.baselines import (
     item_to_item_metrics,
     user_scorer,
 )
+from models.item_item import ITEM_ITEM_BASELINES, item_item_scorer, item_item_user_scorer
 from models.metrics import hit_rate_at_k, ndcg_at_k
 
+from .item_item_baselines import build_matrix, resolve_params
+
 PROTOCOLS = ("item", "ncf", "full")
+#: every baseline ``evaluate`` takes; the default ``baselines`` are the cheap ones (``BASELINES``)
+ALL_BASELINES = tuple(BASELINES) + tuple(ITEM_ITEM_BASELINES)
 PARTS = ("val", "test")
 
 CSR = Tuple[np.ndarray, np.ndarray]
@@ -159,14 +166,18 @@ def ncf_cases(ds: RecDataset, part: str = "test", num_negatives: int = 99, seed:
 # the evaluator
 # ----------------------------------------------------------------------------------------------
 def _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name, full_ks,
-                batch_size) -> Optional[Tensor]:
+                batch_size, baseline_params=None) -> Optional[Tensor]:
     _check_part(part)
     for p in protocols:
         if p not in PROTOCOLS:
             raise ValueError(f"protocol={p!r} is not valid; choose from {list(PROTOCOLS)}")
     for b in baselines:
-        if b not in BASELINES:
-            raise ValueError(f"baseline={b!r} is not valid; choose from {list(BASELINES)}")
+        if b not in ALL_BASELINES:
+            raise ValueError(f"baseline={b!r} is not valid; choose from {list(ALL_BASELINES)}")
+    for b, p in (baseline_params or {}).items():
+        if b not in ITEM_ITEM_BASELINES:
+            raise ValueError(f"baseline_params has {b!r}: only {list(ITEM_ITEM_BASELINES)} take parameters")
+        resolve_params(ds.name, b, p)  # names the parameter that is not valid
     for name, vals in (("ks", ks), ("full_ks", full_ks)):
         if not vals or any(not isinstance(k, (int, np.integer)) or k < 1 for k in vals):
             raise ValueError(f"{name}={vals!r} is invalid: expected a non-empty list of ints >= 1")
@@ -178,9 +189,9 @@ def _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negati
         raise ValueError(f"batch_size={batch_size!r} is invalid: expected an int >= 1")
     if item_emb is None:
         return None
-    if not isinstance(model_name, str) or not model_name or "/" in model_name or model_name in BASELINES:
+    if not isinstance(model_name, str) or not model_name or "/" in model_name or model_name in ALL_BASELINES:
         raise ValueError(f"model_name={model_name!r} is invalid: expected a non-empty name without '/' "
-                         f"that is not a baseline ({list(BASELINES)})")
+                         f"that is not a baseline ({list(ALL_BASELINES)})")
     emb = torch.as_tensor(item_emb)
     if emb.dim() != 2 or emb.size(0) != ds.num_items or emb.size(1) < 1:
         raise ValueError(f"item_emb has shape {tuple(emb.shape)}: expected [num_items={ds.num_items}, d]")
@@ -204,6 +215,9 @@ def evaluate(
     log: Optional[Callable[[str], None]] = None,
     user_fn: Optional[Callable[..., Tensor]] = None,
     history_weights: Optional[Callable[[str], np.ndarray]] = None,
+    baseline_params: Optional[Dict[str, dict]] = None,
+    baseline_matrices: Optional[Dict[str, object]] = None,
+    user_emb: Optional[Tensor] = None,
 ) -> Dict[str, float]:
     """Evaluate ``item_emb`` (``[num_items, d]``, or ``None`` for baselines only) and the
     ``baselines`` on ``part`` of ``ds`` with each of ``protocols`` (see the module docstring).
@@ -214,7 +228,10 @@ def evaluate(
         part: ``"val"`` or ``"test"``.
         protocols: any of ``"item"``, ``"ncf"``, ``"full"``.
         ks: hit-rate cut-offs of the item protocol (those >= the catalogue size are skipped).
-        baselines: any of ``random``, ``popularity``, ``cooccurrence``.
+        baselines: any of ``random``, ``popularity``, ``cooccurrence`` (numba kernels over the
+            graph) and the item-item baselines ``itemknn``, ``rp3beta``, ``ease``, ``pixie``
+            (:mod:`app.item_item_baselines`; their matrix is built once per call from the
+            training graph, ``<name>/build_seconds`` records how long it took).
         num_sampled_negatives: NCF negatives per case when they are sampled.
         seed: seeds the NCF negatives and the random baseline.
         model_name: key prefix of the embeddings' metrics.
@@ -226,6 +243,13 @@ def evaluate(
             L2-normalised mean of the history embeddings.
         history_weights: ``f(part) -> float32 [nnz]`` pooling weights aligned with
             :func:`history_csr` (e.g. recency); ``None``: equal weights.
+        baseline_params: per item-item baseline, settings overriding the tuned ones (e.g.
+            ``{"ease": {"lam": 200.0}}``; see :func:`app.item_item_baselines.resolve_params`).
+        baseline_matrices: per item-item baseline, an already built matrix to use as is (so one
+            EASE matrix serves the validation and the test part).
+        user_emb: optional ``[num_users, d]`` user embeddings of a model that learns them
+            (LightGCN): the user protocols then score ``user_emb[u] . item_emb[j]`` instead of
+            the mean-of-history profile.
 
     Returns:
         ``{"<model>/<protocol>/<metric>": float, "<model>/<protocol>/seconds": float,
@@ -233,12 +257,27 @@ def evaluate(
         "full/num_users", "num_items"}``.
     """
     emb = _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name,
-                      full_ks, batch_size)
+                      full_ks, batch_size, baseline_params)
+    uemb = None
+    if user_emb is not None:
+        uemb = torch.as_tensor(user_emb).float()
+        if emb is None or uemb.dim() != 2 or uemb.shape != (ds.num_users, emb.size(1)):
+            raise ValueError(f"user_emb has shape {tuple(uemb.shape)}: expected [num_users={ds.num_users}, d] "
+                             "beside item_emb [num_items, d]")
     g = ds.train_graph
     graph = (g.user_ptr, g.user_items, g.item_ptr, g.item_users)
     out: Dict[str, float] = {"num_items": float(ds.num_items)}
     models = ([model_name] if emb is not None else []) + list(baselines)
     say = log or (lambda msg: None)
+    matrices: Dict[str, object] = dict(baseline_matrices or {})
+
+    def matrix(name: str):
+        if name not in matrices:
+            t0 = time.perf_counter()
+            matrices[name] = build_matrix(name, ds, (baseline_params or {}).get(name), seed=seed)
+            out[f"{name}/build_seconds"] = time.perf_counter() - t0
+            say(f"{name}: matrix built in {out[f'{name}/build_seconds']:.1f}s")
+        return matrices[name]
 
     def timed(name: str, protocol: str, fn: Callable[[], Dict[str, float]]) -> None:
         t0 = time.perf_counter()
@@ -254,8 +293,12 @@ def evaluate(
         q, t = pairs[:, 0], pairs[:, 1]
         out["item/num_queries"] = float(q.numel())
         for name in models:
-            scorer = (embedding_item_scorer(emb) if name == model_name and emb is not None
-                      else baseline_scorer(name, *graph, ds.num_items, seed=seed))
+            if name == model_name and emb is not None:
+                scorer = embedding_item_scorer(emb)
+            elif name in ITEM_ITEM_BASELINES:
+                scorer = item_item_scorer(matrix(name))
+            else:
+                scorer = baseline_scorer(name, *graph, ds.num_items, seed=seed)
             timed(name, "item", lambda s=scorer: item_to_item_metrics(
                 grouped_target_ranks(s, q, t, exclude_query=True, batch_size=batch_size), ks,
                 num_items=ds.num_items) if q.numel() else {})
@@ -269,7 +312,11 @@ def evaluate(
                 prof = user_fn(emb, hist[0], hist[1], w).float()
                 return lambda u, prof=prof: prof[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
             if name == model_name and emb is not None:
+                if uemb is not None:
+                    return lambda u: uemb[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
                 return embedding_user_scorer(emb, *hist)
+            if name in ITEM_ITEM_BASELINES:
+                return item_item_user_scorer(matrix(name), *hist)
             return user_scorer(name, *graph, ds.num_items, seed=seed, history=hist)
 
         if "ncf" in protocols:

@@ -418,7 +418,7 @@ def full_ranking_from_scorer(scorer: Callable[[Tensor], Tensor], gt_ptr, gt_item
         relevant = torch.zeros(u.numel(), num_items, dtype=torch.bool)
         lr, it = _csr_rows(gt_ptr, gt_items, u)
         relevant[lr, it] = True
-        count = relevant.sum(1)
+        count = torch.count_nonzero(relevant, dim=1)
         hits = relevant.gather(1, top).double()
         for k in ks:
             h = hits[:, :k]

@@ -80,3 +80,20 @@ def test_truncated_embeddings_and_foreign_index(artifacts, tmp_path, capsys):
     (other / "manifest.json").write_text(json.dumps(man))
     assert recommend(["--artifacts", str(other), "--item", "3"]) == 2
     assert "dimension" in capsys.readouterr().err
+
+
+def test_predict_scores_the_listed_baselines(tiny_run, tmp_path, capsys):
+    run, last, args = tiny_run
+    out = tmp_path / "art"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.baselines", "[popularity, itemknn, pixie]"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for b in ("popularity", "itemknn", "pixie"):
+        assert f"{b}/full/recall@20" in metrics and f"{b}/item/mrr" in metrics
+    assert not any(k.startswith("cooccurrence/") for k in metrics)
+    bad = tmp_path / "bad"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(bad),
+                 "--artifacts.baselines", "[itemknm]"]) == 2
+    err = capsys.readouterr().err
+    assert "pinsage predict: error: --artifacts.baselines has ['itemknm']" in err and "rp3beta" in err
+    assert not bad.exists()
