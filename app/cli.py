@@ -30,23 +30,30 @@ def _lightning_cli_class():
 
     class PinSageCLI(LightningCLI):
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI merges a checkpoint's hyperparameters over the config: refuse a shape
-            # mismatch instead of silently training/testing another model than the config says
+            # LightningCLI merges *all* of a checkpoint's hyperparameters over the config, so
+            # `--model.eval_ks` or `--model.lr` would be ignored with `--ckpt_path`. Only the model's
+            # architecture comes from the checkpoint (a config of another shape is refused instead of
+            # silently training/testing another model); evaluation and optimisation keys come from
+            # the config and the command line.
+            from .checkpoints import RESUME_KEYS, SPECIAL_PATHS, read_checkpoint
+
             sub = self.config.get("subcommand")
             path = sub and self.config[sub].get("ckpt_path")
-            if path and os.path.isfile(path):
-                import torch
+            if not path or path in SPECIAL_PATHS:
+                return
+            from models.module import SHAPE_KEYS
 
-                from models.module import SHAPE_KEYS
-
-                saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-                cfg = self.config[sub].model
-                diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
-                        if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
-                if diff:
-                    raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
-                                     "use the config it was trained with or retrain")
-            super()._parse_ckpt_path()
+            ckpt = read_checkpoint(path, need=("state_dict",) + (RESUME_KEYS if sub == "fit" else ()))
+            saved = ckpt.get("hyper_parameters") or {}
+            cfg = self.config[sub].model
+            diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
+                    if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
+            if diff:
+                raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
+                                 "use the config it was trained with or retrain")
+            arch = {k: saved[k] for k in SHAPE_KEYS + ("importance_pooling",) if k in saved}
+            if arch:
+                self.config = self.parser.parse_object({sub: {"model": arch}}, self.config)
 
         def add_arguments_to_parser(self, parser) -> None:
             # the model is sized by the data it trains on
@@ -144,8 +151,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     if argv[0] in ("test", "validate"):
+        _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
+
+
+def _finish_loggers() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 if __name__ == "__main__":
