@@ -72,6 +72,13 @@ def _lightning_cli_class():
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
+            _require_pairs(self.datamodule, "fit", ("train", "val"))
+
+        def before_validate(self) -> None:
+            _require_pairs(self.datamodule, "validate", ("val",))
+
+        def before_test(self) -> None:
+            _require_pairs(self.datamodule, "test", ("test",))
 
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
             """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""
@@ -81,8 +88,13 @@ def _lightning_cli_class():
             art = cfg.artifacts
             load_weights(model, ckpt_path)
             out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
+            evaluate = art.evaluate
+            if evaluate and not _pairs(datamodule, "test"):
+                print(f"pinsage predict: warning: {_no_pairs_reason(datamodule, 'test')}: nothing to evaluate, "
+                      "so no metrics.json (the embeddings and the index are written)", file=sys.stderr)
+                evaluate = False
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
-                            evaluate=art.evaluate, ckpt_path=ckpt_path,
+                            evaluate=evaluate, ckpt_path=ckpt_path,
                             config=cfg.as_dict())
             print(json.dumps({"artifacts": str(out)}))
 
@@ -98,6 +110,31 @@ def _checkpoints_under_root(trainer) -> None:
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+
+def _pairs(datamodule, part: str) -> int:
+    datamodule.setup(part if part != "val" else "validate")  # idempotent: parses or loads the cache once
+    return int(len(getattr(datamodule.dataset, f"{part}_pairs")))
+
+
+def _no_pairs_reason(datamodule, part: str) -> str:
+    ds = datamodule.dataset
+    if part == "train":
+        return f"dataset {ds.name!r} has no training pairs (no user has two training interactions in a row)"
+    which = "second-last" if part == "val" else "last"
+    return (f"dataset {ds.name!r} has no {'validation' if part == 'val' else 'test'} pairs (held out: each user's "
+            f"{which} interaction, only for users with >= 3 interactions; here {ds.num_users} users, "
+            f"{ds.interactions.num_interactions} interactions)")
+
+
+def _require_pairs(datamodule, command: str, parts) -> None:
+    """Refuse up front (one error line) what would otherwise train an epoch and then fail, or
+    print ``{}``: a dataset without the pairs ``command`` needs."""
+    for part in parts:
+        if not _pairs(datamodule, part):
+            hint = {"fit": "add interactions (>= 3 per user for validation) or another split",
+                    "validate": "nothing to evaluate", "test": "nothing to evaluate"}[command]
+            raise ValueError(f"{_no_pairs_reason(datamodule, part)}: {hint}")
 
 
 def run_lightning(argv: List[str]):
