@@ -13,7 +13,12 @@ The output folder (``artifacts.output_dir`` in the config, default ``artifacts/<
 
 The folder is written under a temporary name beside the target and renamed into place at the
 end, so a crash never leaves a half-written artifact set (an older set is replaced only once the
-new one is complete).
+new one is complete). Only an artifact folder (its ``manifest.json`` says ``"format":
+"pinsage-artifacts"``, or an empty folder) is ever replaced: any other existing folder is refused
+before any work is done. Temporary folders left by a killed predict (named with their process id)
+are removed by the next run. The folder and its files get the permissions of the umask, like any
+file the user creates. ``manifest.json`` records the size and SHA-256 of every other file;
+``pinsage recommend`` verifies them at load.
 """
 
 from __future__ import annotations
@@ -26,12 +31,95 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivfpq")
+ARTIFACTS_FORMAT = "pinsage-artifacts"
+#: first characters a spreadsheet reads as a formula (CSV injection); such a title is written with a
+#: leading ``'`` (and a title starting with ``'`` gets one more), undone by :func:`read_title`
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def safe_title(title: str) -> str:
+    return "'" + title if title.startswith(_FORMULA_START) else title
+
+
+def read_title(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+
+
+def file_digest(path: Path) -> Dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of one file (read in 8 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def check_output_dir(output_dir: str) -> Path:
+    """Refuse (ValueError) an output folder that is not ours to replace; called before any work."""
+    out = Path(output_dir)
+    if out.resolve() == Path.cwd().resolve() or out.resolve() == Path(out.resolve().anchor):
+        raise ValueError(f"--artifacts.output_dir {output_dir!r} is the current folder or the root: predict "
+                         "replaces its output folder as a whole; name a folder of its own (e.g. artifacts/<dataset>)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--artifacts.output_dir {output_dir!r} is a file: name a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_artifact_folder(out):
+        raise ValueError(f"--artifacts.output_dir {output_dir!r} exists and is not an artifact folder written by "
+                         "`pinsage predict` (no manifest.json saying so): predict replaces its output folder as a "
+                         "whole, so it only replaces its own; choose a new or empty folder")
+    return out
+
+
+def is_artifact_folder(folder: Path) -> bool:
+    """True when ``folder/manifest.json`` marks it as written by predict and it holds nothing else."""
+    try:
+        man = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(man, dict) or man.get("format") != ARTIFACTS_FORMAT:
+        return False
+    listed = set(man.get("files", []))
+    return all(p.name in listed for p in folder.iterdir())
+
+
+def clean_stale_temps(out: Path) -> List[Path]:
+    """Remove temp/old folders of earlier predicts into ``out`` whose process is gone."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.glob(f".{out.name}.*"):
+        parts = p.name[len(out.name) + 2:].split(".")
+        # ours: .<name>.<pid>.<random>.tmp (being written) and .<name>.old-<pid> (being swapped)
+        pid = parts[0] if p.name.endswith(".tmp") else (parts[0][4:] if parts[0].startswith("old-") else "")
+        if not p.is_dir() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def choose_index(kind: str, num_items: int) -> str:
@@ -44,11 +132,11 @@ def choose_index(kind: str, num_items: int) -> str:
 
 def load_weights(module, ckpt_path: Optional[str]) -> Dict[str, Any]:
     """Load a Lightning checkpoint into ``module`` (``weights_only=True``; shape checked)."""
+    from .checkpoints import read_checkpoint
+
     if not ckpt_path:
         raise ValueError("predict needs --ckpt_path: the checkpoint of a trained model (e.g. <run>/checkpoints/last.ckpt)")
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path!r} does not exist")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(ckpt_path)
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"])
     return ckpt
@@ -67,6 +155,8 @@ def write_artifacts(
     baselines: Optional[Sequence[str]] = None,
 ) -> Path:
     """Embed every item layer-wise with the trained model and write the artifact folder."""
+    import torch
+
     from datamodules.graph import InteractionGraph
 
     from .evaluation import evaluate as run_evaluation
@@ -75,6 +165,9 @@ def write_artifacts(
     from .retrieval import build_index, save_index
 
     log = (lambda m: print(f"[pinsage predict] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    out = check_output_dir(output_dir)
+    for p in clean_stale_temps(out):
+        log(f"removed {p} (left by a predict that was killed)")
     datamodule.setup("predict")
     ds = datamodule.dataset
     kind = choose_index(index, ds.num_items)
@@ -86,9 +179,8 @@ def write_artifacts(
     emb = emb.detach().cpu().numpy().astype(np.float32)
     log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
 
-    out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         np.save(tmp / "embeddings.npy", emb)
         titles = ds.item_titles()
@@ -96,7 +188,7 @@ def write_artifacts(
             w = csv.writer(f)
             w.writerow(["index", "id", "title"])
             for i, raw in enumerate(ds.interactions.item_ids.tolist()):
-                w.writerow([i, raw, "" if titles is None else titles[i]])
+                w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))])
         inter = ds.interactions
         full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items)
         enc = module.user_encoder.lin
@@ -119,13 +211,18 @@ def write_artifacts(
                     lambda part: np.exp2(-recency_from_end(ds, part) / float(half)).astype(np.float32)))
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         manifest = {
-            "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,
+            "format": ARTIFACTS_FORMAT, "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,
             "checkpoint": None if ckpt_path is None else str(Path(ckpt_path).resolve()),
             "num_layers": int(module.model.num_layers), "num_neighbors": getattr(datamodule, "num_neighbors", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config or {},
             "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
+            "checksums": {p.name: file_digest(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        mode = 0o666 & ~_umask()
+        for p in tmp.iterdir():
+            os.chmod(p, mode)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a serving account could not read it
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +232,9 @@ def write_artifacts(
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    """Rename ``tmp`` to ``out``; an existing ``out`` (an artifact folder or an empty one, checked
+    again here) is moved aside first and removed after."""
+    check_output_dir(str(out))
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

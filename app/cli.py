@@ -30,23 +30,30 @@ def _lightning_cli_class():
 
     class PinSageCLI(LightningCLI):
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI merges a checkpoint's hyperparameters over the config: refuse a shape
-            # mismatch instead of silently training/testing another model than the config says
+            # LightningCLI merges *all* of a checkpoint's hyperparameters over the config, so
+            # `--model.eval_ks` or `--model.lr` would be ignored with `--ckpt_path`. Only the model's
+            # architecture comes from the checkpoint (a config of another shape is refused instead of
+            # silently training/testing another model); evaluation and optimisation keys come from
+            # the config and the command line.
+            from .checkpoints import RESUME_KEYS, SPECIAL_PATHS, read_checkpoint
+
             sub = self.config.get("subcommand")
             path = sub and self.config[sub].get("ckpt_path")
-            if path and os.path.isfile(path):
-                import torch
+            if not path or path in SPECIAL_PATHS:
+                return
+            from models.module import SHAPE_KEYS
 
-                from models.module import SHAPE_KEYS
-
-                saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-                cfg = self.config[sub].model
-                diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
-                        if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
-                if diff:
-                    raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
-                                     "use the config it was trained with or retrain")
-            super()._parse_ckpt_path()
+            ckpt = read_checkpoint(path, need=("state_dict",) + (RESUME_KEYS if sub == "fit" else ()))
+            saved = ckpt.get("hyper_parameters") or {}
+            cfg = self.config[sub].model
+            diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
+                    if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
+            if diff:
+                raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
+                                 "use the config it was trained with or retrain")
+            arch = {k: saved[k] for k in SHAPE_KEYS + ("importance_pooling",) if k in saved}
+            if arch:
+                self.config = self.parser.parse_object({sub: {"model": arch}}, self.config)
 
         def add_arguments_to_parser(self, parser) -> None:
             # the model is sized by the data it trains on
@@ -77,12 +84,15 @@ def _lightning_cli_class():
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
+            _require_pairs(self.datamodule, "fit", ("train", "val"))
             self._wire_evaluator()
 
         def before_validate(self) -> None:
+            _require_pairs(self.datamodule, "validate", ("val",))
             self._wire_evaluator()
 
         def before_test(self) -> None:
+            _require_pairs(self.datamodule, "test", ("test",))
             self._wire_evaluator()
 
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
@@ -100,8 +110,13 @@ def _lightning_cli_class():
                     raise ValueError(f"--artifacts.baselines has {bad}: choose from {list(ALL_BASELINES)}")
             load_weights(model, ckpt_path)
             out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
+            evaluate = art.evaluate
+            if evaluate and not _pairs(datamodule, "test"):
+                print(f"pinsage predict: warning: {_no_pairs_reason(datamodule, 'test')}: nothing to evaluate, "
+                      "so no metrics.json (the embeddings and the index are written)", file=sys.stderr)
+                evaluate = False
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
-                            evaluate=art.evaluate, ckpt_path=ckpt_path,
+                            evaluate=evaluate, ckpt_path=ckpt_path,
                             config=cfg.as_dict(), baselines=art.get("baselines"))
             print(json.dumps({"artifacts": str(out)}))
 
@@ -117,6 +132,31 @@ def _checkpoints_under_root(trainer) -> None:
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+
+def _pairs(datamodule, part: str) -> int:
+    datamodule.setup(part if part != "val" else "validate")  # idempotent: parses or loads the cache once
+    return int(len(getattr(datamodule.dataset, f"{part}_pairs")))
+
+
+def _no_pairs_reason(datamodule, part: str) -> str:
+    ds = datamodule.dataset
+    if part == "train":
+        return f"dataset {ds.name!r} has no training pairs (no user has two training interactions in a row)"
+    which = "second-last" if part == "val" else "last"
+    return (f"dataset {ds.name!r} has no {'validation' if part == 'val' else 'test'} pairs (held out: each user's "
+            f"{which} interaction, only for users with >= 3 interactions; here {ds.num_users} users, "
+            f"{ds.interactions.num_interactions} interactions)")
+
+
+def _require_pairs(datamodule, command: str, parts) -> None:
+    """Refuse up front (one error line) what would otherwise train an epoch and then fail, or
+    print ``{}``: a dataset without the pairs ``command`` needs."""
+    for part in parts:
+        if not _pairs(datamodule, part):
+            hint = {"fit": "add interactions (>= 3 per user for validation) or another split",
+                    "validate": "nothing to evaluate", "test": "nothing to evaluate"}[command]
+            raise ValueError(f"{_no_pairs_reason(datamodule, part)}: {hint}")
 
 
 def run_lightning(argv: List[str]):
@@ -170,8 +210,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     if argv[0] in ("test", "validate"):
+        _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
+
+
+def _finish_loggers() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 if __name__ == "__main__":

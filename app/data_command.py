@@ -35,7 +35,11 @@ def build_parser() -> ArgumentParser:
 
 
 def _as_group_config(argv: List[str]) -> List[str]:
-    """``--config F`` where F holds only the data section (configs/data/*.yaml) -> ``--data F``."""
+    """``--config F`` where F holds only the data section (configs/data/*.yaml) -> ``--data F``;
+    a fit config (``data:`` + ``model:`` + ``trainer:``, configs/*.yaml) -> its ``data:`` section."""
+    import json
+    import os
+
     import yaml
 
     out = list(argv)
@@ -44,10 +48,16 @@ def _as_group_config(argv: List[str]) -> List[str]:
             try:
                 with open(out[j + 1]) as f:
                     content = yaml.safe_load(f) or {}
-            except OSError:
-                continue  # the parser reports the missing file
-            if isinstance(content, dict) and "data" not in content:
+            except (OSError, yaml.YAMLError):
+                continue  # the parser reports the missing / malformed file
+            if not isinstance(content, dict):
+                continue
+            if "data" not in content:
                 out[j] = "--data"
+            elif isinstance(content["data"], str):  # `data: data/<name>.yaml`, relative to the config
+                out[j], out[j + 1] = "--data", os.path.join(os.path.dirname(out[j + 1]), content["data"])
+            else:
+                out[j], out[j + 1] = "--data", json.dumps(content["data"])
     return out
 
 
@@ -73,5 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary["pairs"] = src.kind
     summary["min_weight"] = data["min_weight"]
     summary["num_epoch_pairs"] = src.num_pairs
+    for part, name in (("val", "validation"), ("test", "test")):
+        if summary[f"num_{part}_pairs"] == 0:
+            print(f"pinsage data: warning: no {name} pairs (held out only for users with >= 3 interactions): "
+                  f"`pinsage fit` needs validation pairs, `test` test pairs", file=sys.stderr)
     print(json.dumps(summary))
     return 0

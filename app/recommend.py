@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from .artifacts import read_title
+
 
 class ArtifactError(ValueError):
     """Missing, truncated or inconsistent artifacts, or an unknown id."""
@@ -30,10 +32,8 @@ class Recommender:
         from .retrieval import load_index
 
         self.folder = Path(folder)
-        manifest = self.folder / "manifest.json"
-        if not manifest.is_file():
-            raise ArtifactError(f"--artifacts {str(self.folder)!r} has no manifest.json: run `pinsage predict` first")
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = self._manifest()
+        self._verify_files()
         try:
             self.emb = np.load(self.folder / "embeddings.npy", allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
@@ -43,23 +43,70 @@ class Recommender:
             raise ArtifactError(f"embeddings.npy has shape {self.emb.shape}, manifest.json says ({n}, {d}): "
                                 "the artifacts are truncated or mixed; re-run `pinsage predict`")
         self.index = load_index(self.folder / "index.faiss", expected_dim=d, expected_count=n)
-        with open(self.folder / "items.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(self.folder / "items.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.item_ids = [r["id"] for r in rows]
+            self.titles = [read_title(r["title"] or "") for r in rows]
+        except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
+            raise ArtifactError(f"{self.folder / 'items.csv'} cannot be read ({type(e).__name__}: {e}): "
+                                "re-run `pinsage predict`") from None
         if len(rows) != n:
             raise ArtifactError(f"items.csv has {len(rows)} rows, embeddings.npy {n}: re-run `pinsage predict`")
-        self.item_ids = [r["id"] for r in rows]
-        self.titles = [r["title"] for r in rows]
         self.item_index = {raw: i for i, raw in enumerate(self.item_ids)}
-        users = np.load(self.folder / "users.npz", allow_pickle=False)
-        self.user_ids = users["user_ids"].tolist()
-        self.user_index = {raw: u for u, raw in enumerate(self.user_ids)}
-        self.user_ptr, self.user_items = users["ptr"], users["items"]
-        d = self.emb.shape[1]
-        # the model's user encoder (models/user_encoder.py): p_u = normalise(W_u sum of history)
-        self.user_encoder = users["encoder"] if "encoder" in users.files else np.eye(d, dtype=np.float32)
+        self._users = None  # users.npz is read on the first --user query
+
+    def _manifest(self) -> dict:
+        path = self.folder / "manifest.json"
+        if not path.is_file():
+            raise ArtifactError(f"--artifacts {str(self.folder)!r} has no manifest.json: run `pinsage predict` first")
+        try:
+            man = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ArtifactError(f"{path} is not valid JSON ({e}): the artifacts are corrupt; re-run `pinsage predict`") from None
+        missing = [k for k in ("count", "dims") if not isinstance(man, dict) or not isinstance(man.get(k), int)]
+        if missing:
+            raise ArtifactError(f"{path} has no integer {' / '.join(repr(k) for k in missing)}: the artifacts are "
+                                "corrupt or not from `pinsage predict`; re-run it")
+        return man
+
+    def _verify_files(self) -> None:
+        """Sizes and SHA-256 checksums recorded by predict (manifests without them: skipped)."""
+        from .artifacts import file_digest
+
+        for name, want in (self.manifest.get("checksums") or {}).items():
+            path = self.folder / name
+            if not path.is_file():
+                raise ArtifactError(f"{path} is missing (listed in manifest.json): re-run `pinsage predict`")
+            size = path.stat().st_size
+            if size != want.get("size"):
+                raise ArtifactError(f"{path} has {size} bytes, manifest.json says {want.get('size')}: the file is "
+                                    "truncated or replaced; re-run `pinsage predict`")
+            if file_digest(path)["sha256"] != want.get("sha256"):
+                raise ArtifactError(f"{path} fails its SHA-256 check (manifest.json): the file is corrupt; "
+                                    "re-run `pinsage predict`")
+
+    def _load_users(self):
+        if self._users is None:
+            path = self.folder / "users.npz"
+            try:
+                with np.load(path, allow_pickle=False) as users:
+                    ids, ptr, items = users["user_ids"].tolist(), users["ptr"], users["items"]
+                    # the model's user encoder (models/user_encoder.py): p_u = normalise(W_u sum)
+                    encoder = users["encoder"] if "encoder" in users.files else None
+            except Exception as e:  # zipfile/numpy raise many types for a truncated archive
+                raise ArtifactError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is truncated or "
+                                    "corrupt; re-run `pinsage predict`") from None
+            if len(ptr) != len(ids) + 1 or (len(items) and (items.min() < 0 or items.max() >= self.num_items)):
+                raise ArtifactError(f"{path} does not match the catalogue: re-run `pinsage predict`")
+            self._users = ids, {raw: u for u, raw in enumerate(ids)}, ptr, items
+            d = self.emb.shape[1]
+            self.user_encoder = np.eye(d, dtype=np.float32) if encoder is None else encoder
+        return self._users
 
     def user_vector(self, history) -> np.ndarray:
         """The user representation the model trained and was evaluated with (see UserEncoder)."""
+        self._load_users()
         q = self.user_encoder @ self.emb[np.asarray(history, dtype=np.int64)].sum(0)
         return (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
 
@@ -91,14 +138,20 @@ class Recommender:
     def for_user(self, raw_id: str, k: int = 10) -> dict:
         from .retrieval import search
 
-        if raw_id not in self.user_index:
-            raise ArtifactError(f"--user {raw_id!r} is unknown ({len(self.user_ids)} users in users.npz)")
-        u = self.user_index[raw_id]
-        seen = self.user_items[self.user_ptr[u]:self.user_ptr[u + 1]]
+        user_ids, user_index, user_ptr, user_items = self._load_users()
+        if raw_id not in user_index:
+            raise ArtifactError(f"--user {raw_id!r} is unknown ({len(user_ids)} users in users.npz)")
+        u = user_index[raw_id]
+        seen = user_items[user_ptr[u]:user_ptr[u + 1]]
         self._check_k(k, len(np.unique(seen)))
         q = self.user_vector(seen)
         s, ids = search(self.index, q[None, :].astype(np.float32), k, exclude=[seen])
         return self._answer({"user": raw_id, "history": len(seen)}, s[0], ids[0])
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a title) escaped, so each answer stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +178,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         q = out["query"]
         print(f"query: {q}")
-        for r, it in enumerate(out["items"], 1):
-            print(f"{r:3d}. {it['score']:.4f}  {it['id']}  {it['title'] or ''}")
+        for r, it in enumerate(out["items"], 1):  # one line per item, whatever the title holds
+            print(f"{r:3d}. {it['score']:.4f}  {_one_line(it['id'])}  {_one_line(it['title'] or '')}")
     return 0

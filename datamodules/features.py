@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -219,12 +220,20 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", cach
             h.update(b"\x00" + t.encode("utf-8"))
         path = Path(cache_dir) / f"text-emb-{h.hexdigest()[:24]}.npy"
         if path.is_file():
-            emb = np.load(path, allow_pickle=False)
-            if emb.shape[0] == len(texts):
+            try:
+                emb = np.load(path, allow_pickle=False)
+                ok = emb.ndim == 2 and emb.shape[0] == len(texts) and emb.dtype == np.float32
+            except (OSError, ValueError, EOFError) as e:  # truncated / garbage: recompute, never fail
+                print(f"pinsage: text-embedding cache {path} cannot be read ({type(e).__name__}: "
+                      f"{str(e)[:120]}): recomputing it", file=sys.stderr)
+                ok = False
+            if ok:
                 return emb
     model = _load_text_model(model_name)
     uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
+    # minutes for large catalogues on a CPU: a progress bar when someone is watching
+    show = len(uniq) >= 2000 and sys.stderr.isatty()
+    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show,
                        normalize_embeddings=True).astype(np.float32)[inverse.reshape(-1)]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

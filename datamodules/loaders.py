@@ -221,6 +221,14 @@ class TrainBatchDataset(Dataset):
             hard = self.miner.sample(q, pos, h, epoch, rng)
         else:
             hard = np.empty((q.size, 0), dtype=np.int64)
+            if easy.size == 0:
+                seen = np.unique(np.concatenate([q, pos])).size
+                why = ("num_easy_negatives=0" if self.num_easy_negatives == 0 else
+                       f"its {q.size} pairs hold {seen} of the catalogue's {self.builder.num_items} items, leaving "
+                       "no other item to sample")
+                raise ValueError(f"batch {batch_index} of epoch {epoch} has no negatives ({why}; epoch {epoch} has no "
+                                 "hard negatives): set data.num_easy_negatives >= 1 and a data.batch_size well below "
+                                 f"half the catalogue (< {max(self.builder.num_items // 4, 1)} here)")
         return self.builder.train_batch(q, pos, easy, hard, epoch)
 
     def __getitem__(self, index) -> PinSageBatch:

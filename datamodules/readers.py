@@ -91,6 +91,7 @@ def _read_delimited(
     names: Optional[Sequence[str]] = None,
     encoding: str = "utf-8",
     quoting: int = csv.QUOTE_MINIMAL,
+    str_cols: Sequence[str] = (),
 ) -> _Table:
     """Read a delimited text file with row labels that map back to file lines.
 
@@ -112,7 +113,7 @@ def _read_delimited(
         df = pd.read_csv(
             src, sep=sep, header=0 if header else None, names=list(names) if names is not None else None,
             index_col=False, skip_blank_lines=False, encoding=encoding, quoting=quoting,
-            low_memory=False,
+            low_memory=False, dtype={c: str for c in str_cols} or None,  # string ids byte for byte ("07" != "7")
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no rows)") from None
@@ -124,9 +125,17 @@ def _read_delimited(
                 f"{m.group(3)}; fix or remove that line (or quote fields that contain {sep!r})"
             ) from None
         raise DataError(f"{path}: cannot parse the file ({e}); check the separator and quoting") from None
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
+        # pandas decodes in chunks: its error's offset is within a chunk, so find the file's own
+        raw = path.read_bytes()
+        try:
+            raw.decode(encoding)
+            where = "a byte"
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            where = f"line {line}: byte {e.start} (0x{raw[e.start]:02x})"
         raise DataError(
-            f"{path}: byte {e.start} is not valid {encoding} text; re-save the file as UTF-8 "
+            f"{path} {where} is not valid {encoding} text; re-save the file as UTF-8 or set encoding "
             "(MovieLens files before 2016 are latin-1)"
         ) from None
     blank = df.isna().all(axis=1).to_numpy()
@@ -155,7 +164,8 @@ def _check_field_count(path: Path, sep: str, names: Sequence[str], encoding: str
         )
 
 
-def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[str]], encoding: str) -> _Table:
+def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[str]], encoding: str,
+              str_cols: Sequence[str] = ()) -> _Table:
     """CSV / TSV or Parquet (by suffix)."""
     path = Path(path)
     if not path.is_file():
@@ -175,7 +185,7 @@ def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[
     if not header and columns is None:
         raise DataError(f"{path}: header is false, so name the columns: set columns: [user, item, ...] "
                         "(one name per field, in file order)")
-    return _read_delimited(path, sep, header=header, names=columns, encoding=encoding)
+    return _read_delimited(path, sep, header=header, names=columns, encoding=encoding, str_cols=str_cols)
 
 
 def _looks_like_data(names) -> bool:
@@ -563,6 +573,11 @@ def _check_columns(t: _Table, wanted: dict, header: bool, kind: str) -> None:
     if not missing:
         return
     opt, col = missing[0]
+    if len(have) == 1:
+        for name, sep in (("tab", "\t"), ("semicolon", ";"), ("pipe", "|"), ("comma", ",")):
+            if sep in have[0]:
+                raise DataError(f"{t.path}: {kind} has no column {col!r} ({opt}); its only column is {have[0]!r}, "
+                                f"which looks {name}-separated: set sep: {sep!r}")
     if header and t.first_line is not None and _looks_like_data(have):
         order = [c for c in wanted.values() if c is not None]
         names = (order + [f"col{k + 1}" for k in range(len(order), len(have))])[: len(have)]
@@ -587,7 +602,7 @@ def read_table_log(
     columns: Optional[Sequence[str]] = None,
     sep: str = ",",
     items_path=None,
-    item_id_col: str = "item",
+    item_id_col: Optional[str] = None,
     title_col: Optional[str] = None,
     categories_col: Optional[str] = None,
     categories_sep: str = "|",
@@ -605,7 +620,7 @@ def read_table_log(
         header: the text file has a header row; with ``header=False`` give ``columns`` (one name
             per field). ``columns`` with ``header=True`` renames the header's columns.
         sep: field separator of text files (CRLF line endings are handled).
-        items_path: optional item table (CSV/Parquet) with ``item_id_col``, ``title_col`` (a
+        items_path: optional item table (CSV/Parquet) with ``item_id_col`` (default: ``item_col``), ``title_col`` (a
             ``(YYYY)`` at the end of a title gives the year) and ``categories_col``
             (``categories_sep``-joined names -> multi-hot); ``items_header``/``items_columns``
             as for the log.
@@ -618,8 +633,11 @@ def read_table_log(
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type={id_type!r}: choose 'int' (non-negative integer ids) or 'str'")
+    if item_id_col is None:
+        item_id_col = item_col
     path = Path(path)
-    t = _read_any(path, sep=sep, header=header, columns=columns, encoding=encoding)
+    t = _read_any(path, sep=sep, header=header, columns=columns, encoding=encoding,
+                  str_cols=(user_col, item_col) if id_type == "str" else ())
     _check_columns(t, {"user_col": user_col, "item_col": item_col, "weight_col": weight_col,
                        "time_col": time_col}, header, "log")
     if len(t.df) == 0:
@@ -630,7 +648,8 @@ def read_table_log(
     ts = None if time_col is None else _timestamps(t, time_col)
     table = None
     if items_path is not None:
-        it = _read_any(Path(items_path), sep=sep, header=items_header, columns=items_columns, encoding=encoding)
+        it = _read_any(Path(items_path), sep=sep, header=items_header, columns=items_columns, encoding=encoding,
+                       str_cols=(item_id_col,) if id_type == "str" else ())
         _check_columns(it, {"item_id_col": item_id_col, "title_col": title_col,
                             "categories_col": categories_col}, items_header, "item table")
         ids = _ids(it, item_id_col, "item", id_type)
@@ -668,14 +687,14 @@ def read_item_features(path, item_ids, id_col: str = "item", *, sep: str = ",",
     """
     path = Path(path)
     item_ids = np.asarray(item_ids)
-    t = _read_any(path, sep=sep, header=True, columns=None, encoding=encoding)
+    is_int = np.issubdtype(item_ids.dtype, np.integer)
+    t = _read_any(path, sep=sep, header=True, columns=None, encoding=encoding, str_cols=() if is_int else (id_col,))
     _check_columns(t, {"id_col": id_col}, True, "feature table")
     if len(t.df) == 0:
         raise DataError(f"{path}: the feature table is empty (no rows)")
     feat_cols = [c for c in t.df.columns if str(c) != id_col]
     if not feat_cols:
         raise DataError(f"{path}: the feature table has only the id column {id_col!r}; add numeric feature columns")
-    is_int = np.issubdtype(item_ids.dtype, np.integer)
     ids = _int_ids(t, id_col, "item") if is_int else _str_ids(t, id_col)
     ref = item_ids if is_int else item_ids.astype(str).astype(object)
     sorter = np.argsort(ref)

@@ -30,3 +30,11 @@ def tiny_run(tmp_path_factory):
     assert main(["fit", *args, "--trainer.max_epochs=3"]) == 0
     last = next(p for p in run.rglob("last.ckpt"))
     return run, last, args
+
+
+@pytest.fixture
+def tiny_args(tmp_path):
+    """``tiny_args(root) -> argv`` of the tiny run writing under ``root`` (dataset cache in tmp)."""
+    def make(root):
+        return TINY + ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(root)]
+    return make

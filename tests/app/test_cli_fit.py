@@ -69,3 +69,27 @@ def test_missing_dataset_is_one_clear_error(tiny_run, tmp_path, capsys):
     assert main(["fit", *args, "--data.dataset=movielens-100k", f"--data.root={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "pinsage fit: error:" in err and "missing file 'u.data'" in err
+
+
+def test_test_json_is_the_last_stdout_line_with_the_configured_wandb_logger(tiny_run, tmp_path):
+    """The shipped configs log to wandb offline, which prints "You can sync this run" lines when
+    the run ends; `pinsage test`'s JSON must still be the last stdout line (a real process, so
+    that wandb's exit hooks run)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.app.conftest import PROJECT, TINY
+
+    _, last, _ = tiny_run
+    args = [a for a in TINY if a != "--trainer.logger=false"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(PROJECT), "PINSAGE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "test", *args, "--data.cache_dir", str(tmp_path / "cache"),
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"),
+         "--ckpt_path", str(last)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "wb" / "wandb").is_dir()  # the wandb logger did run
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "test/mrr" in out

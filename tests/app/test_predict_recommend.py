@@ -77,6 +77,7 @@ def test_truncated_embeddings_and_foreign_index(artifacts, tmp_path, capsys):
     np.save(other / "embeddings.npy", np.concatenate([emb, emb], 1))
     man = json.loads((other / "manifest.json").read_text())
     man["dims"] = 32
+    man.pop("checksums")  # as an older manifest: the index's own dimension check answers
     (other / "manifest.json").write_text(json.dumps(man))
     assert recommend(["--artifacts", str(other), "--item", "3"]) == 2
     assert "dimension" in capsys.readouterr().err
@@ -97,3 +98,54 @@ def test_predict_scores_the_listed_baselines(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pinsage predict: error: --artifacts.baselines has ['itemknm']" in err and "rp3beta" in err
     assert not bad.exists()
+
+
+def _copy(artifacts, tmp_path, name="bad"):
+    import shutil
+
+    bad = tmp_path / name
+    shutil.copytree(artifacts, bad)
+    return bad
+
+
+def test_truncated_users_npz_fails_only_user_queries_with_the_file_named(artifacts, tmp_path, capsys):
+    import shutil
+
+    bad = _copy(artifacts, tmp_path)
+    data = (bad / "users.npz").read_bytes()
+    (bad / "users.npz").write_bytes(data[: len(data) // 2])
+    man = json.loads((bad / "manifest.json").read_text())
+    del man["checksums"]  # an older manifest without checksums: the reader itself must cope
+    (bad / "manifest.json").write_text(json.dumps(man))
+    assert recommend(["--artifacts", str(bad), "--item", "3", "--json"]) == 0
+    capsys.readouterr()
+    assert recommend(["--artifacts", str(bad), "--user", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad / "users.npz") in err and "truncated or corrupt" in err
+    # with the manifest's checksums the truncation is caught up front, naming the file and sizes
+    shutil.copy(artifacts / "manifest.json", bad / "manifest.json")
+    assert recommend(["--artifacts", str(bad), "--item", "3"]) == 2
+    assert f"{bad / 'users.npz'} has {len(data) // 2} bytes, manifest.json says {len(data)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", "is not valid JSON"),
+    ('{"dims": 16}', "has no integer 'count'"),
+    ("[]", "has no integer 'count' / 'dims'"),
+])
+def test_bad_manifest_is_one_error_naming_the_file(artifacts, tmp_path, capsys, text, match):
+    bad = _copy(artifacts, tmp_path)
+    (bad / "manifest.json").write_text(text)
+    assert recommend(["--artifacts", str(bad), "--item", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pinsage recommend: error: ") and str(bad / "manifest.json") in err and match in err
+
+
+def test_index_with_flipped_payload_bytes_is_refused(artifacts, tmp_path, capsys):
+    bad = _copy(artifacts, tmp_path)
+    data = bytearray((bad / "index.faiss").read_bytes())
+    for k in range(len(data) // 2, len(data) // 2 + 64):  # inside the stored vectors: still loads in faiss
+        data[k] ^= 0xFF
+    (bad / "index.faiss").write_bytes(bytes(data))
+    assert recommend(["--artifacts", str(bad), "--item", "3"]) == 2
+    assert "index.faiss fails its SHA-256 check" in capsys.readouterr().err

@@ -148,3 +148,28 @@ def test_real_gowalla_text_is_a_clear_error():
     inter = read_lightgcn(real("gowalla") / "raw")
     with pytest.raises(DataError, match=r"'text' needs item titles"):
         build_item_features(inter, np.ones(inter.num_items), ["text"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_text_embedding_cache_is_recomputed_with_a_message(tmp_path, monkeypatch, capsys, damage):
+    class FakeModel:  # stands in for MiniLM: a deterministic embedding per text
+        calls = 0
+
+        def encode(self, texts, **kw):
+            FakeModel.calls += 1
+            rng = np.random.default_rng(len(texts))
+            v = rng.normal(size=(len(texts), 8)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    monkeypatch.setattr(F, "_load_text_model", lambda name: FakeModel())
+    texts = ["a", "b", "c"]
+    first = F.embed_texts(texts, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("text-emb-*.npy")
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) - 7], "garbage": b"\x93NUMPY garbage" * 5, "empty": b""}[damage])
+    again = F.embed_texts(texts, cache_dir=tmp_path)
+    np.testing.assert_array_equal(first, again)
+    err = capsys.readouterr().err
+    assert f"text-embedding cache {path} cannot be read" in err and "recomputing it" in err
+    assert FakeModel.calls == 2
+    np.testing.assert_array_equal(np.load(path), first)  # the cache is whole again

@@ -363,3 +363,40 @@ def test_real_movielens_latest_small_header_true_gives_clear_error():
     with pytest.raises(DataError, match=r"file has no header row.*header: false and columns: "
                                         r"\[userId, movieId, rating, timestamp\]"):
         read_table_log(folder / "ratings.csv", **LATEST)
+
+
+def test_table_string_ids_round_trip_byte_for_byte(tmp_path):
+    # "07", "7" and "011" are three ids; parsing them as numbers first merged 07/7 and dropped rows
+    rows = "".join(f"u{k},{item}\n" for k in range(10) for item in ("07", "7", "011", "019"))
+    log = write(tmp_path / "log.csv", "user,item\n" + rows)
+    items = write(tmp_path / "items.csv", "item,title\n07,seven-zero\n7,seven\n011,eleven\n019,nineteen\n")
+    inter = read_table_log(log, id_type="str", items_path=items, title_col="title")
+    assert sorted(inter.item_ids) == ["011", "019", "07", "7"]
+    assert inter.num_duplicates_dropped == 0 and len(inter.users) == 40
+    by_id = {raw: inter.item_table.titles[i] for i, raw in enumerate(inter.item_table.ids)}
+    assert by_id == {"07": "seven-zero", "7": "seven", "011": "eleven", "019": "nineteen"}
+
+
+def test_table_item_id_col_defaults_to_item_col(tmp_path):
+    log = write(tmp_path / "log.csv", "user_id,movie\n1,10\n2,10\n1,20\n")
+    items = write(tmp_path / "items.csv", "movie,title\n10,Ten\n20,Twenty\n")
+    inter = read_table_log(log, user_col="user_id", item_col="movie", items_path=items, title_col="title")
+    assert list(inter.item_table.titles) == ["Ten", "Twenty"]
+
+
+def test_table_tab_separated_file_read_with_comma_names_sep(tmp_path):
+    log = write(tmp_path / "log.tsv", "user_id\titem_id\tcount\n1\t2\t3\n")
+    with pytest.raises(DataError, match=r"looks tab-separated: set sep: '\\t'"):
+        read_table_log(log, user_col="user_id", item_col="item_id")
+    inter = read_table_log(log, user_col="user_id", item_col="item_id", sep="\t")
+    assert list(inter.item_ids) == [2]
+
+
+def test_decode_error_names_the_files_own_line_and_byte(tmp_path):
+    # far past pandas' first decode chunk, so a chunk-relative offset would be wrong
+    head = "user,item,title\n" + "".join(f"{k},{k},title {k}\n" for k in range(20000))
+    path = tmp_path / "log.csv"
+    path.write_bytes(head.encode() + b"7,7,Caf\xe9\n")
+    offset = len(head.encode()) + len("7,7,Caf")
+    with pytest.raises(DataError, match=rf"line 20002: byte {offset} \(0xe9\) is not valid utf-8"):
+        read_table_log(path)

@@ -1,0 +1,68 @@
+"""Checkpoints through the real CLI: last.ckpt is the last completed epoch; a bad --ckpt_path is
+one error line naming the file; --model.* evaluation/optimisation keys win over the checkpoint's."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.cli import main
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def test_last_ckpt_is_the_last_completed_epoch_even_when_val_stops_improving(tiny_args, tmp_path):
+    # a learning rate of ~0 keeps val/mrr flat, so the monitored checkpoint saves only epoch 0;
+    # last.ckpt must still be epoch 2 (Lightning's save_last alone would leave it at epoch 0)
+    root = tmp_path / "run"
+    assert main(["fit", *tiny_args(root), "--trainer.max_epochs=3", "--model.lr=1e-12"]) == 0
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    best = [p for p in (root / "checkpoints").iterdir() if p.name.startswith("best")]
+    assert len(best) == 1 and torch.load(best[0], weights_only=True)["epoch"] == 0
+    assert last["epoch"] == 2
+    assert last["global_step"] == 3 * torch.load(best[0], weights_only=True)["global_step"]
+
+
+@pytest.mark.parametrize("content,what", [
+    (b"", "is empty"),
+    (b"garbage, not a checkpoint" * 10, "cannot be read as a checkpoint"),
+    ("truncated", "cannot be read as a checkpoint"),
+    ("no-state-dict", "is not a PinSage Lightning checkpoint"),
+])
+@pytest.mark.parametrize("command", ["fit", "test", "predict"])
+def test_bad_checkpoint_is_one_error_line_naming_the_file(tiny_run, tmp_path, capsys, command, content, what):
+    _, last, args = tiny_run
+    bad = tmp_path / "bad.ckpt"
+    if content == "truncated":
+        data = last.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif content == "no-state-dict":
+        torch.save({"epoch": 1}, bad)
+    else:
+        bad.write_bytes(content)
+    extra = ["--artifacts.output_dir", str(tmp_path / "art")] if command == "predict" else []
+    assert main([command, *args, "--ckpt_path", str(bad), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pinsage {command}: error: --ckpt_path '{bad}'") and what in err[0]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_model_eval_overrides_apply_with_ckpt_path(tiny_run, capsys):
+    _, last, args = tiny_run
+    capsys.readouterr()
+    assert main(["test", *args, "--ckpt_path", str(last), "--model.eval_ks", "[7]",
+                 "--model.baselines", "[popularity]"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "test/hit_rate@7" in out and "test/popularity/hit_rate@7" in out
+    assert "test/hit_rate@10" not in out and not any(k.startswith("test/cooccurrence") for k in out)
+
+
+def test_model_architecture_still_comes_from_the_checkpoint(tiny_run, capsys):
+    _, last, args = tiny_run
+    capsys.readouterr()
+    assert main(["test", *args, "--ckpt_path", str(last)]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # importance_pooling changes what the saved weights compute: the checkpoint's value is used
+    assert main(["test", *args, "--ckpt_path", str(last), "--model.importance_pooling=false"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == plain
