@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-RATINGS = {"movielens-100k": ("u.data", "\t"), "movielens-latest-small": ("ratings.csv", ",")}
+RATINGS = {"movielens-100k": ("u.data", "\t"), "movielens-latest-small": ("ml-latest-small/ratings.csv", ",")}
 
 
 def make_cold_copy(src: Path, dst: Path, fraction: float = 0.1, seed: int = 0) -> list:
@@ -32,14 +32,16 @@ def make_cold_copy(src: Path, dst: Path, fraction: float = 0.1, seed: int = 0) -
     rng = np.random.default_rng(seed)
     cold = sorted(rng.choice(uniq, size=int(round(fraction * uniq.size)), replace=False).tolist(), key=str)
     keep = ~np.isin(items, cold)
-    (dst / "raw").mkdir(parents=True, exist_ok=True)
-    tmp = dst / "raw" / f".{fname}.tmp"
+    (dst / "raw" / fname).parent.mkdir(parents=True, exist_ok=True)
+    tmp = (dst / "raw" / fname).with_name(f".{Path(fname).name}.tmp")
     with open(tmp, "w", newline="") as f:
         f.write("".join(header + [ln for ln, k in zip(lines, keep) if k]))
     os.replace(tmp, dst / "raw" / fname)
-    for p in (src / "raw").iterdir():
-        if p.name != fname and not (dst / "raw" / p.name).exists():
-            os.symlink(p.resolve(), dst / "raw" / p.name)
+    for p in (src / "raw").rglob("*"):
+        rel = p.relative_to(src / "raw")
+        if p.is_file() and str(rel) != fname and not (dst / "raw" / rel).exists():
+            (dst / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(p.resolve(), dst / "raw" / rel)
     (dst / "cold_items.json").write_text(json.dumps({"cold_items": cold, "seed": seed, "fraction": fraction,
                                                      "rows_removed": int((~keep).sum())}))
     return cold
