@@ -338,7 +338,9 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
             item = NewItem.from_dict(body.model_dump())
             async with write_lock:  # one writer at a time: log order == index order
                 s = holder["state"]
-                z, layers, info = s.embed(item)
+                # embedding (text model, walks) and the fsync run off the event loop, so reads go on;
+                # the index and the tables change only here, in the loop, under the writer lock
+                z, layers, info = await asyncio.to_thread(s.embed, item)
                 await asyncio.to_thread(s.log.append, [s.record(item, z, layers)])
                 index = s._commit(item, z, layers)
             return ORJSONResponse({"id": item.id, "index": index, **info}, status_code=201)
