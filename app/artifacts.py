@@ -9,7 +9,10 @@ The output folder (``artifacts.output_dir`` in the config, default ``artifacts/<
 * ``index.faiss``: the FAISS index (``artifacts.index``: exact | hnsw | ivfpq | auto);
 * ``metrics.json`` (when ``artifacts.evaluate``): every evaluation protocol on the test split,
   the model and the baselines scored by the same code;
-* ``manifest.json``: dims, count, index type, checkpoint, the resolved config.
+* ``manifest.json``: dims, count, index type, checkpoint, the resolved config;
+* the inductive files (``model.pt``, ``layer_<k>.npy`` per-layer vectors, ``walk_graph.npz``,
+  ``neighbourhoods.npz``, ``features.json``; see :mod:`app.inductive`): what ``pinsage serve``
+  ``POST /items`` and ``pinsage embed-new`` need to embed new items.
 
 The folder is written under a temporary name beside the target and renamed into place at the
 end, so a crash never leaves a half-written artifact set (an older set is replaced only once the
@@ -161,6 +164,7 @@ def write_artifacts(
 
     from .evaluation import evaluate as run_evaluation
     from .evaluation import recency_from_end
+    from .inductive import write_inductive_files
     from .inference import layerwise_embeddings, neighbourhoods_for_all
     from .retrieval import build_index, save_index
 
@@ -175,7 +179,8 @@ def write_artifacts(
     nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
     log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
     module.eval()
-    emb = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size, progress=progress)
+    emb, layers = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size,
+                                       progress=progress, return_layers=True)
     emb = emb.detach().cpu().numpy().astype(np.float32)
     log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
 
@@ -196,6 +201,8 @@ def write_artifacts(
                    else enc.weight.detach().cpu().numpy().astype(np.float32))
         np.savez(tmp / "users.npz", user_ids=np.asarray(inter.user_ids).astype(str), ptr=full.user_ptr,
                  items=full.user_items.astype(np.int64), encoder=encoder)
+        inductive = write_inductive_files(tmp, module.model, datamodule, nbr, layers)
+        del layers
         t1 = time.perf_counter()
         save_index(build_index(emb, kind), tmp / "index.faiss")
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
@@ -215,6 +222,7 @@ def write_artifacts(
             "checkpoint": None if ckpt_path is None else str(Path(ckpt_path).resolve()),
             "num_layers": int(module.model.num_layers), "num_neighbors": getattr(datamodule, "num_neighbors", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config or {},
+            "inductive": inductive,
             "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
             "checksums": {p.name: file_digest(p) for p in sorted(tmp.iterdir())},
         }

@@ -6,6 +6,8 @@
   and baselines) as one JSON object on its last stdout line.
 * ``pinsage data --config configs/data/<name>.yaml`` inspects a dataset (counts as JSON).
 * ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
+* ``pinsage serve --artifacts DIR`` is the HTTP API (``app/serve.py``); ``pinsage embed-new``
+  embeds a CSV of new items inductively.
 """
 
 from __future__ import annotations
@@ -198,8 +200,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .recommend import main as recommend_main
 
         return recommend_main(argv[1:])
+    if argv and argv[0] in ("serve", "embed-new"):
+        from .serve import embed_new_main, serve_main
+
+        return (serve_main if argv[0] == "serve" else embed_new_main)(argv[1:])
     if argv and argv[0] in ("-h", "--help") or not argv:
-        print("usage: pinsage {fit,validate,test,predict,data,recommend} [--config CONFIG] [overrides]\n"
+        print("usage: pinsage {fit,validate,test,predict,data,recommend,serve,embed-new} [--config CONFIG] [overrides]\n"
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
     from datamodules.interactions import DataError

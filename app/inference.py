@@ -211,7 +211,8 @@ def layerwise_embeddings(
     chunk_size: int = 65536,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
-) -> Tensor:
+    return_layers: bool = False,
+):
     r"""Embeddings of the whole catalogue, layer by layer, every ``h^{(k)}_u`` computed once.
 
     :math:`\mathbf{h}^{(0)} = \mathrm{encode}(\mathbf{x}, [0, I))` for all items (in chunks); for
@@ -234,9 +235,13 @@ def layerwise_embeddings(
         chunk_size: target items per step (``>= 1``).
         device: where the model runs.
         progress: show a tqdm progress bar on stderr.
+        return_layers: also return the per-layer vectors ``[h^(0), ..., h^(K-1)]`` (each
+            ``[I, hidden]``): what the inductive path (``app/inductive.py``) needs to embed a new
+            item from its neighbours' stored vectors.
 
     Returns:
-        ``FloatTensor [I, out_channels]`` on the CPU, row ``u`` = item ``u``.
+        ``FloatTensor [I, out_channels]`` on the CPU, row ``u`` = item ``u``; with
+        ``return_layers`` the pair ``(z, [h^(0), ..., h^(K-1)])``.
     """
     if not isinstance(model, PinSage):
         raise ValueError(f"model={type(model).__name__} is invalid: expected a models.pinsage.PinSage")
@@ -267,8 +272,11 @@ def layerwise_embeddings(
         weights_t = torch.from_numpy(weights)
         deg_t = torch.from_numpy(np.diff(ptr))
         g2l = torch.full((num_items,), -1, dtype=torch.int64)  # global -> local source id
+        layers = []
         # layers 1 .. K: every item once, from the previous layer of every item
         for k in range(K):
+            if return_layers:
+                layers.append(h)
             h_next = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
             for s in range(0, num_items, chunk_size):
                 e = min(s + chunk_size, num_items)
@@ -286,7 +294,7 @@ def layerwise_embeddings(
         for s in range(0, num_items, chunk_size):
             e = min(s + chunk_size, num_items)
             z[s:e] = model.head(h[s:e].to(device), None if h0 is None else h0[s:e].to(device)).float().cpu()
-        return z
+        return (z, layers) if return_layers else z
     finally:
         if bar is not None:
             bar.close()

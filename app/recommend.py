@@ -3,8 +3,12 @@
     pinsage recommend --artifacts DIR --item RAW_ID [-k 10] [--json]
     pinsage recommend --artifacts DIR --user RAW_ID [-k 10] [--json]
 
-A user's query vector is the L2-normalised mean of the embeddings of the items in their history;
-items they have already engaged with are never recommended.
+A user's query vector comes from :func:`user_vector`, the evaluator's user representation
+(:func:`models.baselines.user_profiles`: today the L2-normalised mean of the embeddings of the
+items in their history); items they have already engaged with are never recommended.
+
+:class:`Recommender` is also what ``pinsage serve`` (``app/serve.py``) loads; it can grow
+(:meth:`Recommender.add_item`, items embedded inductively after training).
 """
 
 from __future__ import annotations
@@ -25,6 +29,63 @@ class ArtifactError(ValueError):
     """Missing, truncated or inconsistent artifacts, or an unknown id."""
 
 
+class UnknownIdError(ArtifactError):
+    """An item or user id that is not in the catalogue."""
+
+
+class Rows:
+    """``[n, d]`` float32 rows: a fixed base table (may be memory-mapped) plus appended rows, so
+    that adding a row never copies the base."""
+
+    def __init__(self, base: np.ndarray):
+        self.base = base
+        self.extra = np.zeros((0, base.shape[1]), dtype=np.float32)
+        self.n_extra = 0
+
+    def __len__(self) -> int:
+        return self.base.shape[0] + self.n_extra
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float32).reshape(-1, self.base.shape[1])
+        need = self.n_extra + rows.shape[0]
+        if need > self.extra.shape[0]:
+            grown = np.zeros((max(need, 2 * self.extra.shape[0], 1024), self.base.shape[1]), dtype=np.float32)
+            grown[:self.n_extra] = self.extra[:self.n_extra]
+            self.extra = grown
+        self.extra[self.n_extra:need] = rows
+        self.n_extra = need
+
+    def rows(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        nb = self.base.shape[0]
+        if ids.size == 0 or ids.max() < nb:
+            return np.ascontiguousarray(self.base[ids], dtype=np.float32)
+        out = np.empty((ids.shape[0], self.base.shape[1]), dtype=np.float32)
+        old = ids < nb
+        out[old] = self.base[ids[old]]
+        out[~old] = self.extra[ids[~old] - nb]
+        return out
+
+
+def user_vector(history_emb: np.ndarray, encoder: Optional[np.ndarray] = None) -> np.ndarray:
+    """The query vector ``[d]`` of a user from the embeddings of their history items ``[h, d]``:
+    the model's user representation (:class:`models.user_encoder.UserEncoder`, whose learned
+    ``[d, d]`` layer predict stores in users.npz as ``encoder``; ``None``: the identity, i.e. the
+    normalised mean), the same code the evaluator scores, never a copy."""
+    import torch
+
+    from models.user_encoder import UserEncoder
+
+    d = history_emb.shape[1]
+    enc = UserEncoder(d, learned=encoder is not None)
+    if encoder is not None:
+        with torch.no_grad():
+            enc.lin.weight.copy_(torch.from_numpy(np.asarray(encoder, dtype=np.float32)))
+    pooled = torch.from_numpy(np.ascontiguousarray(history_emb, dtype=np.float32)).sum(0, keepdim=True)
+    with torch.no_grad():
+        return enc(pooled)[0].numpy().astype(np.float32)
+
+
 class Recommender:
     """Loaded artifacts: embeddings, FAISS index, item table and user histories."""
 
@@ -42,6 +103,7 @@ class Recommender:
         if self.emb.ndim != 2 or self.emb.shape != (n, d):
             raise ArtifactError(f"embeddings.npy has shape {self.emb.shape}, manifest.json says ({n}, {d}): "
                                 "the artifacts are truncated or mixed; re-run `pinsage predict`")
+        self.vectors = Rows(self.emb)
         self.index = load_index(self.folder / "index.faiss", expected_dim=d, expected_count=n)
         try:
             with open(self.folder / "items.csv", newline="") as f:
@@ -100,19 +162,30 @@ class Recommender:
             if len(ptr) != len(ids) + 1 or (len(items) and (items.min() < 0 or items.max() >= self.num_items)):
                 raise ArtifactError(f"{path} does not match the catalogue: re-run `pinsage predict`")
             self._users = ids, {raw: u for u, raw in enumerate(ids)}, ptr, items
-            d = self.emb.shape[1]
-            self.user_encoder = np.eye(d, dtype=np.float32) if encoder is None else encoder
+            self.user_encoder = encoder
         return self._users
 
     def user_vector(self, history) -> np.ndarray:
-        """The user representation the model trained and was evaluated with (see UserEncoder)."""
+        """The user representation the model trained and was evaluated with (its UserEncoder)."""
         self._load_users()
-        q = self.user_encoder @ self.emb[np.asarray(history, dtype=np.int64)].sum(0)
-        return (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        return user_vector(self.vectors.rows(history), self.user_encoder)
 
     @property
     def num_items(self) -> int:
-        return self.emb.shape[0]
+        return len(self.vectors)
+
+    def add_item(self, raw_id: str, title: Optional[str], z: np.ndarray) -> int:
+        """Append an item (its embedding ``z [d]``) to the catalogue and the live index; return its index."""
+        if raw_id in self.item_index:
+            raise ArtifactError(f"item {raw_id!r} already exists")
+        z = np.ascontiguousarray(np.asarray(z, dtype=np.float32).reshape(1, -1))
+        self.vectors.append(z)
+        self.index.add(z)
+        i = len(self.item_ids)
+        self.item_ids.append(raw_id)
+        self.titles.append(title or "")
+        self.item_index[raw_id] = i
+        return i
 
     def _check_k(self, k: int, excluded: int) -> None:
         hi = self.num_items - excluded
@@ -129,10 +202,10 @@ class Recommender:
         from .retrieval import search
 
         if raw_id not in self.item_index:
-            raise ArtifactError(f"--item {raw_id!r} is not in the catalogue ({self.num_items} items; ids as in items.csv)")
+            raise UnknownIdError(f"item {raw_id!r} is not in the catalogue ({self.num_items} items; ids as in items.csv)")
         i = self.item_index[raw_id]
         self._check_k(k, 1)
-        s, ids = search(self.index, self.emb[i:i + 1], k, exclude=[[i]])
+        s, ids = search(self.index, self.vectors.rows([i]), k, exclude=[[i]])
         return self._answer({"item": raw_id, "title": self.titles[i] or None}, s[0], ids[0])
 
     def for_user(self, raw_id: str, k: int = 10) -> dict:
@@ -140,13 +213,28 @@ class Recommender:
 
         user_ids, user_index, user_ptr, user_items = self._load_users()
         if raw_id not in user_index:
-            raise ArtifactError(f"--user {raw_id!r} is unknown ({len(user_ids)} users in users.npz)")
+            raise UnknownIdError(f"user {raw_id!r} is unknown ({len(user_ids)} users in users.npz)")
         u = user_index[raw_id]
         seen = user_items[user_ptr[u]:user_ptr[u + 1]]
+        return self._for_history(seen, k, {"user": raw_id, "history": len(seen)})
+    def for_history(self, raw_ids: List[str], k: int = 10) -> dict:
+        """Items for a user the model never saw, from the raw ids of their history (excluded)."""
+        if not raw_ids:
+            raise ArtifactError("history is empty: give at least one item id")
+        unknown = [r for r in raw_ids if r not in self.item_index]
+        if unknown:
+            raise ArtifactError(f"history holds {len(unknown)} unknown item id(s), e.g. {unknown[0]!r} "
+                                f"(catalogue of {self.num_items} items)")
+        seen = np.array([self.item_index[r] for r in raw_ids], dtype=np.int64)
+        return self._for_history(seen, k, {"history": len(seen)})
+
+    def _for_history(self, seen: np.ndarray, k: int, query: dict) -> dict:
+        from .retrieval import search
+
         self._check_k(k, len(np.unique(seen)))
         q = self.user_vector(seen)
-        s, ids = search(self.index, q[None, :].astype(np.float32), k, exclude=[seen])
-        return self._answer({"user": raw_id, "history": len(seen)}, s[0], ids[0])
+        s, ids = search(self.index, q[None, :], k, exclude=[seen])
+        return self._answer(query, s[0], ids[0])
 
 
 def _one_line(text: str) -> str:

@@ -1,0 +1,495 @@
+"""``pinsage serve``: an HTTP recommendation API over ``pinsage predict`` artifacts, with a live
+index that takes new items inductively; ``pinsage embed-new``: the same inductive path over a CSV.
+
+    PINSAGE_SERVE_TOKEN=... pinsage serve --artifacts DIR [--host 127.0.0.1 --port 8000]
+    pinsage serve --artifacts DIR --read-only
+    pinsage embed-new --artifacts DIR --items new.csv [--output new.npz]
+
+Endpoints (JSON in and out; the OpenAPI schema is at ``/openapi.json``, docs at ``/docs``):
+
+* ``GET /items/{id}/similar?k=10`` -> ``{"query", "items": [{"id", "score", "title"}]}``;
+* ``GET /users/{id}/recommendations?k=10``: the user's history items excluded; the user vector is
+  the evaluator's (:func:`app.recommend.user_vector`);
+* ``POST /recommendations`` ``{"history": [ids], "k"}``: for a user the model never saw;
+* ``POST /items`` (token) ``{"id", "title"?, "categories"?, "year"?, "features"?,
+  "engaged_users"?, "co_engaged_items"?}``: embedded inductively (:mod:`app.inductive`), written
+  to the append-only item log (fsync'ed before the answer), then inserted into the live index;
+* ``POST /admin/reload`` (token) ``{"artifacts"?: DIR}``: load a new artifacts folder (default:
+  the same path, e.g. after a new ``pinsage predict``), replay the item log into it, and swap it in
+  atomically; requests in flight finish on the old one;
+* ``GET /healthz``; ``GET /metrics`` (Prometheus text: request counts, latency histogram, index size).
+
+Write endpoints need ``Authorization: Bearer $PINSAGE_SERVE_TOKEN``; the server refuses to start
+with write endpoints when the variable is unset (``--read-only`` starts without them).  Read
+endpoints are open on a loopback host; on any other host they need the token too unless
+``--public-reads``.
+
+The item log (default ``<DIR>.items.jsonl``, beside the artifact folder, so a new ``predict`` that
+replaces the folder keeps it) holds one JSON line per inserted item: the request and the vectors
+computed for it.  At start every line is replayed: with the stored vectors when it was written
+against the same artifacts (same ``manifest.json``), re-embedded from the request otherwise; items
+already in the catalogue are skipped.  A torn last line (a crash mid-write, never acknowledged) is
+ignored.
+"""
+
+
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from .inductive import InductiveEmbedder, NewItem, NewItemError
+from .recommend import ArtifactError, Recommender, UnknownIdError
+
+MAX_K = 1000
+TOKEN_ENV = "PINSAGE_SERVE_TOKEN"
+
+try:  # orjson (the serve extra) encodes the answers about 5x faster than json
+    import orjson as _orjson
+
+    def _dumps(obj) -> bytes:
+        return _orjson.dumps(obj, option=_orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover
+    def _dumps(obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _json_response():
+    from starlette.responses import Response
+
+    class JSONBytes(Response):
+        media_type = "application/json"
+
+        def render(self, content) -> bytes:
+            return _dumps(content)
+
+    return JSONBytes
+
+
+# ----------------------------------------------------------------------------------------------
+# the append-only item log
+# ----------------------------------------------------------------------------------------------
+class ItemLog:
+    """One JSON object per line, appended and fsync'ed; a torn last line is ignored on read."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def read(self) -> List[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        with open(self.path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                if n == len(lines) - 1:  # torn tail: written by a process killed mid-line
+                    break
+                raise ArtifactError(f"item log {self.path} line {n + 1} is not valid JSON: fix or move the file")
+        if data and not data.endswith(b"\n"):
+            # cut the torn tail so that the next append starts on a fresh line
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        return out
+
+    def append(self, records: List[dict]) -> None:
+        payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def default_log_path(folder: Union[str, Path]) -> Path:
+    folder = Path(folder).resolve()
+    return folder.with_name(folder.name + ".items.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------
+# one loaded artifact folder + the items inserted into it
+# ----------------------------------------------------------------------------------------------
+class ServiceState:
+    """Artifacts (:class:`~app.recommend.Recommender`), the inductive embedder and the item log."""
+
+    def __init__(self, folder: Union[str, Path], log_path: Optional[Union[str, Path]] = None,
+                 inductive: bool = True):
+        t0 = time.perf_counter()
+        self.folder = Path(folder)
+        self.rec = Recommender(str(folder))
+        self.identity = hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+        self.embedder: Optional[InductiveEmbedder] = None
+        self.inductive_error = ""
+        if inductive:
+            try:
+                self.embedder = InductiveEmbedder(self.folder, self.rec.manifest, self.rec.user_index)
+            except FileNotFoundError as e:
+                self.inductive_error = str(e)
+        self.log = ItemLog(log_path or default_log_path(self.folder))
+        self.replayed = {"stored": 0, "recomputed": 0, "skipped": 0}
+        self._replay()
+        self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def num_items(self) -> int:
+        return self.rec.num_items
+
+    def _replay(self) -> None:
+        for rec in self.log.read():
+            item = NewItem.from_dict(rec["item"])
+            if item.id in self.rec.item_index:
+                self.replayed["skipped"] += 1
+                continue
+            if rec.get("artifacts") == self.identity and (self.embedder is None or "layers" in rec):
+                z = np.asarray(rec["z"], dtype=np.float32)
+                layers = [np.asarray(h, dtype=np.float32)[None, :] for h in rec.get("layers", [])]
+                self.replayed["stored"] += 1
+            else:
+                z, layers, _ = self.embed(item)
+                self.replayed["recomputed"] += 1
+            self._commit(item, z, layers)
+
+    def embed(self, item: NewItem):
+        if self.embedder is None:
+            raise NewItemError(f"this server cannot embed new items: {self.inductive_error}", status=503)
+        if item.id in self.rec.item_index:
+            raise NewItemError(f"item {item.id!r} already exists (index {self.rec.item_index[item.id]})", status=409)
+        z, layers, info = self.embedder.embed([item], self.rec.item_index.get)
+        return z[0], [h[:1] for h in layers], info[0]
+
+    def record(self, item: NewItem, z: np.ndarray, layers) -> dict:
+        return {"artifacts": self.identity, "item": item.to_dict(), "z": np.asarray(z).tolist(),
+                "layers": [np.asarray(h).reshape(-1).tolist() for h in layers], "time": time.time()}
+
+    def _commit(self, item: NewItem, z: np.ndarray, layers) -> int:
+        i = self.rec.add_item(item.id, item.title, z)
+        if self.embedder is not None:
+            self.embedder.add(layers)
+        return i
+
+    def insert(self, item: NewItem) -> dict:
+        """Embed, log (durably), insert: the synchronous path of ``POST /items`` and ``embed-new``."""
+        z, layers, info = self.embed(item)
+        self.log.append([self.record(item, z, layers)])
+        return {"id": item.id, "index": self._commit(item, z, layers), **info}
+
+
+# ----------------------------------------------------------------------------------------------
+# the FastAPI application
+# ----------------------------------------------------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_path=None, read_only: bool = False,
+               protect_reads: bool = False, state: Optional[ServiceState] = None):
+    """The ASGI app.  ``token`` guards the write endpoints (and the reads with ``protect_reads``);
+    ``read_only`` leaves the write endpoints out (then no token is needed)."""
+    from fastapi import Body, Depends, FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    if not read_only and not token:
+        raise ValueError(f"{TOKEN_ENV} is not set: the write endpoints (POST /items, POST /admin/reload) need a "
+                         "bearer token; set it, or pass --read-only to serve without them")
+
+    holder: Dict[str, Any] = {"state": state or ServiceState(artifacts, log_path)}
+    write_lock = asyncio.Lock()
+
+    registry = CollectorRegistry()
+    requests_total = Counter("pinsage_requests_total", "HTTP requests", ["endpoint", "method", "status"],
+                             registry=registry)
+    latency = Histogram("pinsage_request_seconds", "request latency", ["endpoint"], registry=registry,
+                        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+    index_items = Gauge("pinsage_index_items", "items in the live index", registry=registry)
+    inserted_items = Gauge("pinsage_inserted_items", "items added after training (POST /items + log)",
+                           registry=registry)
+    index_items.set_function(lambda: holder["state"].num_items)
+    inserted_items.set_function(lambda: holder["state"].num_items - holder["state"].rec.manifest["count"])
+
+    class NewItemIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: Union[str, int]
+        title: Optional[str] = None
+        categories: Optional[List[str]] = None
+        year: Optional[int] = None
+        features: Optional[List[float]] = None
+        engaged_users: Optional[List[Union[str, int]]] = None
+        co_engaged_items: Optional[List[Union[str, int]]] = None
+
+    class HistoryIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: List[Union[str, int]] = Field(min_length=1)
+        k: int = Field(10, ge=1, le=MAX_K)
+
+    class ReloadIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        artifacts: Optional[str] = None
+
+    class Item(BaseModel):
+        id: str
+        score: float
+        title: Optional[str]
+
+    class Answer(BaseModel):
+        query: Dict[str, Any]
+        items: List[Item]
+
+    ORJSONResponse = _json_response()
+    app = FastAPI(title="pinsage", version="0.1.0", default_response_class=ORJSONResponse,
+                  description="PinSage recommendations: similar items, user recommendations, inductive new items.")
+    app.state.holder = holder
+
+    def fail(status: int, message: str, headers=None):
+        return ORJSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            e = next(e for e in errs if e.get("type") == "json_invalid")
+            return fail(400, f"malformed JSON body: {e.get('ctx', {}).get('error', e.get('msg'))}")
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errs]
+        return fail(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc):
+        return fail(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(UnknownIdError)
+    async def _unknown(request, exc):
+        return fail(404, str(exc))
+
+    @app.exception_handler(NewItemError)
+    async def _new_item(request, exc):
+        return fail(exc.status, str(exc))
+
+    @app.exception_handler(ArtifactError)
+    async def _artifact(request, exc):
+        return fail(422, str(exc))
+
+    def check_token(request: Request) -> None:
+        from fastapi import HTTPException
+
+        got = request.headers.get("authorization", "")
+        scheme, _, value = got.partition(" ")
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer $PINSAGE_SERVE_TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    reads = [Depends(check_token)] if protect_reads else []
+    writes = [Depends(check_token)]
+    k_query = Query(10, ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}")
+
+    @app.get("/items/{item_id}/similar", response_model=Answer, dependencies=reads)
+    async def similar(item_id: str, k: int = k_query):
+        return ORJSONResponse(holder["state"].rec.similar_items(item_id, k))
+
+    @app.get("/users/{user_id}/recommendations", response_model=Answer, dependencies=reads)
+    async def for_user(user_id: str, k: int = k_query):
+        return ORJSONResponse(holder["state"].rec.for_user(user_id, k))
+
+    @app.post("/recommendations", response_model=Answer, dependencies=reads)
+    async def for_history(body: HistoryIn):
+        return ORJSONResponse(holder["state"].rec.for_history([str(h) for h in body.history], body.k))
+
+    @app.get("/healthz")
+    async def healthz():
+        s = holder["state"]
+        return {"status": "ok", "items": s.num_items, "base_items": s.rec.manifest["count"],
+                "artifacts": str(s.folder), "identity": s.identity, "writable": not read_only,
+                "inductive": s.embedder is not None, "replayed": s.replayed}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if not read_only:
+        @app.post("/items", status_code=201, dependencies=writes)
+        async def add_item(body: NewItemIn):
+            item = NewItem.from_dict(body.model_dump())
+            async with write_lock:  # one writer at a time: log order == index order
+                s = holder["state"]
+                # embedding (text model, walks) and the fsync run off the event loop, so reads go on;
+                # the index and the tables change only here, in the loop, under the writer lock
+                z, layers, info = await asyncio.to_thread(s.embed, item)
+                await asyncio.to_thread(s.log.append, [s.record(item, z, layers)])
+                index = s._commit(item, z, layers)
+            return ORJSONResponse({"id": item.id, "index": index, **info}, status_code=201)
+
+        @app.post("/admin/reload", dependencies=writes)
+        async def reload(body: ReloadIn = Body(default_factory=ReloadIn)):
+            async with write_lock:
+                old = holder["state"]
+                folder = body.artifacts or str(old.folder)
+                try:
+                    new = await asyncio.to_thread(ServiceState, folder, old.log.path)
+                except (ArtifactError, FileNotFoundError, ValueError, KeyError) as e:
+                    return fail(422, f"cannot load artifacts {folder!r}: {e}")
+                holder["state"] = new  # atomic swap: requests in flight keep the old object
+            return {"status": "reloaded", "artifacts": str(new.folder), "items": new.num_items,
+                    "replayed": new.replayed, "seconds": round(new.load_seconds, 3)}
+
+    app.add_middleware(_MetricsMiddleware, requests_total=requests_total, latency=latency)
+    return app
+
+
+class _MetricsMiddleware:
+    """Plain ASGI middleware (cheaper than BaseHTTPMiddleware): counts and times every request by
+    its route template (``/items/{item_id}/similar``), so ids never become label values."""
+
+    def __init__(self, app, requests_total, latency):
+        self.app, self.requests_total, self.latency = app, requests_total, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.requests_total.labels(endpoint, scope.get("method", ""), str(status["code"])).inc()
+
+
+# ----------------------------------------------------------------------------------------------
+# command lines
+# ----------------------------------------------------------------------------------------------
+def _threads(n: int) -> None:
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(n)
+    torch.set_num_threads(n)
+
+
+def serve_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pinsage serve", description="HTTP recommendation API over predict artifacts")
+    p.add_argument("--artifacts", required=True, help="folder written by `pinsage predict`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log", default=None, help="item log (default <artifacts>.items.jsonl beside the folder)")
+    p.add_argument("--read-only", action="store_true", help="no write endpoints (no token needed)")
+    p.add_argument("--public-reads", action="store_true", help="read endpoints open on a non-loopback host")
+    p.add_argument("--threads", type=int, default=1, help="FAISS/torch threads per request (default 1)")
+    args = p.parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        print('pinsage serve: error: needs the serve extra: pip install -e ".[serve]"', file=sys.stderr)
+        return 2
+    token = os.environ.get(TOKEN_ENV) or None
+    try:
+        _threads(args.threads)
+        app = create_app(args.artifacts, token=token, log_path=args.log, read_only=args.read_only,
+                         protect_reads=not _is_loopback(args.host) and not args.public_reads)
+    except (ArtifactError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"pinsage serve: error: {e}", file=sys.stderr)
+        return 2
+    s = app.state.holder["state"]
+    print(json.dumps({"serving": str(s.folder), "items": s.num_items, "replayed": s.replayed,
+                      "url": f"http://{args.host}:{args.port}", "load_seconds": round(s.load_seconds, 2)}),
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _split(v: Any) -> List[str]:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return []
+    return [t for t in str(v).replace(",", "|").split("|") if t.strip()] if str(v).strip() else []
+
+
+def read_new_items(path: str) -> List[NewItem]:
+    """A CSV of new items: ``id`` and any of ``title, categories, year, features, engaged_users,
+    co_engaged_items`` (lists separated by ``|``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--items {path!r} does not exist")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "id" not in rows[0]:
+        raise ValueError(f"--items {path!r} needs a header row with an 'id' column (and any of title, categories, "
+                         "year, features, engaged_users, co_engaged_items)")
+    out = []
+    for n, r in enumerate(rows, 2):
+        try:
+            feats = _split(r.get("features"))
+            out.append(NewItem(
+                id=str(r["id"]).strip(), title=(r.get("title") or "").strip() or None,
+                categories=[c.strip() for c in _split(r.get("categories"))] or None,
+                year=int(r["year"]) if (r.get("year") or "").strip() else None,
+                features=[float(x) for x in feats] if feats else None,
+                engaged_users=[u.strip() for u in _split(r.get("engaged_users"))],
+                co_engaged_items=[i.strip() for i in _split(r.get("co_engaged_items"))]))
+        except ValueError as e:
+            raise ValueError(f"--items {path!r} line {n}: {e}") from None
+    return out
+
+
+def embed_new_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pinsage embed-new",
+                                description="embed new items inductively and append them to the item log")
+    p.add_argument("--artifacts", required=True, help="folder written by `pinsage predict`")
+    p.add_argument("--items", required=True, help="CSV: id[,title,categories,year,features,engaged_users,"
+                                                  "co_engaged_items] (lists separated by |)")
+    p.add_argument("--log", default=None, help="item log (default <artifacts>.items.jsonl; `serve` replays it)")
+    p.add_argument("--output", default=None, help="also write the new embeddings to this .npz (ids, embeddings)")
+    args = p.parse_args(argv)
+    try:
+        items = read_new_items(args.items)
+        state = ServiceState(args.artifacts, args.log)
+        results, records = [], []
+        for it in items:  # all embedded (later rows may name earlier ones) before anything is logged
+            z, layers, info = state.embed(it)
+            records.append(state.record(it, z, layers))
+            results.append({"id": it.id, "index": state._commit(it, z, layers), **info})
+        state.log.append(records)
+    except (ArtifactError, NewItemError, ValueError, FileNotFoundError) as e:
+        print(f"pinsage embed-new: error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        ids = [r["index"] for r in results]
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        np.savez(tmp, ids=np.array([it.id for it in items]), embeddings=state.rec.vectors.rows(ids))
+        os.replace(tmp, out)
+    print(json.dumps({"added": len(results), "items": state.num_items, "log": str(state.log.path),
+                      "neighbours": [r["neighbours"] for r in results][:20]}))
+    return 0

