@@ -246,7 +246,8 @@ def make_synthetic(
     if method == "per-user":
         all_users, all_items = _make_per_user(num_users, num_items, num_interactions, num_communities, rng, seed,
                                               p_in, item_comm, user_comm, item_pop, user_act)
-        return _finish(all_users, all_items, item_comm, num_communities, feature_dim, feature_noise, rng, timestamps)
+        return _finish(all_users, all_items, item_comm, num_communities, feature_dim, feature_noise, rng, timestamps,
+                       dense=True)
 
     rest = num_interactions - num_items - num_users
     # coverage rows: every item once (random user of its community), every user once
@@ -285,7 +286,7 @@ def make_synthetic(
 
 
 def _finish(all_users, all_items, item_comm, num_communities, feature_dim, feature_noise, rng, timestamps,
-            feats=None):
+            feats=None, dense=False):
     num_items = item_comm.shape[0]
     ts = np.arange(all_users.shape[0], dtype=np.int64) + 1_000_000_000 if timestamps else None
     if feats is None:
@@ -293,6 +294,13 @@ def _finish(all_users, all_items, item_comm, num_communities, feature_dim, featu
     titles = np.array([f"item {i} (community {c})" for i, c in zip(range(num_items), item_comm)], dtype=object) \
         if num_items <= 200_000 else None
     table = ItemTable(ids=np.arange(num_items), titles=titles)
+    if dense:
+        # per-user rows are distinct pairs over every user and item by construction, ids 0..n-1:
+        # Interactions.from_raw's densify + global dedupe (a few copies of the log) would be a no-op
+        num_users = int(all_users[-1]) + 1
+        inter = Interactions(users=all_users, items=all_items, user_ids=np.arange(num_users),
+                             item_ids=np.arange(num_items), timestamps=ts, item_table=table)
+        return inter, feats, item_comm.astype(np.int64)
     inter = Interactions.from_raw(all_users, all_items, timestamps=ts, item_table=table, source="synthetic")
     # raw ids are 0..n-1 and every id occurs, so dense index == raw id
     return inter, feats, item_comm.astype(np.int64)

@@ -226,3 +226,32 @@ def test_published_counts_via_the_data_command(name, tmp_path, capsys):
         assert out["num_test"] == 217242 and out["num_train"] + out["num_val"] == 810128
     else:
         assert out["num_val"] == out["num_test"] == out["num_users"]
+
+
+def _build_in_child(cache_dir, q):
+    ds = load_dataset("synthetic", cache_dir=cache_dir, reader_args=SYN)
+    q.put(ds.summary())
+
+
+def test_two_processes_building_one_cache_at_once(tmp_path):
+    """Ranks that find no cache build it at the same time: both get the data, one copy stays."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = q.get(timeout=5), q.get(timeout=5)
+    assert a == b
+    assert len(_caches(tmp_path)) == 1 and [p.name for p in tmp_path.iterdir()] == [_caches(tmp_path)[0].name]
+
+
+def test_shared_cache_is_built_by_global_rank_zero_only():
+    from datamodules.datamodule import PinSageDataModule
+
+    assert PinSageDataModule(dataset="synthetic").prepare_data_per_node is True
+    assert PinSageDataModule(dataset="synthetic", cache_shared=True).prepare_data_per_node is False
