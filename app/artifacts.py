@@ -64,8 +64,14 @@ def write_artifacts(
     ckpt_path: Optional[str] = None,
     config: Optional[dict] = None,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: Optional[str] = None,
 ) -> Path:
-    """Embed every item layer-wise with the trained model and write the artifact folder."""
+    """Embed every item layer-wise with the trained model and write the artifact folder.
+
+    ``engine``: ``local`` (this process, :func:`app.inference.layerwise_embeddings`) or ``ray``
+    (:func:`app.ray_inference.ray_layerwise_embeddings` on the cluster at ``ray_address``, a
+    local Ray when ``None``): the same embeddings either way."""
     from datamodules.graph import InteractionGraph
 
     from .evaluation import evaluate as run_evaluation
@@ -77,11 +83,17 @@ def write_artifacts(
     ds = datamodule.dataset
     kind = choose_index(index, ds.num_items)
     t0 = time.perf_counter()
-    nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
-    log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
     module.eval()
-    emb = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size, progress=progress)
-    emb = emb.detach().cpu().numpy().astype(np.float32)
+    if engine == "ray":
+        from .ray_inference import ray_layerwise_embeddings
+
+        emb = ray_layerwise_embeddings(module.model, ds.item_features, datamodule.neighbour_sampler(),
+                                       partition_size=chunk_size, address=ray_address)
+    else:
+        nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
+        log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
+        emb = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size, progress=progress)
+        emb = emb.detach().cpu().numpy().astype(np.float32)
     log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
 
     out = Path(output_dir)

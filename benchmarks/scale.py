@@ -100,8 +100,8 @@ def run_stage(name: str, argv, log: Path, limit: MemoryLimit = None) -> dict:
     if code != 0:
         raise RuntimeError(f"stage {name} failed with exit code {code}; see {log}:\n"
                            + "\n".join(Path(log).read_text().splitlines()[-15:]))
-    row = {"seconds": round(seconds, 1), "peak_rss_gb": round(ru.ru_maxrss * 1024 / GIB, 3),
-           "stdout": Path(str(log) + ".out").read_text()}
+    row = {"seconds": round(seconds, 1), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
+           "peak_rss_gb": round(ru.ru_maxrss * 1024 / GIB, 3), "stdout": Path(str(log) + ".out").read_text()}
     if limit is not None:
         row.update(limit.stats())
     print(f"[scale] {name}: {row['seconds']} s, peak RSS {row['peak_rss_gb']} GB", file=sys.stderr, flush=True)
@@ -136,52 +136,67 @@ def main() -> None:
                          "--artifacts.output_dir", str(work / "artifacts"), "--artifacts.evaluate", "false"]
     rows, summary = [], {}
     out_path = Path(args.out)
-    if out_path.is_file():  # keep rows of other sizes from earlier runs
-        rows = [r for r in json.loads(out_path.read_text()).get("rows", []) if r["num_edges"] != args.num_edges]
+    old_doc = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    rows = old_doc.get("rows", [])  # rows of other sizes / stages from earlier runs stay
 
     def add(stage, res, limit_gb=None, **extra):
+        rows[:] = [r for r in rows if not (r["stage"] == stage and r.get("reader_args", {}).get("num_interactions")
+                                           == ra["num_interactions"])]
         rows.append({"stage": stage, "num_edges": summary.get("num_interactions", args.num_edges),
-                     "num_items": ra["num_items"], "seconds": res["seconds"], "peak_rss_gb": res["peak_rss_gb"],
-                     "memory_limit_gb": limit_gb, **extra,
+                     "num_items": ra["num_items"], "seconds": res["seconds"], "cpu_seconds": res["cpu_seconds"],
+                     "peak_rss_gb": res["peak_rss_gb"],
+                     "memory_limit_gb": limit_gb, "reader_args": ra, **extra,
                      **{k: v for k, v in res.items() if k.startswith("cgroup")}})
+        write()
+
+    def write():
+        caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]
+        nbytes = sum(f.stat().st_size for c in caches for f in c.glob("*.npy")) if caches else 0
+        caches_gb = dict(old_doc.get("cache_gb", {}) if isinstance(old_doc.get("cache_gb"), dict) else {})
+        if nbytes:
+            caches_gb[str(ra["num_interactions"])] = round(nbytes / GIB, 3)
+        doc = {
+            "rows": rows,
+            "cache_gb": caches_gb,  # total size of the cache's .npy arrays, by requested num_interactions
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                        "note": "2-core VM with 24 GiB shared by other jobs (load average up to ~70 during "
+                                "these runs): wall seconds are inflated, cpu_seconds are the stage's own; "
+                                "every stage under nice -n 15"},
+            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, out_path)
 
     if "generate" in stages:
         code = ("import sys; sys.path.insert(0, %r); from datamodules.synthetic import make_synthetic; "
                 "make_synthetic(**%r)" % (str(ROOT), ra))
         add("generate", run_stage("generate", [py, "-c", code], work / "generate.log"))
+    if not summary and (work / "data.log.out").is_file():
+        summary = json.loads((work / "data.log.out").read_text().strip().splitlines()[-1])
     if "data" in stages:
         for old in cache.glob("synthetic-*"):  # a cold build (only our own cache folders)
             if (old / "manifest.json").is_file():
                 shutil.rmtree(old)
         res = run_stage("data", pinsage + ["data", "--config", str(DATA_CONFIG), *common], work / "data.log")
-        summary = json.loads(res["stdout"].strip().splitlines()[-1])
+        summary.update(json.loads(res["stdout"].strip().splitlines()[-1]))
         add("data", res, num_train_pairs=summary["num_train_pairs"])
-    caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]
-    cache_bytes = sum(f.stat().st_size for c in caches for f in c.glob("*.npy")) if caches else 0
     if "fit" in stages:
         add(f"fit ({args.max_steps} steps)", run_stage("fit", fit, work / "fit.log"))
     if "predict" in stages:
         add("predict", run_stage("predict", predict, work / "predict.log"))
     if "limited" in stages:
+        caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]
+        cache_bytes = sum(f.stat().st_size for c in caches for f in c.glob("*.npy"))
         limit_gb = args.memory_limit_gb or round(cache_bytes / GIB / 2, 2)
         argv = fit if args.limit_stage == "fit" else predict
         name = f"{args.limit_stage} ({args.max_steps} steps)" if args.limit_stage == "fit" else "predict"
         with MemoryLimit(int(limit_gb * GIB), f"pinsage-scale-{os.getpid()}") as lim:
             res = run_stage(f"{name} under {limit_gb} GB", argv, work / "limited.log", limit=lim)
-        add(f"{name}, memory-limited", res, limit_gb=limit_gb)
-    doc = {
-        "rows": rows,
-        "cache_gb": round(cache_bytes / GIB, 3),
-        "reader_args": ra,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "note": "2-core VM with 24 GiB shared by other jobs; every stage under nice -n 15"},
-        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out_path)
-    print(json.dumps(doc, indent=1))
+        add(f"{name}, memory-limited", res, limit_gb=limit_gb, cache_gb=round(cache_bytes / GIB, 3))
+    write()
+    print(out_path.read_text())
 
 
 if __name__ == "__main__":
