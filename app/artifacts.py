@@ -156,8 +156,14 @@ def write_artifacts(
     config: Optional[dict] = None,
     progress: bool = True,
     baselines: Optional[Sequence[str]] = None,
+    engine: str = "local",
+    ray_address: Optional[str] = None,
 ) -> Path:
-    """Embed every item layer-wise with the trained model and write the artifact folder."""
+    """Embed every item layer-wise with the trained model and write the artifact folder.
+
+    ``engine``: ``local`` (this process, :func:`app.inference.layerwise_embeddings`) or ``ray``
+    (:func:`app.ray_inference.ray_layerwise_embeddings` on the cluster at ``ray_address``, a
+    local Ray when ``None``): the same embeddings either way."""
     import torch
 
     from datamodules.graph import InteractionGraph
@@ -176,12 +182,19 @@ def write_artifacts(
     ds = datamodule.dataset
     kind = choose_index(index, ds.num_items)
     t0 = time.perf_counter()
+    module.eval()
     nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
     log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
-    module.eval()
-    emb, layers = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size,
-                                       progress=progress, return_layers=True)
-    emb = emb.detach().cpu().numpy().astype(np.float32)
+    if engine == "ray":
+        from .ray_inference import ray_layerwise_embeddings
+
+        emb, layers = ray_layerwise_embeddings(module.model, ds.item_features, datamodule.neighbour_sampler(),
+                                               partition_size=chunk_size, address=ray_address), None
+        emb = np.asarray(emb, dtype=np.float32)
+    else:
+        emb, layers = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size,
+                                           progress=progress, return_layers=True)
+        emb = emb.detach().cpu().numpy().astype(np.float32)
     log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +214,8 @@ def write_artifacts(
                    else enc.weight.detach().cpu().numpy().astype(np.float32))
         np.savez(tmp / "users.npz", user_ids=np.asarray(inter.user_ids).astype(str), ptr=full.user_ptr,
                  items=full.user_items.astype(np.int64), encoder=encoder)
-        inductive = write_inductive_files(tmp, module.model, datamodule, nbr, layers)
+        # the Ray engine keeps its layer tables in the object store: no inductive files then
+        inductive = None if layers is None else write_inductive_files(tmp, module.model, datamodule, nbr, layers)
         del layers
         t1 = time.perf_counter()
         save_index(build_index(emb, kind), tmp / "index.faiss")

@@ -25,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+ENGINES = ("local", "ray")
 
 
 def _lightning_cli_class():
@@ -71,6 +72,12 @@ def _lightning_cli_class():
                                 help="items per chunk of layer-wise inference (bounds memory)")
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
+            # where predict's layer-wise inference runs (app/ray_inference.py)
+            parser.add_argument("--engine", type=str, default="local",
+                                help="predict: local (this process) | ray (Ray Data; the optional .[ray] extra)")
+            parser.add_argument("--ray.address", type=Optional[str], default=None,
+                                help="predict --engine ray: the cluster to join (default: start a local Ray)")
+
             parser.add_argument("--artifacts.baselines", type=Optional[List[str]], default=None,
                                 help="baselines scored beside the model in metrics.json (default: random, "
                                      "popularity, cooccurrence; also itemknn, rp3beta, ease, pixie with their "
@@ -110,6 +117,12 @@ def _lightning_cli_class():
                 bad = [b for b in names if b not in ALL_BASELINES]
                 if bad:
                     raise ValueError(f"--artifacts.baselines has {bad}: choose from {list(ALL_BASELINES)}")
+            if cfg.engine not in ENGINES:
+                raise ValueError(f"--engine {cfg.engine!r} is not valid; choose one of {list(ENGINES)}")
+            if cfg.engine == "ray":
+                from .ray_inference import _require_ray
+
+                _require_ray()
             load_weights(model, ckpt_path)
             out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
             evaluate = art.evaluate
@@ -119,7 +132,8 @@ def _lightning_cli_class():
                 evaluate = False
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
                             evaluate=evaluate, ckpt_path=ckpt_path,
-                            config=cfg.as_dict(), baselines=art.get("baselines"))
+                            config=cfg.as_dict(), baselines=art.get("baselines"), engine=cfg.engine,
+                            ray_address=cfg.ray.address)
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI

@@ -33,6 +33,8 @@ from models.pinsage import PinSage
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 __all__ = [
+    "encode_chunk",
+    "convolve_chunk",
     "FixedNeighbourhoods",
     "neighbourhoods_for_all",
     "layerwise_embeddings",
@@ -203,6 +205,25 @@ def _chunk_graph(nbrs: Tensor, deg: Tensor, g2l: Tensor) -> Tuple[Optional[Tenso
     return src_global, torch.stack([src, dst])
 
 
+def encode_chunk(model: PinSage, x_chunk: Tensor, ids: Tensor, device) -> Tensor:
+    """Layer 0 of items ``ids`` (their feature rows ``x_chunk``), on the CPU."""
+    return model.encode(x_chunk.to(device), ids.to(device)).float().cpu()
+
+
+def convolve_chunk(model: PinSage, k: int, gather, h_self: Tensor, nbrs: Tensor, deg: Tensor, weights: Tensor,
+                   g2l: Tensor, device) -> Tensor:
+    """Layer ``k`` of one chunk of targets from the previous layer (shared by every engine).
+
+    ``nbrs [E]`` / ``weights [E]``: the targets' neighbours (grouped by target, ``deg`` each);
+    ``h_self``: the targets' own previous-layer rows; ``gather(ids)`` returns the previous-layer
+    rows of global item ``ids`` (``None``: every item, in id order). Returns CPU float32 rows.
+    """
+    src_global, edge_index = _chunk_graph(nbrs, deg, g2l)
+    h_src = gather(src_global)
+    return model.layer(k, h_src.to(device), h_self.to(device), edge_index.to(device),
+                       weights.to(device)).float().cpu()
+
+
 @torch.no_grad()
 def layerwise_embeddings(
     model: PinSage,
@@ -263,8 +284,7 @@ def layerwise_embeddings(
         h = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
         for s in range(0, num_items, chunk_size):
             e = min(s + chunk_size, num_items)
-            ids = torch.arange(s, e, device=device)
-            h[s:e] = model.encode(x[s:e].to(device), ids).float().cpu()
+            h[s:e] = encode_chunk(model, x[s:e], torch.arange(s, e), device)
             if bar is not None:
                 bar.update(e - s)
         h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
@@ -278,14 +298,12 @@ def layerwise_embeddings(
             if return_layers:
                 layers.append(h)
             h_next = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
+            gather = lambda idx, h=h: h if idx is None else h.index_select(0, idx)  # noqa: E731
             for s in range(0, num_items, chunk_size):
                 e = min(s + chunk_size, num_items)
                 ps, pe = int(ptr[s]), int(ptr[e])
-                src_global, edge_index = _chunk_graph(items_t[ps:pe], deg_t[s:e], g2l)
-                h_src = h if src_global is None else h.index_select(0, src_global)
-                out = model.layer(k, h_src.to(device), h[s:e].to(device), edge_index.to(device),
-                                  weights_t[ps:pe].to(device))
-                h_next[s:e] = out.float().cpu()
+                h_next[s:e] = convolve_chunk(model, k, gather, h[s:e], items_t[ps:pe], deg_t[s:e],
+                                             weights_t[ps:pe], g2l, device)
                 if bar is not None:
                     bar.update(e - s)
             h = h_next

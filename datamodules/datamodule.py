@@ -60,6 +60,11 @@ class PinSageDataModule(pl.LightningDataModule):
         dataset: dataset name (``datamodules.datasets.DATASET_NAMES``).
         root: data root (e.g. ``../shared/data``); see :func:`~datamodules.datasets.load_dataset`.
         cache_dir: parsed-dataset cache (default ``$PINSAGE_CACHE`` or ``~/.cache/pinsage``).
+        cache_shared: the cache folder is on storage every node sees (NFS, Lustre...): only global
+            rank 0 builds it (``prepare_data``), the others wait at Lightning's barrier, then every
+            rank memory-maps the same files. ``False`` (default): local rank 0 of each node builds
+            its node's copy. Either way a rank that finds no cache builds one itself, and
+            concurrent builders are safe (atomic folder rename; one copy stays).
         features: item features to build (``None`` = the dataset's defaults).
         split: ``auto`` | ``temporal`` | ``random`` | ``fixed`` (``datamodules.splits``).
         split_seed: seed of the random split (and of held-out queries of unordered splits).
@@ -121,6 +126,7 @@ class PinSageDataModule(pl.LightningDataModule):
         min_weight: Optional[float] = None,
         weighted_walks: bool = True,
         reader_args: Optional[Dict[str, Any]] = None,
+        cache_shared: bool = False,
         num_layers: int = 2,
         num_neighbors: int = 20,
         num_walks: int = 50,
@@ -174,6 +180,8 @@ class PinSageDataModule(pl.LightningDataModule):
         self.weighted_walks = bool(weighted_walks)
         self._pairs = None
         self.reader_args = dict(reader_args or {})
+        self.cache_shared = bool(cache_shared)
+        self.prepare_data_per_node = not self.cache_shared  # Lightning: who runs prepare_data
         self.num_layers = _int("num_layers", num_layers, 0)
         self.num_neighbors = _int("num_neighbors", num_neighbors, 1)
         self.num_walks = _int("num_walks", num_walks, 1)
@@ -221,7 +229,8 @@ class PinSageDataModule(pl.LightningDataModule):
                             split=self.split, reader_args=self.reader_args, split_seed=self.split_seed)
 
     def prepare_data(self) -> None:
-        """Parse and cache the dataset (Lightning runs this on one process per node)."""
+        """Parse and cache the dataset (Lightning runs this on local rank 0 of every node, or only on
+        global rank 0 with ``cache_shared``; the other ranks wait at a barrier)."""
         self._load()
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -1,8 +1,23 @@
 """Named datasets: read, split, build the training graph, pairs and features; cache on disk.
 
 ``load_dataset(dataset, root, ...)`` is the one entry point. The first call parses the raw files
-and writes ``<cache_dir>/<dataset>-<key>.npz`` (temp name, then rename, so a crash never leaves a
-half-written cache); later calls with the same files and arguments load it in well under a second.
+and writes the cache folder ``<cache_dir>/<dataset>-<key>/``: one plain ``.npy`` file per array
+(CSR graph in both directions, features, pairs, id maps, split rows) and ``manifest.json`` (format
+name, format version, metadata, and per array its dtype, shape, byte size and a digest of its
+first/last MiB). Later calls with the same files and arguments open the arrays with
+``mmap_mode="r"``: loading takes well under a second whatever the size, the pages are read on
+demand, and forked DataLoader workers share them (nothing is pickled into workers).
+
+Cache rules:
+
+* the key hashes *every* argument of :func:`load_dataset` that shapes the data (all of them but
+  ``root``, ``cache_dir``, ``use_cache``, ``progress``: a new argument enters the key by itself)
+  plus, for each input file, its resolved path, size and a SHA-256 of its first and last MiB (a
+  file replaced by another of the same size and mtime is noticed);
+* writing is atomic: a temp folder beside the target, then one ``rename``; two processes building
+  the same cache at once (DDP ranks, nodes on shared storage) both succeed and one copy stays;
+* a cache of another format version, or a damaged one (bad manifest, missing or truncated array,
+  digest mismatch), is reported on stderr and rebuilt, never a traceback.
 
 Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw layouts),
 ``gowalla``, ``yelp2018``, ``amazon-book`` (LightGCN split), ``ncf-ml-1m``, ``ncf-pinterest``
@@ -11,11 +26,15 @@ Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw la
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -26,7 +45,20 @@ from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
 
-CACHE_VERSION = 1
+#: format version of the cache folder (1 was a single ``.npz``); a cache of another version is rebuilt
+CACHE_VERSION = 2
+CACHE_FORMAT = "pinsage-dataset-cache"
+MANIFEST = "manifest.json"
+#: load_dataset arguments that do not shape the data (everything else enters the cache key)
+_NOT_IN_KEY = ("root", "cache_dir", "use_cache", "progress")
+_MIB = 1 << 20
+# cached arrays are read-only memory maps on purpose (nothing may write into the cache); torch only
+# reads the tensors it wraps around them, so its "not writable" warning is noise here
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+class CacheError(Exception):
+    """A dataset cache folder that cannot be used (old format, damaged): rebuild it."""
 
 
 @dataclass
@@ -221,27 +253,135 @@ class RecDataset:
         )
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temp file in the same folder, then ``os.replace``."""
+        """Write the cache folder ``path`` atomically: a temp folder beside it, then ``rename``.
+
+        If ``path`` appears meanwhile (another process built it), a valid copy is kept and the
+        temp folder removed; a damaged one is replaced.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
-            with os.fdopen(fd, "wb") as f:
-                arrays = self.to_arrays()
-                arrays["__meta__"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
+            entries = {}
+            for name, arr in self.to_arrays().items():
+                arr = np.asarray(arr)
+                if not arr.flags.c_contiguous:
+                    arr = np.ascontiguousarray(arr)
+                fn = tmp / f"{name}.npy"
+                np.save(fn, arr, allow_pickle=False)
+                entries[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "bytes": fn.stat().st_size,
+                                 "digest": _file_digest(fn)}
+            manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "meta": self.meta(), "arrays": entries}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o777 & ~_umask())
+            _publish(tmp, path)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     @classmethod
-    def load(cls, path: Path) -> "RecDataset":
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        meta = json.loads(a.pop("__meta__").tobytes().decode())
-        return cls.from_arrays(a, meta)
+    def load(cls, path: Path, mmap: bool = True) -> "RecDataset":
+        """Open a cache folder; arrays are read-only memory maps (``mmap=False``: read into RAM).
+
+        Raises:
+            CacheError: the folder is of another format version or damaged (the reason says how).
+        """
+        manifest, arrays = _open_cache(Path(path), mmap)
+        try:
+            return cls.from_arrays(arrays, manifest["meta"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"the manifest's arrays or metadata are incomplete ({type(err).__name__}: {err})") from None
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def _open_cache(path: Path, mmap: bool = True):
+    """``(manifest, {name: array})`` of a cache folder, every array checked against the manifest."""
+    manifest = _read_manifest(path)
+    arrays: Dict[str, np.ndarray] = {}
+    for name, e in manifest["arrays"].items():
+        fn = path / f"{name}.npy"
+        try:
+            size = fn.stat().st_size
+        except FileNotFoundError:
+            raise CacheError(f"array file {fn.name} is missing") from None
+        if size != e["bytes"]:
+            raise CacheError(f"array file {fn.name} has {size} bytes, the manifest says {e['bytes']} (truncated?)")
+        if _file_digest(fn) != e["digest"]:
+            raise CacheError(f"array file {fn.name} does not match the digest in the manifest")
+        try:
+            arr = np.load(fn, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise CacheError(f"array file {fn.name} cannot be read: {err}") from None
+        if arr.dtype.str != e["dtype"] or list(arr.shape) != list(e["shape"]):
+            raise CacheError(f"array file {fn.name} holds {arr.dtype.str} {list(arr.shape)}, the manifest "
+                             f"says {e['dtype']} {e['shape']}")
+        arrays[name] = arr
+    return manifest, arrays
+
+
+def _read_manifest(path: Path) -> dict:
+    mf = path / MANIFEST
+    if not path.is_dir():
+        raise CacheError(f"{path} is not a cache folder")
+    try:
+        manifest = json.loads(mf.read_text())
+    except FileNotFoundError:
+        raise CacheError(f"{MANIFEST} is missing") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CacheError(f"{MANIFEST} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise CacheError(f"{MANIFEST} is not a {CACHE_FORMAT} manifest")
+    if manifest.get("version") != CACHE_VERSION:
+        raise CacheError(f"it was written in format version {manifest.get('version')!r}, this version reads "
+                         f"{CACHE_VERSION}")
+    if not isinstance(manifest.get("arrays"), dict) or not isinstance(manifest.get("meta"), dict):
+        raise CacheError(f"{MANIFEST} lacks its 'arrays' or 'meta' entry")
+    return manifest
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path`` (race-safe across processes and nodes)."""
+    for attempt in range(5):
+        if path.exists() and not path.is_dir():
+            raise OSError(f"cannot write the dataset cache {path}: a file that is not a cache folder is in the way")
+        try:
+            os.rename(tmp, path)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+        try:  # someone else published first: keep theirs when it is valid
+            _open_cache(path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        except CacheError:
+            pass
+        aside = path.with_name(f".{path.name}.stale-{os.getpid()}-{attempt}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            continue
+        _remove_cache_folder(aside)
+    raise OSError(f"could not publish the dataset cache {path}: it keeps being replaced by other processes")
+
+
+def _remove_cache_folder(path: Path) -> None:
+    """Remove a cache folder we wrote (only ``*.npy`` and the manifest; anything else stays)."""
+    for f in path.iterdir():
+        if f.is_file() and (f.suffix == ".npy" or f.name == MANIFEST):
+            f.unlink()
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _feature_groups(names: List[str]) -> Dict[str, int]:
@@ -282,12 +422,20 @@ def resolve_folder(dataset: str, root: str | os.PathLike, spec: DatasetSpec) -> 
     )
 
 
+def _file_digest(path: Path) -> str:
+    """``<size>:<sha256 of the first and last MiB>`` -- a content key that costs two reads."""
+    size = os.stat(path).st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_MIB))
+        if size > _MIB:
+            f.seek(max(size - _MIB, _MIB))
+            h.update(f.read(_MIB))
+    return f"{size}:{h.hexdigest()}"
+
+
 def _fingerprint(paths: List[Path]) -> List[Any]:
-    out = []
-    for p in paths:
-        st = p.stat()
-        out.append([str(p.resolve()), st.st_size, int(st.st_mtime)])
-    return out
+    return [[str(p.resolve()), _file_digest(p)] for p in paths]
 
 
 def default_cache_dir() -> Path:
@@ -322,14 +470,15 @@ def load_dataset(
         progress: report progress on stderr.
         split_seed: seed of the random split / random validation rows / held-out queries.
     """
+    # every argument that shapes the data enters the cache key (new ones automatically)
+    key_parts: Dict[str, Any] = {k: v for k, v in locals().items() if k not in _NOT_IN_KEY}
     if dataset not in DATASET_NAMES:
         raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
     reader_args = dict(reader_args or {})
     log = _Progress(progress)
     check_split(split)
     split_seed = check_split_seed(split_seed)
-    key_parts: Dict[str, Any] = {"v": CACHE_VERSION, "dataset": dataset, "features": features, "split": split,
-                                 "split_seed": split_seed, "reader_args": reader_args}
+    key_parts["split_seed"] = split_seed
     folder = None
     if dataset != "synthetic":
         spec = _specs()[dataset]
@@ -347,12 +496,16 @@ def load_dataset(
         key_parts["files"] = _fingerprint(files)
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cdir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    cache_path = cdir / f"{dataset}-{key}.npz"
-    if use_cache and cache_path.is_file():
+    cache_path = cdir / f"{dataset}-{key}"
+    if use_cache and (cache_path.exists() or cache_path.is_symlink()):
         log(f"loading {dataset} from cache {cache_path}")
-        ds = RecDataset.load(cache_path)
-        announce_split(split, ds.interactions, split_seed, dataset)
-        return ds
+        try:
+            ds = RecDataset.load(cache_path)
+            announce_split(split, ds.interactions, split_seed, dataset)
+            return ds
+        except CacheError as err:
+            print(f"pinsage: the dataset cache {cache_path} is unusable ({err}); rebuilding it",
+                  file=sys.stderr, flush=True)
 
     extras: Dict[str, np.ndarray] = {}
     external = None
@@ -381,6 +534,10 @@ def load_dataset(
     if use_cache:
         ds.save(cache_path)
         log(f"cached at {cache_path}")
+        # hand out the memory-mapped copy: the build's RAM is freed and a first run behaves like
+        # every later one (read-only arrays shared by forked workers)
+        del ds
+        return RecDataset.load(cache_path)
     return ds
 
 
@@ -431,6 +588,4 @@ class _Progress:
 
     def __call__(self, msg: str) -> None:
         if self.enabled:
-            import sys
-
             print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)

@@ -4,40 +4,160 @@ import time
 import numpy as np
 import pytest
 
-from datamodules.datasets import load_dataset
+from datamodules.datasets import CACHE_VERSION, load_dataset
 from datamodules.interactions import DataError
 from tests.conftest import data_folder
 
 SYN = dict(num_users=300, num_items=200, num_interactions=4000, num_communities=5, feature_dim=4, seed=1)
 
 
-def test_cache_roundtrip_is_identical_and_fast(tmp_path):
+def _caches(folder):
+    return sorted(p for p in folder.glob("synthetic-*") if p.is_dir())
+
+
+def test_cache_roundtrip_is_identical_and_memory_mapped(tmp_path):
     a = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
-    files = list(tmp_path.glob("synthetic-*.npz"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
-    t0 = time.perf_counter()
+    caches = _caches(tmp_path)
+    assert len(caches) == 1 and not list(tmp_path.glob(".*tmp*"))
+    manifest = json.loads((caches[0] / "manifest.json").read_text())
+    assert manifest["version"] == CACHE_VERSION and manifest["format"] == "pinsage-dataset-cache"
+    assert {p.name for p in caches[0].iterdir()} == {"manifest.json"} | {f"{k}.npy" for k in manifest["arrays"]}
     b = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
-    assert time.perf_counter() - t0 < 2.0
     assert a.summary() == b.summary()
     for k, v in a.to_arrays().items():
         assert np.array_equal(v, b.to_arrays()[k]), k
     assert (b.extras["item_community"] == a.extras["item_community"]).all()
+    # the graph, features and pairs are read-only memory maps of the .npy files, not copies
+    for arr in (b.train_graph.user_items, b.train_graph.item_ptr, b.item_features, b.train_pairs):
+        assert isinstance(arr, np.memmap) and not arr.flags.writeable
     # other arguments -> another cache entry
     load_dataset("synthetic", cache_dir=str(tmp_path), reader_args={**SYN, "seed": 2})
-    assert len(list(tmp_path.glob("synthetic-*.npz"))) == 2
+    assert len(_caches(tmp_path)) == 2
+
+
+def test_cache_key_covers_every_load_argument(tmp_path):
+    """A new argument of load_dataset enters the key without anyone listing it."""
+    import inspect
+
+    from datamodules import datasets
+
+    params = inspect.signature(load_dataset).parameters
+    keyed = [p for p in params if p not in datasets._NOT_IN_KEY]
+    assert {"dataset", "features", "split", "reader_args"} <= set(keyed)
+    load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
+    load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN, features=["log_degree"])
+    load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN, split="temporal")
+    assert len(_caches(tmp_path)) == 3
+    # arguments that do not shape the data share the cache
+    load_dataset("synthetic", root=str(tmp_path / "elsewhere"), cache_dir=str(tmp_path), reader_args=SYN,
+                 progress=True)
+    assert len(_caches(tmp_path)) == 3
+
+
+def _damage_truncate(folder):
+    f = folder / "graph_user_items.npy"
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+def _damage_flip(folder):
+    f = folder / "item_features.npy"
+    b = bytearray(f.read_bytes())
+    b[-3] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+def _damage_manifest(folder):
+    (folder / "manifest.json").write_text('{"format": "pinsage-dataset-cache", "vers')
+
+
+def _damage_missing(folder):
+    (folder / "train_pairs.npy").unlink()
+
+
+def _damage_old_version(folder):
+    m = json.loads((folder / "manifest.json").read_text())
+    m["version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def _damage_header(folder):
+    f = folder / "split_train.npy"
+    f.write_bytes(b"garbage!" + f.read_bytes()[8:])
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_flip, _damage_manifest, _damage_missing,
+                                    _damage_old_version, _damage_header])
+def test_old_or_damaged_cache_is_rebuilt_with_a_message(tmp_path, capsys, damage):
+    a = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
+    ref = {k: np.array(v) for k, v in a.to_arrays().items()}
+    (folder,) = _caches(tmp_path)
+    del a
+    damage(folder)
+    capsys.readouterr()
+    b = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
+    err = capsys.readouterr().err
+    assert "unusable" in err and str(folder) in err and "rebuilding" in err
+    for k, v in ref.items():
+        assert np.array_equal(v, b.to_arrays()[k]), k
+    # rebuilt in place: one valid cache, nothing left aside, and the next run is silent
+    assert _caches(tmp_path) == [folder] and not list(tmp_path.glob(".*"))
+    load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=SYN)
+    assert "unusable" not in capsys.readouterr().err
+
+
+def test_input_file_replaced_with_same_size_and_mtime_is_noticed(tmp_path):
+    import os
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n" + "".join(f"{u},{(u * 7 + k) % 9 + 10}\n" for u in range(30) for k in range(4)))
+    st = log.stat()
+    args = dict(path="log.csv", user_col="user", item_col="item")
+    a = load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"), reader_args=args)
+    text = log.read_text().replace(",11\n", ",12\n")  # same size
+    log.write_text(text)
+    os.utime(log, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert log.stat().st_size == st.st_size and int(log.stat().st_mtime) == int(st.st_mtime)
+    b = load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"), reader_args=args)
+    assert a.num_items == 9 and b.num_items == 8
+    assert len(list((tmp_path / "c").glob("table-*"))) == 2
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     ds = load_dataset("synthetic", cache_dir=str(tmp_path / "a"), reader_args=SYN)
+    calls = []
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(*a, **k)
 
-    monkeypatch.setattr(np, "savez", boom)
-    target = tmp_path / "b" / "x.npz"
+    real = np.save
+    monkeypatch.setattr(np, "save", boom)
+    target = tmp_path / "b" / "x"
     with pytest.raises(OSError, match="disk full"):
         ds.save(target)
     assert not target.exists() and list((tmp_path / "b").iterdir()) == []
+
+
+def test_concurrent_builders_both_succeed_and_one_copy_stays(tmp_path):
+    """Two processes (DDP ranks, nodes on shared storage) publishing the same cache at once."""
+    from datamodules.datasets import RecDataset
+
+    ds = load_dataset("synthetic", cache_dir=str(tmp_path / "a"), reader_args=SYN)
+    target = tmp_path / "b" / "synthetic-x"
+    ds.save(target)
+    before = (target / "manifest.json").stat().st_ino
+    ds.save(target)  # the loser of the rename race keeps the winner's valid copy
+    assert (target / "manifest.json").stat().st_ino == before
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["synthetic-x"]
+    assert RecDataset.load(target).summary() == ds.summary()
+    # a file in the way that we did not write is never removed
+    other = tmp_path / "b" / "not-a-cache"
+    other.write_text("mine")
+    with pytest.raises(OSError, match="not a cache folder"):
+        ds.save(other)
+    assert other.read_text() == "mine"
 
 
 def test_missing_raw_file_names_file_folder_and_source(tmp_path):
@@ -106,3 +226,32 @@ def test_published_counts_via_the_data_command(name, tmp_path, capsys):
         assert out["num_test"] == 217242 and out["num_train"] + out["num_val"] == 810128
     else:
         assert out["num_val"] == out["num_test"] == out["num_users"]
+
+
+def _build_in_child(cache_dir, q):
+    ds = load_dataset("synthetic", cache_dir=cache_dir, reader_args=SYN)
+    q.put(ds.summary())
+
+
+def test_two_processes_building_one_cache_at_once(tmp_path):
+    """Ranks that find no cache build it at the same time: both get the data, one copy stays."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = q.get(timeout=5), q.get(timeout=5)
+    assert a == b
+    assert len(_caches(tmp_path)) == 1 and [p.name for p in tmp_path.iterdir()] == [_caches(tmp_path)[0].name]
+
+
+def test_shared_cache_is_built_by_global_rank_zero_only():
+    from datamodules.datamodule import PinSageDataModule
+
+    assert PinSageDataModule(dataset="synthetic").prepare_data_per_node is True
+    assert PinSageDataModule(dataset="synthetic", cache_shared=True).prepare_data_per_node is False

@@ -38,3 +38,35 @@ def test_bad_arguments(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         make_synthetic(**args)
+
+
+def test_per_user_generator_sizes_determinism_and_structure():
+    kw = dict(num_users=400, num_items=300, num_interactions=6000, num_communities=6, feature_dim=4, seed=3,
+              method="per-user")
+    a, fa, ca = make_synthetic(**kw)
+    b, fb, cb = make_synthetic(**kw)
+    c, _, _ = make_synthetic(**{**kw, "seed": 4})
+    assert a.num_users == 400 and a.num_items == 300  # every user and every item engaged
+    assert a.num_interactions >= 5900 and a.num_duplicates_dropped == 0
+    assert np.unique(a.users * 300 + a.items).size == a.num_interactions  # distinct pairs
+    assert set(np.unique(a.users)) == set(range(400)) and set(np.unique(a.items)) == set(range(300))
+    assert (a.users == b.users).all() and (a.items == b.items).all() and (fa == fb).all() and (ca == cb).all()
+    assert not np.array_equal(a.items, c.items)
+    assert fa.dtype == np.float32 and fa.shape == (300, 4)
+    deg = np.bincount(a.items, minlength=300)
+    assert deg.min() >= 1 and deg.max() > 5 * np.median(deg)
+    udeg = np.bincount(a.users, minlength=400)
+    assert udeg.max() > 4 * np.median(udeg)  # power-law users too
+    same = [np.bincount(ca[a.items[a.users == u]]).max() / udeg[u] for u in range(60)]
+    assert np.mean(same) > 0.6
+    cent = np.stack([fa[ca == k].mean(0) for k in range(6)])
+    pred = np.argmin(((fa[:, None, :] - cent[None]) ** 2).sum(-1), axis=1)
+    assert (pred == ca).mean() > 0.6
+    # without timestamps the file order is the time order: same rows, nothing else differs
+    d, _, _ = make_synthetic(**kw, timestamps=False)
+    assert d.timestamps is None and (d.users == a.users).all() and (d.items == a.items).all()
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="method='nope'"):
+        make_synthetic(100, 50, 1000, 5, method="nope")

@@ -1,0 +1,203 @@
+"""The 100M-edge run: generate / data / fit (bounded steps) / predict, each stage's seconds and peak
+RSS, and one stage again under a cgroup memory limit smaller than the cached arrays.
+
+Every stage is a fresh child process (``nice -n 15``) running the real command
+(``pinsage data|fit|predict --config configs/synthetic-100m.yaml ...``); its peak RSS is the
+child's ``ru_maxrss`` from ``wait4`` (resident pages, the touched pages of memory-mapped files
+included). The limited stage runs inside a cgroup v1 memory group
+(``/sys/fs/cgroup/memory/<name>``, ``memory.limit_in_bytes``; needs root) whose limit is below the
+total size of the dataset cache's ``.npy`` files: finishing shows the arrays are memory-mapped
+(pages are read on demand and dropped under pressure), not loaded.
+
+    python benchmarks/scale.py                                  # 100M edges, the acceptance run
+    python benchmarks/scale.py --num-edges 10000000 --out /tmp/s.json   # a 10x smaller rehearsal
+
+Sizes scale from ``configs/data/synthetic-100m.yaml``: users = edges / 10, items = edges / 20.
+Writes ``benchmarks/results/scale.json``: ``{"rows": [{stage, num_edges, num_items, seconds,
+peak_rss_gb, memory_limit_gb}], "cache_gb", "machine", "command"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_model  # noqa: E402
+
+CONFIG = ROOT / "configs" / "synthetic-100m.yaml"
+DATA_CONFIG = ROOT / "configs" / "data" / "synthetic-100m.yaml"
+GIB = 1024 ** 3
+
+
+def reader_args(num_edges: int) -> dict:
+    ra = dict(yaml.safe_load(DATA_CONFIG.read_text())["reader_args"])
+    base = ra["num_interactions"]
+    ra["num_interactions"] = int(num_edges)
+    ra["num_users"] = int(ra["num_users"] * num_edges // base)
+    ra["num_items"] = int(ra["num_items"] * num_edges // base)
+    ra["num_communities"] = max(2, min(ra["num_communities"], ra["num_items"] // 100))
+    return ra
+
+
+def _nice():
+    os.nice(15)
+
+
+class MemoryLimit:
+    """A cgroup v1 memory group; ``preexec`` moves the child into it before it runs."""
+
+    def __init__(self, limit_bytes: int, name: str):
+        self.path = Path("/sys/fs/cgroup/memory") / name
+        self.limit = int(limit_bytes)
+
+    def __enter__(self):
+        self.path.mkdir()
+        (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+        return self
+
+    def preexec(self):
+        os.nice(15)
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def stats(self) -> dict:
+        read = lambda f: int((self.path / f).read_text())  # noqa: E731
+        return {"cgroup_max_usage_gb": round(read("memory.max_usage_in_bytes") / GIB, 3),
+                "cgroup_failcnt": read("memory.failcnt")}
+
+    def __exit__(self, *exc):
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.2)
+
+
+def run_stage(name: str, argv, log: Path, limit: MemoryLimit = None) -> dict:
+    """Run one stage; ``{"seconds", "peak_rss_gb", "stdout"}`` (raises when it fails)."""
+    print(f"[scale] {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    with open(log, "w") as err, open(str(log) + ".out", "w") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT,
+                             preexec_fn=limit.preexec if limit else _nice)
+        _, status, ru = os.wait4(p.pid, 0)
+    seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    p.returncode = code
+    if code != 0:
+        raise RuntimeError(f"stage {name} failed with exit code {code}; see {log}:\n"
+                           + "\n".join(Path(log).read_text().splitlines()[-15:]))
+    row = {"seconds": round(seconds, 1), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
+           "peak_rss_gb": round(ru.ru_maxrss * 1024 / GIB, 3), "stdout": Path(str(log) + ".out").read_text()}
+    if limit is not None:
+        row.update(limit.stats())
+    print(f"[scale] {name}: {row['seconds']} s, peak RSS {row['peak_rss_gb']} GB", file=sys.stderr, flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--num-edges", type=int, default=100_000_000)
+    ap.add_argument("--work", default="/tmp/pinsage-scale", help="run folder (checkpoints, artifacts, logs)")
+    ap.add_argument("--cache-dir", default=None, help="dataset cache (default <work>/cache; emptied first)")
+    ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--limit-stage", default="fit", choices=["fit", "predict"],
+                    help="the stage run again under the memory limit")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="cgroup limit of the limited stage (default: half the cache's arrays)")
+    ap.add_argument("--stages", default="generate,data,fit,predict,limited")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
+    ra = reader_args(args.num_edges)
+    stages = args.stages.split(",")
+    py, pinsage = sys.executable, [sys.executable, "-m", "app.cli"]
+    common = ["--data.reader_args", json.dumps(ra), "--data.cache_dir", str(cache)]
+    fit = pinsage + ["fit", "--config", str(CONFIG), *common, "--trainer.max_steps", str(args.max_steps),
+                     "--trainer.default_root_dir", str(work / "run")]
+    ckpt = work / "run" / "checkpoints" / "last.ckpt"
+    predict = pinsage + ["predict", "--config", str(CONFIG), *common, "--ckpt_path", str(ckpt),
+                         "--artifacts.output_dir", str(work / "artifacts"), "--artifacts.evaluate", "false"]
+    rows, summary = [], {}
+    out_path = Path(args.out)
+    old_doc = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    rows = old_doc.get("rows", [])  # rows of other sizes / stages from earlier runs stay
+
+    def add(stage, res, limit_gb=None, **extra):
+        rows[:] = [r for r in rows if not (r["stage"] == stage and r.get("reader_args", {}).get("num_interactions")
+                                           == ra["num_interactions"])]
+        rows.append({"stage": stage, "num_edges": summary.get("num_interactions", args.num_edges),
+                     "num_items": ra["num_items"], "seconds": res["seconds"], "cpu_seconds": res["cpu_seconds"],
+                     "peak_rss_gb": res["peak_rss_gb"],
+                     "memory_limit_gb": limit_gb, "reader_args": ra, **extra,
+                     **{k: v for k, v in res.items() if k.startswith("cgroup")}})
+        write()
+
+    def write():
+        caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]
+        nbytes = sum(f.stat().st_size for c in caches for f in c.glob("*.npy")) if caches else 0
+        caches_gb = dict(old_doc.get("cache_gb", {}) if isinstance(old_doc.get("cache_gb"), dict) else {})
+        if nbytes:
+            caches_gb[str(ra["num_interactions"])] = round(nbytes / GIB, 3)
+        doc = {
+            "rows": rows,
+            "cache_gb": caches_gb,  # total size of the cache's .npy arrays, by requested num_interactions
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                        "note": "2-core VM with 24 GiB shared by other jobs (load average up to ~70 during "
+                                "these runs): wall seconds are inflated, cpu_seconds are the stage's own; "
+                                "every stage under nice -n 15"},
+            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, out_path)
+
+    if "generate" in stages:
+        code = ("import sys; sys.path.insert(0, %r); from datamodules.synthetic import make_synthetic; "
+                "make_synthetic(**%r)" % (str(ROOT), ra))
+        add("generate", run_stage("generate", [py, "-c", code], work / "generate.log"))
+    if not summary and (work / "data.log.out").is_file():
+        summary = json.loads((work / "data.log.out").read_text().strip().splitlines()[-1])
+    if "data" in stages:
+        for old in cache.glob("synthetic-*"):  # a cold build (only our own cache folders)
+            if (old / "manifest.json").is_file():
+                shutil.rmtree(old)
+        res = run_stage("data", pinsage + ["data", "--config", str(DATA_CONFIG), *common], work / "data.log")
+        summary.update(json.loads(res["stdout"].strip().splitlines()[-1]))
+        add("data", res, num_train_pairs=summary["num_train_pairs"])
+    if "fit" in stages:
+        add(f"fit ({args.max_steps} steps)", run_stage("fit", fit, work / "fit.log"))
+    if "predict" in stages:
+        add("predict", run_stage("predict", predict, work / "predict.log"))
+    if "limited" in stages:
+        caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]
+        cache_bytes = sum(f.stat().st_size for c in caches for f in c.glob("*.npy"))
+        limit_gb = args.memory_limit_gb or round(cache_bytes / GIB / 2, 2)
+        argv = fit if args.limit_stage == "fit" else predict
+        name = f"{args.limit_stage} ({args.max_steps} steps)" if args.limit_stage == "fit" else "predict"
+        with MemoryLimit(int(limit_gb * GIB), f"pinsage-scale-{os.getpid()}") as lim:
+            res = run_stage(f"{name} under {limit_gb} GB", argv, work / "limited.log", limit=lim)
+        add(f"{name}, memory-limited", res, limit_gb=limit_gb, cache_gb=round(cache_bytes / GIB, 3))
+    write()
+    print(out_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
