@@ -6,6 +6,11 @@
   and baselines) as one JSON object on its last stdout line.
 * ``pinsage data --config configs/data/<name>.yaml`` inspects a dataset (counts as JSON).
 * ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
+* ``pinsage sweep configs/sweeps/<name>.yaml`` runs a wandb sweep file locally (app/sweep.py).
+* ``pinsage report RUN_DIR_OR_ARTIFACTS [--out report/]`` writes a static HTML report (app/report.py).
+
+``--quiet`` (any command) silences our progress bars and lines on stderr (they are off anyway when
+stderr is not a terminal).
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def _lightning_cli_class():
                                 help="items per chunk of layer-wise inference (bounds memory)")
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
+            # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb
+            from .callbacks import EpochMetricsLog, WandbFigures
+
+            parser.add_lightning_class_args(EpochMetricsLog, "metrics_log")
+            parser.add_lightning_class_args(WandbFigures, "figures")
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
@@ -124,6 +134,17 @@ def run_lightning(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quiet" in argv[1:] and argv[0] != "sweep":
+        argv = [a for a in argv if a != "--quiet"]
+        os.environ["PINSAGE_QUIET"] = "1"  # read by datamodules.progress (also in workers and children)
+    if argv and argv[0] == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
     if argv and argv[0] == "data":
         from .data_command import main as data_main
 
@@ -133,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return recommend_main(argv[1:])
     if argv and argv[0] in ("-h", "--help") or not argv:
-        print("usage: pinsage {fit,validate,test,predict,data,recommend} [--config CONFIG] [overrides]\n"
+        print("usage: pinsage {fit,validate,test,predict,data,recommend,sweep,report} [--config CONFIG] [overrides]\n"
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
     from datamodules.interactions import DataError
