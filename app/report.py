@@ -40,6 +40,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from datamodules.progress import progress_enabled
+
 FIGURE_CAPTIONS = {
     "curves": "Training curves",
     "embedding_map": "Embedding map",
@@ -77,8 +79,6 @@ class ReportInputs:
 
 
 def _log(msg: str) -> None:
-    from datamodules.progress import progress_enabled
-
     if progress_enabled():
         print(f"[pinsage report] {msg}", file=sys.stderr, flush=True)
 
@@ -305,7 +305,7 @@ def embed_run(run: Path, cfg: dict, inp: ReportInputs) -> None:
     module.eval()
     add_dataset_side(inp, dm)
     _log(f"embedding {dm.num_items} items with {ckpt}")
-    emb = layerwise_embeddings(module.model, dm.dataset.item_features, inp.nbr, progress=True)
+    emb = layerwise_embeddings(module.model, dm.dataset.item_features, inp.nbr, progress=progress_enabled())
     inp.embeddings = emb.numpy().astype(np.float32)
     inp.notes.append(f"embeddings: computed from {ckpt} ({inp.embeddings.shape[0]} x {inp.embeddings.shape[1]})")
     _log("scoring the model and the baselines on the test split")
@@ -383,7 +383,7 @@ def fit_report_inputs(model, dm, history, evaluate: bool = True) -> ReportInputs
     inp = ReportInputs(name=getattr(dm, "dataset_name", "pinsage"), history=history, history_source="this fit")
     add_dataset_side(inp, dm)
     was = model.training
-    emb = layerwise_embeddings(model, dm.dataset.item_features, inp.nbr, progress=True)
+    emb = layerwise_embeddings(model, dm.dataset.item_features, inp.nbr, progress=progress_enabled())
     model.train(was)
     inp.embeddings = emb.cpu().numpy().astype(np.float32)
     if evaluate:

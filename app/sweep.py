@@ -346,8 +346,12 @@ def _read_epochs(path: Path, offset: int) -> Tuple[List[dict], int]:
 
 class SweepRunner:
     def __init__(self, sweep: Sweep, out: Path, trials: Optional[int], jobs: int, extra: List[str],
-                 prune: bool = True, seed: int = 0, quiet: bool = False, poll_s: float = 0.5):
+                 prune: bool = True, seed: int = 0, quiet: bool = False, poll_s: float = 0.5,
+                 figures: bool = False):
         self.sweep, self.out, self.jobs, self.extra = sweep, out, jobs, list(extra)
+        self.figures = figures
+        # how a trial's `pinsage fit` is started (argv of the fit follows)
+        self.child = [sys.executable, "-c", _CHILD, str(os.getpid())]
         self.prune, self.seed, self.quiet, self.poll_s = prune, seed, quiet, poll_s
         if trials is None:
             trials = sweep.run_cap
@@ -441,6 +445,8 @@ class SweepRunner:
         tdir.mkdir(parents=True, exist_ok=True)
         epochs_file = tdir / "epochs.jsonl"
         injected = [f"--trainer.default_root_dir={tdir}", f"--metrics_log.path={epochs_file}"]
+        if not self.figures:
+            injected.append("--figures.enabled=false")
         env = dict(os.environ)
         if self.wandb:
             injected += [f"--trainer.logger.init_args.save_dir={tdir}",
@@ -457,7 +463,7 @@ class SweepRunner:
         t0 = time.time()
         metric, curve, offset, pruned = self.sweep.metric, [], 0, False
         with open(tdir / "fit.log", "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), *argv], stdout=logf,
+            proc = subprocess.Popen([*self.child, *argv], stdout=logf,
                                     stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
             self._procs[trial.number] = proc
             try:
@@ -656,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default outputs/sweeps/<name>)")
     p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument("--figures", action="store_true",
+                   help="log the report figures of every trial to wandb at the end of its fit (off: it costs time)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -679,7 +687,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sweep = load_sweep(args.sweep_file)
         out = Path(args.out or Path("outputs") / "sweeps" / sweep.name)
         runner = SweepRunner(sweep, out, args.trials, args.jobs, extra, prune=not args.no_prune, seed=args.seed,
-                             quiet=args.quiet)
+                             quiet=args.quiet, figures=args.figures)
         return runner.run()
     except SweepError as e:
         print(f"pinsage sweep: error: {e}", file=sys.stderr)
