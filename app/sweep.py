@@ -516,13 +516,15 @@ class SweepRunner:
             names = [p.name for p in self.sweep.params]
             for t in sorted(self.done_trials(study), key=lambda t: t.number):
                 vals = t.user_attrs.get("values", {})
-                rows.append({"trial": t.number, "state": t.state.name.lower(),
-                             "value": "" if t.value is None else t.value,
+                curve = t.user_attrs.get("curve", [])
+                value = t.value if t.value is not None else (curve[-1] if curve and t.state.name == "PRUNED" else "")
+                rows.append({"trial": t.number, "state": t.state.name.lower(), "value": value,
                              "best_value": t.user_attrs.get("best_value", ""),
                              "epochs": len(t.user_attrs.get("curve", [])),
                              **{n: format_value(vals.get(n)) for n in names},
                              "seconds": t.user_attrs.get("seconds", ""), "trial_dir": t.user_attrs.get("trial_dir", ""),
                              "wandb_run": t.user_attrs.get("wandb_run", ""), "error": t.user_attrs.get("error", "")})
+            # value: the metric at the trial's last epoch (where it was stopped, for a pruned one)
             cols = ["trial", "state", "value", "best_value", "epochs", *names, "seconds", "trial_dir", "wandb_run",
                     "error"]
             buf = io.StringIO()
