@@ -77,7 +77,7 @@ def write_artifacts(
     ds = datamodule.dataset
     kind = choose_index(index, ds.num_items)
     t0 = time.perf_counter()
-    nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
+    nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size, progress=progress)
     log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
     module.eval()
     emb = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size, progress=progress)
@@ -100,6 +100,7 @@ def write_artifacts(
         np.savez(tmp / "users.npz", user_ids=np.asarray(inter.user_ids).astype(str), ptr=full.user_ptr,
                  items=full.user_items.astype(np.int64))
         t1 = time.perf_counter()
+        log(f"building the {kind} index of {emb.shape[0]} x {emb.shape[1]} embeddings")
         save_index(build_index(emb, kind), tmp / "index.faiss")
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
         metrics = None

@@ -78,6 +78,8 @@ def _lightning_cli_class():
 
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
             """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""
+            from datamodules.progress import progress_enabled
+
             from .artifacts import load_weights, write_artifacts
 
             cfg = self.config[self.subcommand]
@@ -86,7 +88,7 @@ def _lightning_cli_class():
             out = art.output_dir or f"artifacts/{datamodule.dataset_name}"
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
                             evaluate=art.evaluate, ckpt_path=ckpt_path,
-                            config=cfg.as_dict())
+                            config=cfg.as_dict(), progress=progress_enabled())
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI

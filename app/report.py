@@ -227,7 +227,7 @@ def add_dataset_side(inp: ReportInputs, dm) -> None:
     inp.labels, inp.label_names, inp.label_kind = item_labels(ds)
     inp.degree = np.asarray(ds.train_graph.item_degree(), dtype=np.float64)
     try:
-        inp.nbr = neighbourhoods_for_all(dm.neighbour_sampler(), ds.num_items)
+        inp.nbr = neighbourhoods_for_all(dm.neighbour_sampler(), ds.num_items, progress=progress_enabled())
     except Exception as e:  # the gallery then shows recommendations only
         inp.notes.append(f"neighbourhoods not sampled: {e}")
 

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .interactions import DataError, Interactions
+from .progress import progress_enabled
 
 __all__ = ["FEATURES", "TEXT_DIM", "build_item_features", "item_texts", "embed_texts"]
 
@@ -224,7 +225,7 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", cach
                 return emb
     model = _load_text_model(model_name)
     uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
+    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress_enabled(),
                        normalize_embeddings=True).astype(np.float32)[inverse.reshape(-1)]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
