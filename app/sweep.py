@@ -328,8 +328,8 @@ class TrialFailed(Exception):
     pass
 
 
-class _Interrupted(BaseException):
-    pass
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
 
 
 def _read_epochs(path: Path, offset: int) -> Tuple[List[dict], int]:
@@ -416,8 +416,8 @@ class SweepRunner:
 
     def _recover(self, study) -> None:
         """Trials left RUNNING by a killed sweep (we hold the lock: nobody runs them) fail as
-        interrupted; random/bayes trials are queued again with their values (grid re-runs any
-        point whose trial did not complete by itself)."""
+        interrupted, and every interrupted trial is queued again with its values (for grid too:
+        Optuna's GridSampler counts a failed point as visited)."""
         from optuna.trial import TrialState
 
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -426,8 +426,7 @@ class SweepRunner:
         requeued = set(study.user_attrs.get("requeued", []))
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.user_attrs.get("interrupted") and t.number not in requeued:
-                if self.sweep.method != "grid":
-                    study.enqueue_trial(t.params, skip_if_exists=False)
+                study.enqueue_trial(t.params, skip_if_exists=False)
                 requeued.add(t.number)
                 self.log(f"trial {t.number} was interrupted: running it again")
         study.set_user_attr("requeued", sorted(requeued))

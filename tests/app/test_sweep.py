@@ -191,6 +191,23 @@ def test_bad_trials_are_pruned_and_failures_recorded(tmp_path):
     assert cfg.model.lr == pytest.approx(0.9) and cfg.trainer.default_root_dir == str(tmp_path / "out" / "best")
 
 
+@pytest.mark.parametrize("method", ["grid", "random"])
+def test_a_trial_left_running_by_a_kill_runs_again_with_its_values(tmp_path, method):
+    first = fake_runner(tmp_path, [0.5, 0.6, 0.7], method=method, trials=3)
+    first.out.mkdir(parents=True)
+    study = first._study()
+    t = study.ask()  # what a killed sweep leaves behind: a RUNNING trial nobody runs
+    lost = first.sweep.params[0].suggest(t)
+    assert study.trials[0].state.name == "RUNNING"
+    runner = fake_runner(tmp_path, [0.5, 0.6, 0.7], method=method, trials=3)
+    assert runner.run() == 0
+    rows = read_csv(tmp_path / "out" / "trials.csv")
+    assert len(rows) == 3 and all(r["state"] == "complete" for r in rows) and "0" not in [r["trial"] for r in rows]
+    assert lost in [float(r["model.lr"]) for r in rows]
+    if method == "grid":  # every grid point exactly once
+        assert sorted(float(r["model.lr"]) for r in rows) == [0.5, 0.6, 0.7]
+
+
 def test_a_second_sweep_on_the_same_folder_is_refused(tmp_path):
     from app.sweep import _lock
 
