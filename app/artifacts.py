@@ -183,7 +183,7 @@ def write_artifacts(
     kind = choose_index(index, ds.num_items)
     t0 = time.perf_counter()
     module.eval()
-    nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size)
+    nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size, progress=progress)
     log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
     if engine == "ray":
         from .ray_inference import ray_layerwise_embeddings
@@ -218,6 +218,7 @@ def write_artifacts(
         inductive = None if layers is None else write_inductive_files(tmp, module.model, datamodule, nbr, layers)
         del layers
         t1 = time.perf_counter()
+        log(f"building the {kind} index of {emb.shape[0]} x {emb.shape[1]} embeddings")
         save_index(build_index(emb, kind), tmp / "index.faiss")
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
         metrics = None

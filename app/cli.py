@@ -8,6 +8,11 @@
 * ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
 * ``pinsage serve --artifacts DIR`` is the HTTP API (``app/serve.py``); ``pinsage embed-new``
   embeds a CSV of new items inductively.
+* ``pinsage sweep configs/sweeps/<name>.yaml`` runs a wandb sweep file locally (app/sweep.py).
+* ``pinsage report RUN_DIR_OR_ARTIFACTS [--out report/]`` writes a static HTML report (app/report.py).
+
+``--quiet`` (any command) silences our progress bars and lines on stderr (they are off anyway when
+stderr is not a terminal).
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ def _lightning_cli_class():
             self.model.evaluator = module_evaluator(
                 dm, {"val": hp.val_protocols, "test": hp.test_protocols}, ks=hp.eval_ks,
                 baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0))
+            # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb
+            from .callbacks import EpochMetricsLog, WandbFigures
+
+            parser.add_lightning_class_args(EpochMetricsLog, "metrics_log")
+            parser.add_lightning_class_args(WandbFigures, "figures")
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
@@ -106,6 +116,8 @@ def _lightning_cli_class():
 
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
             """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""
+            from datamodules.progress import progress_enabled
+
             from .artifacts import load_weights, write_artifacts
 
             cfg = self.config[self.subcommand]
@@ -133,7 +145,7 @@ def _lightning_cli_class():
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
                             evaluate=evaluate, ckpt_path=ckpt_path,
                             config=cfg.as_dict(), baselines=art.get("baselines"), engine=cfg.engine,
-                            ray_address=cfg.ray.address)
+                            ray_address=cfg.ray.address, progress=progress_enabled())
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI
@@ -206,6 +218,17 @@ def run_lightning(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quiet" in argv[1:] and argv[0] != "sweep":
+        argv = [a for a in argv if a != "--quiet"]
+        os.environ["PINSAGE_QUIET"] = "1"  # read by datamodules.progress (also in workers and children)
+    if argv and argv[0] == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
     if argv and argv[0] == "data":
         from .data_command import main as data_main
 
@@ -219,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return (serve_main if argv[0] == "serve" else embed_new_main)(argv[1:])
     if argv and argv[0] in ("-h", "--help") or not argv:
-        print("usage: pinsage {fit,validate,test,predict,data,recommend,serve,embed-new} [--config CONFIG] [overrides]\n"
+        print("usage: pinsage {fit,validate,test,predict,data,recommend,serve,embed-new,sweep,report} [--config CONFIG] [overrides]\n"
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
     from datamodules.interactions import DataError

@@ -135,7 +135,8 @@ class FixedNeighbourhoods:
 # ----------------------------------------------------------------------------------------------
 # neighbourhoods of the whole catalogue
 # ----------------------------------------------------------------------------------------------
-def neighbourhoods_for_all(sampler, num_items: int, chunk_size: int = 65536, epoch: int = 0) -> Ragged:
+def neighbourhoods_for_all(sampler, num_items: int, chunk_size: int = 65536, epoch: int = 0,
+                           progress: bool = False) -> Ragged:
     """The top-T neighbourhood of every item ``0 .. num_items-1``, sampled once.
 
     Args:
@@ -144,6 +145,7 @@ def neighbourhoods_for_all(sampler, num_items: int, chunk_size: int = 65536, epo
         num_items: catalogue size ``I`` (must match the sampler's graph when it says).
         chunk_size: seeds per ``sample`` call (bounds the sampler's scratch memory).
         epoch: the sampler's epoch (its random stream); inference uses a fixed one.
+        progress: show a tqdm progress bar on stderr.
 
     Returns:
         ``(ptr int64 [I+1], items int64 [E], weights float32 [E])``.
@@ -158,14 +160,19 @@ def neighbourhoods_for_all(sampler, num_items: int, chunk_size: int = 65536, epo
             f"num_items={num_items} does not match the sampler's graph, which has {have} items")
     ptrs, items, weights = [np.zeros(1, dtype=np.int64)], [], []
     offset = 0
+    bar = _progress_bar(progress, num_items, "walks for every item")
     for start in range(0, num_items, chunk_size):
         seeds = np.arange(start, min(start + chunk_size, num_items), dtype=np.int64)
         p, it, w = sampler.sample(seeds, epoch=epoch)
+        if bar is not None:
+            bar.update(len(seeds))
         p = np.asarray(p, dtype=np.int64)
         ptrs.append(p[1:] + offset)
         offset += int(p[-1])
         items.append(np.asarray(it, dtype=np.int64))
         weights.append(np.asarray(w, dtype=np.float32))
+    if bar is not None:
+        bar.close()
     ptr = np.concatenate(ptrs)
     it = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
     w = np.concatenate(weights) if weights else np.zeros(0, dtype=np.float32)

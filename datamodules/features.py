@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .interactions import DataError, Interactions
+from .progress import progress_enabled
 
 __all__ = ["FEATURES", "TEXT_DIM", "build_item_features", "item_texts", "embed_texts"]
 
@@ -231,9 +232,7 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", cach
                 return emb
     model = _load_text_model(model_name)
     uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    # minutes for large catalogues on a CPU: a progress bar when someone is watching
-    show = len(uniq) >= 2000 and sys.stderr.isatty()
-    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show,
+    emb = model.encode(list(uniq), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress_enabled(),
                        normalize_embeddings=True).astype(np.float32)[inverse.reshape(-1)]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
