@@ -22,6 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "results.json"
 
+# ablation runs: only the leaderboard protocol, no baselines (they are measured once, separately)
+_ABL = ["--model.test_protocols=[full]", "--model.baselines=[]", "--trainer.check_val_every_n_epoch=1000"]
+
 # name -> (config, extra CLI overrides)
 RUNS = {
     "ml100k-pinsage": ("configs/movielens-100k.yaml", []),
@@ -34,6 +37,18 @@ RUNS = {
     "ml100k-T50": ("configs/movielens-100k.yaml", ["--data.num_neighbors=50"]),
     "latest-small-pinsage": ("configs/movielens-latest-small.yaml", []),
     "gowalla-pinsage": ("configs/gowalla.yaml", []),
+    # the Gowalla ablation (shorter budget, the same for every variant: --epochs 2); base = the
+    # headline config with the paper's hard-negative curriculum switched on
+    "gowalla-abl-pinsage": ("configs/gowalla.yaml", ["--data.hard_negatives=true"] + _ABL),
+    "gowalla-abl-pinsage-nohard": ("configs/gowalla.yaml", _ABL),
+    "gowalla-abl-pinsage-meanpool": ("configs/gowalla.yaml", ["--data.hard_negatives=true",
+                                                              "--model.importance_pooling=false"] + _ABL),
+    "gowalla-abl-pinsage-T10": ("configs/gowalla.yaml", ["--data.hard_negatives=true",
+                                                         "--data.num_neighbors=10"] + _ABL),
+    "gowalla-abl-pinsage-T50": ("configs/gowalla.yaml", ["--data.hard_negatives=true",
+                                                         "--data.num_neighbors=50"] + _ABL),
+    "gowalla-abl-sage-mean-uniform": ("configs/gowalla.yaml", ["--data.hard_negatives=true", "--model.conv=sage-mean",
+                                                               "--data.sampler=uniform"] + _ABL),
 }
 
 
@@ -109,8 +124,7 @@ def render(db: dict) -> str:
                 groups.setdefault((dataset, b), []).append({k.split("/", 1)[1]: v for k, v in r["metrics"].items()
                                                           if k.startswith(b + "/")})
         else:
-            dataset = {"ml100k": "movielens-100k", "latest-small": "movielens-latest-small",
-                       "gowalla": "gowalla"}[r["run"].rsplit("-", 1)[0]]
+            dataset = _quality_model(r["run"])[0]
             groups.setdefault((dataset, r["run"]), []).append(
                 {k.split("/", 1)[1]: v for k, v in r["metrics"].items() if k.startswith("pinsage/")})
     out = []
@@ -130,6 +144,52 @@ def render(db: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+QUALITY = ROOT / "benchmarks" / "results" / "quality.json"
+
+
+def _quality_model(run: str) -> tuple:
+    """``results.json`` run name -> ``(dataset, quality.json model name)``."""
+    prefix, rest = run.split("-", 1) if not run.startswith("latest-small") else ("latest-small", run[13:])
+    dataset = {"ml100k": "movielens-100k", "latest-small": "movielens-latest-small", "gowalla": "gowalla"}[prefix]
+    if rest.startswith("abl-"):
+        rest = rest[4:]
+        return dataset, rest if rest != "pinsage" else "pinsage-ablation-base"
+    return dataset, {"sage": "sage-mean-uniform", "meanpool": "pinsage-meanpool", "nohard": "pinsage-nohard",
+                     "T10": "pinsage-T10", "T50": "pinsage-T50"}.get(rest, rest)
+
+
+def export_quality(db: dict) -> dict:
+    """Rows ``{dataset, model, protocol, metric, mean, std, seeds, train_seconds, command}`` for
+    every model run of ``results.json`` (mean +- std over its seeds), merged into quality.json
+    by ``(dataset, model, protocol, metric)`` so rows written by other scripts survive."""
+    import numpy as np
+
+    groups: dict = {}
+    for r in db["rows"]:
+        if r["run"].endswith("-baselines"):
+            continue
+        groups.setdefault(r["run"], []).append(r)
+    new = []
+    for run, rows in groups.items():
+        dataset, model = _quality_model(run)
+        keys = sorted({k for r in rows for k in r["metrics"] if k.startswith("pinsage/") and not k.endswith("seconds")})
+        for k in keys:
+            _, protocol, metric = k.split("/", 2)
+            vals = [r["metrics"][k] for r in rows if k in r["metrics"]]
+            new.append({"dataset": dataset, "model": model, "protocol": protocol, "metric": metric,
+                        "mean": float(np.mean(vals)), "std": float(np.std(vals)), "seeds": len(vals),
+                        "train_seconds": float(np.mean([r["fit_seconds"] for r in rows])),
+                        "command": rows[0]["command"]})
+    old = json.loads(QUALITY.read_text()) if QUALITY.is_file() else {"rows": []}
+    key = lambda r: (r["dataset"], r["model"], r["protocol"], r["metric"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    merged = {"rows": [r for r in old["rows"] if key(r) not in fresh] + new}
+    tmp = QUALITY.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
+    os.replace(tmp, QUALITY)
+    return merged
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="*", default=[], choices=list(RUNS))
@@ -137,9 +197,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--render", action="store_true", help="print the markdown tables of results.json")
+    p.add_argument("--quality", action="store_true", help="merge the model rows into benchmarks/results/quality.json")
     a = p.parse_args()
     if a.render:
         print(render(_load()))
+        return
+    if a.quality:
+        export_quality(_load())
         return
     for seed in a.seeds:
         for name in a.runs:
