@@ -87,6 +87,11 @@ def _lightning_cli_class():
                                 help="baselines scored beside the model in metrics.json (default: random, "
                                      "popularity, cooccurrence; also itemknn, rp3beta, ease, pixie with their "
                                      "validation-tuned settings)")
+            # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb
+            from .callbacks import EpochMetricsLog, WandbFigures
+
+            parser.add_lightning_class_args(EpochMetricsLog, "metrics_log")
+            parser.add_lightning_class_args(WandbFigures, "figures")
 
         def _wire_evaluator(self) -> None:
             from .evaluation import module_evaluator
@@ -95,11 +100,6 @@ def _lightning_cli_class():
             self.model.evaluator = module_evaluator(
                 dm, {"val": hp.val_protocols, "test": hp.test_protocols}, ks=hp.eval_ks,
                 baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0))
-            # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb
-            from .callbacks import EpochMetricsLog, WandbFigures
-
-            parser.add_lightning_class_args(EpochMetricsLog, "metrics_log")
-            parser.add_lightning_class_args(WandbFigures, "figures")
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
