@@ -259,7 +259,7 @@ class IdBatchDataset(Dataset):
     def __init__(self, examples: np.ndarray, num_items: int, num_easy_negatives: int = 500,
                  miner: Optional[HardNegativeMiner] = None, max_hard_negatives: int = 6, seed: int = 0,
                  queries: str = "items", pos_weight: Optional[np.ndarray] = None):
-        if not hasattr(examples, "take"):
+        if not hasattr(examples, "num_pairs"):
             examples = np.asarray(examples, dtype=np.int64)
             if examples.ndim != 2 or examples.shape[1] != 2:
                 raise ValueError(f"examples must have shape [P, 2], got {examples.shape}")
