@@ -72,6 +72,7 @@ def write_artifacts(
     from datamodules.graph import InteractionGraph
 
     from .evaluation import evaluate as run_evaluation
+    from .evaluation import recency_from_end
     from .inductive import write_inductive_files
     from .inference import layerwise_embeddings, neighbourhoods_for_all
     from .retrieval import build_index, save_index
@@ -102,8 +103,11 @@ def write_artifacts(
                 w.writerow([i, raw, "" if titles is None else titles[i]])
         inter = ds.interactions
         full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items)
+        enc = module.user_encoder.lin
+        encoder = (np.eye(emb.shape[1], dtype=np.float32) if enc is None
+                   else enc.weight.detach().cpu().numpy().astype(np.float32))
         np.savez(tmp / "users.npz", user_ids=np.asarray(inter.user_ids).astype(str), ptr=full.user_ptr,
-                 items=full.user_items.astype(np.int64))
+                 items=full.user_items.astype(np.int64), encoder=encoder)
         inductive = write_inductive_files(tmp, module.model, datamodule, nbr, layers)
         del layers
         t1 = time.perf_counter()
@@ -111,7 +115,13 @@ def write_artifacts(
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
         metrics = None
         if evaluate:
-            metrics = run_evaluation(ds, torch.from_numpy(emb), part="test", log=log)
+            hp = module.hparams
+            half = getattr(datamodule, "user_recency_half_life", None)
+            metrics = run_evaluation(
+                ds, torch.from_numpy(emb), part="test", log=log, ks=[k for k in hp.eval_ks if k < ds.num_items],
+                protocols=hp.test_protocols, baselines=hp.baselines, seed=getattr(datamodule, "seed", 0),
+                user_fn=module.user_vectors, history_weights=None if half is None else (
+                    lambda part: np.exp2(-recency_from_end(ds, part) / float(half)).astype(np.float32)))
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         manifest = {
             "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,

@@ -65,8 +65,23 @@ def _lightning_cli_class():
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
 
+        def _wire_evaluator(self) -> None:
+            from .evaluation import module_evaluator
+
+            hp, dm = self.model.hparams, self.datamodule
+            self.model.evaluator = module_evaluator(
+                dm, {"val": hp.val_protocols, "test": hp.test_protocols}, ks=hp.eval_ks,
+                baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0))
+
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)
+            self._wire_evaluator()
+
+        def before_validate(self) -> None:
+            self._wire_evaluator()
+
+        def before_test(self) -> None:
+            self._wire_evaluator()
 
         def predict(self, model, datamodule=None, ckpt_path=None, **_):
             """Layer-wise full-catalogue inference + FAISS index (not Trainer.predict's per-batch path)."""

@@ -202,6 +202,8 @@ def evaluate(
     full_ks: Sequence[int] = (20,),
     batch_size: int = 512,
     log: Optional[Callable[[str], None]] = None,
+    user_fn: Optional[Callable[..., Tensor]] = None,
+    history_weights: Optional[Callable[[str], np.ndarray]] = None,
 ) -> Dict[str, float]:
     """Evaluate ``item_emb`` (``[num_items, d]``, or ``None`` for baselines only) and the
     ``baselines`` on ``part`` of ``ds`` with each of ``protocols`` (see the module docstring).
@@ -219,6 +221,11 @@ def evaluate(
         full_ks: cut-offs of the full-ranking protocol.
         batch_size: distinct queries scored at once (bounds memory at ``batch_size x num_items``).
         log: optional callback receiving one progress line per model and protocol.
+        user_fn: the model's user representation ``user_fn(item_emb, history_ptr, history_items,
+            history_weights) -> [U, d]`` (e.g. ``PinSageModule.user_vectors``); ``None``: the
+            L2-normalised mean of the history embeddings.
+        history_weights: ``f(part) -> float32 [nnz]`` pooling weights aligned with
+            :func:`history_csr` (e.g. recency); ``None``: equal weights.
 
     Returns:
         ``{"<model>/<protocol>/<metric>": float, "<model>/<protocol>/seconds": float,
@@ -257,6 +264,10 @@ def evaluate(
         hist = history_csr(ds, part)
 
         def make_user_scorer(name):
+            if name == model_name and emb is not None and user_fn is not None:
+                w = None if history_weights is None else history_weights(part)
+                prof = user_fn(emb, hist[0], hist[1], w).float()
+                return lambda u, prof=prof: prof[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
             if name == model_name and emb is not None:
                 return embedding_user_scorer(emb, *hist)
             return user_scorer(name, *graph, ds.num_items, seed=seed, history=hist)
@@ -287,3 +298,47 @@ def evaluate(
                 timed(name, "full", lambda s=s: full_ranking_from_scorer(
                     s, *gt, ks=full_ks, exclude_ptr=hist[0], exclude_items=hist[1], batch_size=batch_size))
     return out
+
+
+def recency_from_end(ds: RecDataset, part: str) -> np.ndarray:
+    """For every entry of :func:`history_csr` ``(ds, part)``: its position from the end of the
+    user's history in time order (0 = the latest; file order breaks ties and stands in for time
+    when there are no timestamps)."""
+    from datamodules.splits import user_time_order
+
+    rows = history_rows(ds, part)
+    it = ds.interactions
+    timed = user_time_order(it, rows)  # (user, time, file position)
+    u_sorted = it.users[timed]
+    counts = np.bincount(u_sorted, minlength=ds.num_users)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    from_end = np.empty(rows.size, dtype=np.int64)
+    pos = np.arange(rows.size) - start[u_sorted]
+    from_end_timed = counts[u_sorted] - 1 - pos
+    # align with history_csr's (user, item) order
+    order = np.lexsort((it.items[timed], u_sorted))
+    from_end[:] = from_end_timed[order]
+    return from_end
+
+
+def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Sequence[int] = (10, 100, 500),
+                     full_ks: Sequence[int] = (20,), baselines: Sequence[str] = ("popularity", "cooccurrence"),
+                     batch_size: int = 512, seed: int = 0):
+    """The evaluator a :class:`models.module.PinSageModule` calls at validation / test: this
+    module's :func:`evaluate` over ``dm.dataset`` (the one code path predict's metrics.json
+    uses too), with the module's user representation and the datamodule's history weights."""
+
+    def weights(part: str) -> Optional[np.ndarray]:
+        half = getattr(dm, "user_recency_half_life", None)
+        if half is None:
+            return None
+        return np.exp2(-recency_from_end(dm.dataset, part) / float(half)).astype(np.float32)
+
+    def run(stage: str, item_emb: Tensor, user_fn, with_baselines: bool) -> Dict[str, float]:
+        part = "val" if stage == "val" else "test"
+        ks_ok = [k for k in ks if k < dm.dataset.num_items] or [min(dm.dataset.num_items - 1, 1)]
+        return evaluate(dm.dataset, item_emb, part=part, protocols=list(protocols_by_stage[stage]), ks=ks_ok,
+                        baselines=list(baselines) if with_baselines else [], full_ks=full_ks, seed=seed,
+                        batch_size=batch_size, user_fn=user_fn, history_weights=weights)
+
+    return run

@@ -267,6 +267,7 @@ def layerwise_embeddings(
             h[s:e] = model.encode(x[s:e].to(device), ids).float().cpu()
             if bar is not None:
                 bar.update(e - s)
+        h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
         items_t = torch.from_numpy(items)
         weights_t = torch.from_numpy(weights)
         deg_t = torch.from_numpy(np.diff(ptr))
@@ -292,7 +293,7 @@ def layerwise_embeddings(
         z = torch.empty(num_items, model.out_channels, dtype=torch.float32)
         for s in range(0, num_items, chunk_size):
             e = min(s + chunk_size, num_items)
-            z[s:e] = model.head(h[s:e].to(device)).float().cpu()
+            z[s:e] = model.head(h[s:e].to(device), None if h0 is None else h0[s:e].to(device)).float().cpu()
         return (z, layers) if return_layers else z
     finally:
         if bar is not None:

@@ -3,9 +3,9 @@
     pinsage recommend --artifacts DIR --item RAW_ID [-k 10] [--json]
     pinsage recommend --artifacts DIR --user RAW_ID [-k 10] [--json]
 
-A user's query vector comes from :func:`user_vector`, the evaluator's user representation
-(:func:`models.baselines.user_profiles`: today the L2-normalised mean of the embeddings of the
-items in their history); items they have already engaged with are never recommended.
+A user's query vector comes from :meth:`Recommender.user_vector` (the model's user encoder, the
+representation it trained and was evaluated with); items they have already engaged with are
+never recommended.
 
 :class:`Recommender` is also what ``pinsage serve`` (``app/serve.py``) loads; it can grow
 (:meth:`Recommender.add_item`, items embedded inductively after training).
@@ -65,19 +65,6 @@ class Rows:
         return out
 
 
-def user_vector(history_emb: np.ndarray) -> np.ndarray:
-    """The query vector ``[d]`` of a user from the embeddings of their history items ``[h, d]``:
-    the evaluator's user representation (:func:`models.baselines.user_profiles`), never a copy."""
-    import torch
-
-    from models.baselines import user_profiles
-
-    h = history_emb.shape[0]
-    prof = user_profiles(torch.from_numpy(np.ascontiguousarray(history_emb, dtype=np.float32)),
-                         np.array([0, h], dtype=np.int64), np.arange(h, dtype=np.int64))
-    return prof[0].numpy().astype(np.float32)
-
-
 class Recommender:
     """Loaded artifacts: embeddings, FAISS index, item table and user histories."""
 
@@ -110,6 +97,14 @@ class Recommender:
         self.user_ids = users["user_ids"].tolist()
         self.user_index = {raw: u for u, raw in enumerate(self.user_ids)}
         self.user_ptr, self.user_items = users["ptr"], users["items"]
+        d = self.emb.shape[1]
+        # the model's user encoder (models/user_encoder.py): p_u = normalise(W_u sum of history)
+        self.user_encoder = users["encoder"] if "encoder" in users.files else np.eye(d, dtype=np.float32)
+
+    def user_vector(self, history) -> np.ndarray:
+        """The user representation the model trained and was evaluated with (see UserEncoder)."""
+        q = self.user_encoder @ self.vectors.rows(np.asarray(history, dtype=np.int64)).sum(0)
+        return (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
 
     @property
     def num_items(self) -> int:
@@ -173,8 +168,8 @@ class Recommender:
         from .retrieval import search
 
         self._check_k(k, len(np.unique(seen)))
-        q = user_vector(self.vectors.rows(seen))
-        s, ids = search(self.index, q[None, :], k, exclude=[seen])
+        q = self.user_vector(seen)
+        s, ids = search(self.index, q[None, :].astype(np.float32), k, exclude=[seen])
         return self._answer(query, s[0], ids[0])
 
 

@@ -447,7 +447,8 @@ def build_index_folder(args) -> None:
     np.savez(tmp / "neighbourhoods.npz", ptr=np.zeros(n + 1, np.int64), items=np.zeros(0, np.int64),
              weights=np.zeros(0, np.float32))
     model = PinSage(F, hidden, d, num_layers=2)
-    torch.save({"hparams": {k: getattr(model, k) for k in MODEL_ARGS}, "state_dict": model.state_dict()},
+    torch.save({"hparams": {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)},
+                "state_dict": model.state_dict()},
                tmp / "model.pt")
     names = [f"external:{i}" for i in range(F)]
     (tmp / "features.json").write_text(json.dumps({

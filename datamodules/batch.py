@@ -23,6 +23,11 @@ A model therefore runs::
         h = conv((h[:n_src], h[:n_dst]), blocks[k].edge_index, blocks[k].edge_weight)
     z = head(h)                                  # [n_K, d_out]
 
+For whole-catalogue computation (``full_graph``: the K-hop graph of a batch would cover most of
+the catalogue anyway) a training batch is an :class:`IdBatch`: ids only; the model embeds every
+item once per step over the ``[I, I]`` neighbourhood matrix
+(:meth:`~datamodules.datamodule.PinSageDataModule.full_graph_data`) and reads the rows it needs.
+
 The models package never imports this module (data flows ``app -> datamodules, models``); it
 relies only on these attribute names.
 """
@@ -137,3 +142,38 @@ class EvalBatch:
             [b.pin_memory() for b in self.blocks],
             None if self.targets is None else self.targets.pin_memory(),
         )
+
+
+@dataclass
+class IdBatch:
+    """A training batch for whole-catalogue computation: global ids only.
+
+    Attributes:
+        query: ``LongTensor [B]`` query item ids (``queries="items"``) or user ids
+            (``queries="users"``: the query is the user's training history without ``pos``).
+        pos: ``LongTensor [B]`` positive item ids.
+        easy_neg: ``LongTensor [N]`` easy negative item ids shared by the batch.
+        hard_neg: ``LongTensor [B, H]`` hard negative item ids per query (H >= 0).
+        pos_weight: ``FloatTensor [B]`` the positive's weight in its user's history (what the
+            user query leaves out; ``queries="users"`` only, else empty).
+        queries: ``"items"`` or ``"users"``.
+        epoch: the epoch the batch was built for.
+    """
+
+    query: Tensor
+    pos: Tensor
+    easy_neg: Tensor
+    hard_neg: Tensor
+    pos_weight: Tensor = field(default_factory=lambda: torch.empty(0))
+    queries: str = "items"
+    epoch: int = 0
+
+    def _map(self, fn) -> "IdBatch":
+        return IdBatch(*(fn(getattr(self, f.name)) for f in fields(self)[:5]), queries=self.queries,
+                       epoch=self.epoch)
+
+    def to(self, device, non_blocking: bool = False) -> "IdBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "IdBatch":
+        return self._map(lambda t: t.pin_memory())

@@ -19,21 +19,31 @@ DDP: the training sampler shards the pairs itself (disjoint per rank, reproducib
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from .datasets import DATASET_NAMES, RecDataset, load_dataset
-from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, TrainBatchDataset, make_loader,
-                      resolve_rank)
+from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, IdBatchDataset, TrainBatchDataset,
+                      make_loader, resolve_rank)
 from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
 from .splits import SPLITS
 from .walks import PinSageSampler, UniformSampler
 
 SAMPLERS = ("pinsage", "uniform")
+
+
+class _OneStep(torch.utils.data.Dataset):
+    """A single placeholder evaluation step (whole-catalogue models embed every item at epoch end)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i):
+        return torch.zeros(1)
 
 
 def _int(name: str, v, lo: int) -> int:
@@ -79,6 +89,17 @@ class PinSageDataModule(pl.LightningDataModule):
         pin_memory: ``None`` = pin when CUDA is available.
         drop_last: training keeps only full batches.
         seed: seeds walks, shuffling and negatives.
+        queries: what a training query is: ``items`` (the paper's pin -> pin pairs ``(q, i)``)
+            or ``users`` (a user's training history without the positive ``i``, pooled by the
+            model's user encoder; positives = every training interaction, each epoch). Users
+            need ``full_graph``.
+        full_graph: compute every item once per step over the ``[I, I]`` neighbourhood matrix
+            (an :class:`~datamodules.batch.IdBatch` per step) instead of sampling a K-hop
+            minibatch graph; right when a batch's K-hop graph covers most of the catalogue
+            anyway (Gowalla: 41k items). ``None``: on for ``queries=users``, else off.
+        user_recency_half_life: weight a user's history items by ``2^(-r / h)`` (``r`` = position
+            from the latest, in interactions) when pooling them; ``None``: equal weights. Only
+            meaningful with timestamps.
     """
 
     def __init__(
@@ -110,8 +131,21 @@ class PinSageDataModule(pl.LightningDataModule):
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
         seed: int = 0,
+        queries: Literal["items", "users"] = "items",
+        full_graph: Optional[bool] = None,
+        user_recency_half_life: Optional[float] = None,
     ):
         super().__init__()
+        if queries not in ("items", "users"):
+            raise ValueError(f"queries={queries!r} is not valid; choose items or users")
+        if queries == "users" and full_graph is False:
+            raise ValueError("queries=users needs full_graph (a user's history spans the catalogue); "
+                             "set full_graph: true or leave it unset")
+        if user_recency_half_life is not None and not float(user_recency_half_life) > 0:
+            raise ValueError(f"user_recency_half_life must be > 0 or null, got {user_recency_half_life!r}")
+        self.queries = queries
+        self.full_graph = (queries == "users") if full_graph is None else bool(full_graph)
+        self.user_recency_half_life = None if user_recency_half_life is None else float(user_recency_half_life)
         if dataset not in DATASET_NAMES:
             raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
         if split not in SPLITS:
@@ -244,10 +278,47 @@ class PinSageDataModule(pl.LightningDataModule):
     def _pin(self) -> bool:
         return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
 
-    def train_dataset(self) -> TrainBatchDataset:
+    def history_weights(self, ptr) -> np.ndarray:
+        """Pooling weights of a time-ordered history CSR (see ``user_recency_half_life``)."""
+        ptr = np.asarray(ptr, dtype=np.int64)
+        if self.user_recency_half_life is None:
+            return np.ones(int(ptr[-1]), dtype=np.float32)
+        end = np.repeat(ptr[1:], np.diff(ptr))
+        return np.exp2(-(end - 1 - np.arange(int(ptr[-1]))) / self.user_recency_half_life).astype(np.float32)
+
+    def full_graph_data(self) -> Dict[str, Any]:
+        """What whole-catalogue computation needs (plain arrays; computed once, cached):
+        ``x`` (``float32 [I, F]``), ``nbr`` (``(ptr [I+1], items, weights)``: every item's
+        neighbourhood, walk epoch 0 as in evaluation and predict), ``history`` (``(ptr [U+1],
+        items, weights)``: each user's training items in time order with their pooling
+        weights), ``num_users``."""
+        if getattr(self, "_full_data", None) is None:
+            ds = self._require()
+            g = ds.train_graph
+            items = np.arange(ds.num_items, dtype=np.int64)
+            nbr = self._builder.sampler.sample(items, epoch=0)
+            uptr = np.asarray(g.user_ptr, dtype=np.int64)
+            self._full_data = {
+                "x": np.asarray(ds.item_features, dtype=np.float32),
+                "nbr": tuple(np.asarray(a) for a in nbr),
+                "history": (uptr, np.asarray(g.user_items, dtype=np.int64), self.history_weights(uptr)),
+                "num_users": int(uptr.size - 1),
+            }
+        return self._full_data
+
+    def train_dataset(self):
         ds = self._require()
-        return TrainBatchDataset(ds.train_pairs, self._builder, self.num_easy_negatives, self._miner,
-                                 self.max_hard_negatives, self.seed)
+        if not self.full_graph:
+            return TrainBatchDataset(ds.train_pairs, self._builder, self.num_easy_negatives, self._miner,
+                                     self.max_hard_negatives, self.seed)
+        if self.queries == "items":
+            return IdBatchDataset(ds.train_pairs, ds.num_items, self.num_easy_negatives, self._miner,
+                                  self.max_hard_negatives, self.seed)
+        ptr, items, weights = self.full_graph_data()["history"]
+        users = np.repeat(np.arange(ptr.size - 1, dtype=np.int64), np.diff(ptr))
+        return IdBatchDataset(np.stack([users, items], axis=1), ds.num_items, self.num_easy_negatives,
+                              self._miner, self.max_hard_negatives, self.seed, queries="users",
+                              pos_weight=weights)
 
     def make_train_dataloader(self, rank: Optional[int] = None, world_size: Optional[int] = None,
                               num_workers: Optional[int] = None):
@@ -266,6 +337,8 @@ class PinSageDataModule(pl.LightningDataModule):
 
     def _eval_loader(self):
         self._require()
+        if self.full_graph:  # the model embeds the catalogue itself (one pass): one empty step
+            return make_loader(_OneStep(), None, 0)
         data = EvalChunkDataset(self._builder, self.eval_batch_size, epoch=0)
         # evaluation is short: no persistent workers (they would idle through training)
         return make_loader(data, EvalChunkSampler(len(data)), self.num_workers, self.prefetch_factor, False,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .batch import EvalBatch, PinSageBatch
+from .batch import EvalBatch, IdBatch, PinSageBatch
 from .minibatch import ComputationGraphBuilder
 from .negatives import HardNegativeMiner, num_hard_for_epoch, sample_easy_negatives
 
@@ -226,6 +226,63 @@ class TrainBatchDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.pairs.shape[0])
+
+
+class IdBatchDataset(Dataset):
+    """Map-style dataset: ``dataset[BatchIndex] -> IdBatch`` for whole-catalogue computation.
+
+    Args:
+        examples: ``int64 [P, 2]`` training examples ``(query, positive)``: item pairs
+            (``queries="items"``) or training interactions ``(user, item)`` (``queries="users"``).
+        num_items: catalogue size.
+        num_easy_negatives, miner, max_hard_negatives, seed: as :class:`TrainBatchDataset`; the
+            hard negatives of a user query come from its positive's visit ranking.
+        queries: ``"items"`` | ``"users"``.
+        pos_weight: ``float32 [P]`` history weight of each example's positive (users only).
+    """
+
+    def __init__(self, examples: np.ndarray, num_items: int, num_easy_negatives: int = 500,
+                 miner: Optional[HardNegativeMiner] = None, max_hard_negatives: int = 6, seed: int = 0,
+                 queries: str = "items", pos_weight: Optional[np.ndarray] = None):
+        examples = np.asarray(examples, dtype=np.int64)
+        if examples.ndim != 2 or examples.shape[1] != 2:
+            raise ValueError(f"examples must have shape [P, 2], got {examples.shape}")
+        self.examples = examples
+        self.num_items = int(num_items)
+        self.num_easy_negatives = int(num_easy_negatives)
+        self.miner = miner
+        self.max_hard_negatives = int(max_hard_negatives)
+        self.seed = int(seed)
+        self.queries = queries
+        self.pos_weight = (np.ones(examples.shape[0], dtype=np.float32) if pos_weight is None
+                           else np.asarray(pos_weight, dtype=np.float32))
+
+    def num_hard(self, epoch: int) -> int:
+        return num_hard_for_epoch(epoch, self.max_hard_negatives, self.miner is not None)
+
+    def make_batch(self, idx: np.ndarray, epoch: int = 0, rank: int = 0, batch_index: int = 0) -> IdBatch:
+        rng = batch_rng(self.seed, epoch, rank, batch_index)
+        idx = np.asarray(idx, dtype=np.int64)
+        q, pos = self.examples[idx, 0], self.examples[idx, 1]
+        users = self.queries == "users"
+        exclude = pos if users else np.concatenate([q, pos])
+        easy = sample_easy_negatives(self.num_items, self.num_easy_negatives, exclude, rng)
+        h = self.num_hard(epoch)
+        src = pos if users else q
+        hard = self.miner.sample(src, pos, h, epoch, rng) if h > 0 else np.empty((q.size, 0), dtype=np.int64)
+        t = torch.from_numpy
+        return IdBatch(t(q), t(pos), t(easy), t(np.ascontiguousarray(hard)),
+                       t(self.pos_weight[idx]) if users else torch.empty(0), self.queries, int(epoch))
+
+    def __getitem__(self, index) -> IdBatch:
+        if isinstance(index, BatchIndex) or (isinstance(index, tuple) and len(index) == 4):
+            epoch, rank, b, idx = index
+            return self.make_batch(idx, epoch, rank, b)
+        raise TypeError("IdBatchDataset is indexed by BatchIndex(epoch, rank, batch_index, examples) "
+                        "from EpochBatchSampler, got " + type(index).__name__)
+
+    def __len__(self) -> int:
+        return int(self.examples.shape[0])
 
 
 class EvalChunkDataset(Dataset):

@@ -11,6 +11,8 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter
 
+from models.sparse import SparseAdjacency
+
 PairTensor = Tuple[Tensor, Tensor]
 
 
@@ -68,6 +70,11 @@ class Convolve(MessagePassing):
     ``use_weights=False`` (or ``edge_weight=None``) it is a plain mean over the neighbours.
     A target without neighbours (or whose weights sum to 0) gets a zero neighbour vector.
 
+    ``edge_index`` is either a ``[2, E]`` edge list (PyG's ``propagate``, one message per edge:
+    the sampled minibatch graphs) or a :class:`~models.sparse.SparseAdjacency` ``[n_dst, n_src]``
+    (fused: the pooling is one CSR product, for whole-catalogue passes); both give the same
+    result.
+
     Args:
         in_channels (int or tuple): Size of each input sample, or ``(src, dst)`` sizes for
             bipartite input (the minibatch layout calls it with ``(h[:n_src], h[:n_dst])``).
@@ -113,22 +120,27 @@ class Convolve(MessagePassing):
         self.lin_q.reset_parameters()
         self.lin_w.reset_parameters()
 
-    def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor,
+    def forward(self, x: Union[Tensor, PairTensor], edge_index: Union[Tensor, SparseAdjacency],
                 edge_weight: Optional[Tensor] = None) -> Tensor:
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
-        _check_edges(x_src, x_dst, edge_index, edge_weight)
-        n_dst = x_dst.size(0)
-        if not self.use_weights or edge_weight is None:
-            edge_weight = x_src.new_ones(edge_index.size(1))
-
         msg = F.relu(self.lin_q(x_src))  # each source transformed once: [n_src, hidden]
-        summed = self.propagate(edge_index, x=(msg, None), edge_weight=edge_weight,
-                                size=(x_src.size(0), n_dst))
-        total = scatter(edge_weight, edge_index[1], dim=0, dim_size=n_dst, reduce="sum")
-        n_u = summed / total.clamp(min=torch.finfo(total.dtype).tiny).unsqueeze(-1)
+        if isinstance(edge_index, SparseAdjacency):
+            n_u = edge_index.matmul(msg, weighted=self.use_weights)
+        else:
+            n_u = self._pool(msg, x_dst.size(0), edge_index, edge_weight)
 
         out = F.relu(self.lin_w(torch.cat([x_dst, n_u], dim=-1)))
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    def _pool(self, msg: Tensor, n_dst: int, edge_index: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
+        """Importance pooling over an edge list: weighted mean of the sources' messages."""
+        _check_edges(msg, msg, edge_index, edge_weight)
+        if not self.use_weights or edge_weight is None:
+            edge_weight = msg.new_ones(edge_index.size(1))
+        summed = self.propagate(edge_index, x=(msg, None), edge_weight=edge_weight,
+                                size=(msg.size(0), n_dst))
+        total = scatter(edge_weight, edge_index[1], dim=0, dim_size=n_dst, reduce="sum")
+        return summed / total.clamp(min=torch.finfo(total.dtype).tiny).unsqueeze(-1)
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return edge_weight.unsqueeze(-1) * x_j

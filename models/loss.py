@@ -8,6 +8,33 @@ import torch
 from torch import Tensor
 
 
+def _scores(z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor], z_hard: Optional[Tensor]
+            ) -> Tuple[Tensor, Tensor]:
+    """``(pos_score [B], neg_score [B, N + H])`` with the shape checks shared by the losses."""
+    if z_q.dim() != 2 or z_pos.shape != z_q.shape:
+        raise ValueError(
+            f"z_q {tuple(z_q.shape)} / z_pos {tuple(z_pos.shape)} are invalid: expected two "
+            f"[B, d] tensors of the same shape")
+    b, d = z_q.shape
+    neg = []
+    if z_easy is not None:
+        if z_easy.dim() != 2 or z_easy.size(1) != d:
+            raise ValueError(f"z_easy has shape {tuple(z_easy.shape)}: expected [N, {d}]")
+        neg.append(z_q @ z_easy.t())  # [B, N]
+    if z_hard is not None:
+        if z_hard.dim() != 3 or z_hard.size(0) != b or z_hard.size(2) != d:
+            raise ValueError(f"z_hard has shape {tuple(z_hard.shape)}: expected [{b}, H, {d}]")
+        neg.append(torch.einsum("bd,bhd->bh", z_q, z_hard))  # [B, H]
+    neg_score = torch.cat(neg, dim=1) if neg else z_q.new_empty(b, 0)
+    if neg_score.size(1) == 0:
+        raise ValueError("no negatives: z_easy and z_hard are both empty or None; set data.num_easy_negatives "
+                         "> 0 (it must be smaller than the catalogue) or enable hard negatives")
+    if b == 0:
+        raise ValueError("z_q is empty: expected at least one (query, positive) pair")
+
+    return (z_q * z_pos).sum(dim=-1), neg_score
+
+
 def max_margin_loss(
     z_q: Tensor,
     z_pos: Tensor,
@@ -39,27 +66,7 @@ def max_margin_loss(
     """
     if margin < 0:
         raise ValueError(f"margin={margin!r} is invalid: expected a float >= 0")
-    if z_q.dim() != 2 or z_pos.shape != z_q.shape:
-        raise ValueError(
-            f"z_q {tuple(z_q.shape)} / z_pos {tuple(z_pos.shape)} are invalid: expected two "
-            f"[B, d] tensors of the same shape")
-    b, d = z_q.shape
-    neg = []
-    if z_easy is not None:
-        if z_easy.dim() != 2 or z_easy.size(1) != d:
-            raise ValueError(f"z_easy has shape {tuple(z_easy.shape)}: expected [N, {d}]")
-        neg.append(z_q @ z_easy.t())  # [B, N]
-    if z_hard is not None:
-        if z_hard.dim() != 3 or z_hard.size(0) != b or z_hard.size(2) != d:
-            raise ValueError(f"z_hard has shape {tuple(z_hard.shape)}: expected [{b}, H, {d}]")
-        neg.append(torch.einsum("bd,bhd->bh", z_q, z_hard))  # [B, H]
-    neg_score = torch.cat(neg, dim=1) if neg else z_q.new_empty(b, 0)
-    if neg_score.size(1) == 0:
-        raise ValueError("no negatives: z_easy and z_hard are both empty or None")
-    if b == 0:
-        raise ValueError("z_q is empty: expected at least one (query, positive) pair")
-
-    pos_score = (z_q * z_pos).sum(dim=-1)  # [B]
+    pos_score, neg_score = _scores(z_q, z_pos, z_easy, z_hard)
     hinge = neg_score - pos_score.unsqueeze(1) + margin  # [B, N + H]
     loss = hinge.clamp(min=0).mean()  # same count per pair: mean over all = mean of means
     with torch.no_grad():
@@ -90,3 +97,55 @@ class MaxMarginLoss(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(margin={self.margin})"
+
+
+def sampled_softmax_loss(
+    z_q: Tensor,
+    z_pos: Tensor,
+    z_easy: Optional[Tensor] = None,
+    z_hard: Optional[Tensor] = None,
+    temperature: float = 0.1,
+) -> Tuple[Tensor, Dict[str, Tensor]]:
+    r"""Sampled-softmax (InfoNCE) loss over the same negatives as :func:`max_margin_loss`:
+
+    .. math::
+        \mathcal{L} = -\frac{1}{B}\sum_{(q,i)} \log
+        \frac{e^{\mathbf{z}_q\cdot\mathbf{z}_i/\tau}}{e^{\mathbf{z}_q\cdot\mathbf{z}_i/\tau}
+        + \sum_n e^{\mathbf{z}_q\cdot\mathbf{z}_n/\tau}}
+
+    Same arguments, shapes and ``stats`` as :func:`max_margin_loss` (``violated`` counts
+    negatives scoring at least the positive); ``temperature`` :math:`\tau > 0`.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is invalid: expected a float > 0")
+    pos_score, neg_score = _scores(z_q, z_pos, z_easy, z_hard)
+    logits = torch.cat([pos_score.unsqueeze(1), neg_score], dim=1) / temperature
+    loss = torch.logsumexp(logits, dim=1).mean() - logits[:, 0].mean()
+    with torch.no_grad():
+        stats = {
+            "violated": (neg_score >= pos_score.unsqueeze(1)).float().mean(),
+            "pos_score": pos_score.mean(),
+            "neg_score": neg_score.mean(),
+        }
+    return loss, stats
+
+
+class SampledSoftmaxLoss(torch.nn.Module):
+    r"""Module form of :func:`sampled_softmax_loss`.
+
+    Args:
+        temperature (float, optional): :math:`\tau > 0`. (default: :obj:`0.1`)
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+            raise ValueError(f"temperature={temperature!r} is invalid: expected a float > 0")
+        self.temperature = float(temperature)
+
+    def forward(self, z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
+                z_hard: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return sampled_softmax_loss(z_q, z_pos, z_easy, z_hard, temperature=self.temperature)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(temperature={self.temperature})"

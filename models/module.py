@@ -1,29 +1,36 @@
 """The LightningModule: PinSage + max-margin loss + the paper's large-batch LR schedule + eval.
 
-It consumes the data side's batches by attribute name only (``x``, ``node_ids``, ``blocks``,
-``query``, ``pos``, ``easy_neg``, ``hard_neg``; evaluation batches ``x``, ``node_ids``,
-``blocks``, ``targets``) and reads from ``trainer.datamodule`` (duck-typed): ``batch_size``,
-``val_pairs`` / ``test_pairs`` (``[P, 2]`` item pairs), ``num_items``, ``item_titles`` and, for
-the baselines at test time, ``dataset.train_graph``.
+It consumes the data side's batches by attribute name only: minibatch computation graphs
+(``x``, ``node_ids``, ``blocks``, ``query``, ``pos``, ``easy_neg``, ``hard_neg``; evaluation
+batches ``x``, ``node_ids``, ``blocks``) or, for whole-catalogue computation, id batches
+(``query``, ``pos``, ``easy_neg``, ``hard_neg``, ``pos_weight``, ``queries``) with the graph
+from ``trainer.datamodule.full_graph_data()``. It also reads ``batch_size``, ``item_titles``
+and ``val_pairs`` from the datamodule (duck-typed). Metrics come from :attr:`evaluator`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .baselines import baseline_scorer, item_to_item_metrics, ranks_from_scorer
-from .loss import MaxMarginLoss
-from .metrics import target_ranks, topk_items
+from .loss import MaxMarginLoss, SampledSoftmaxLoss
+from .metrics import topk_items
 from .pinsage import PinSage
+from .sparse import SparseAdjacency
+from .user_encoder import UserEncoder
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SHAPE_KEYS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding", "conv")
+SHAPE_KEYS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding", "conv",
+              "user_encoder", "skip")
+#: ``evaluator(stage, item_emb [I, d], user_fn, with_baselines) -> {"<model>/<protocol>/<metric>": float}``
+#: with ``user_fn(item_emb, history_ptr, history_items, history_weights) -> [U, d]``; set by the app
+#: (``app/evaluation.py``), so ``validate``/``test`` and ``predict``'s metrics.json share one code path.
+Evaluator = Callable[[str, Tensor, Callable, bool], Dict[str, float]]
 
 
 class WarmupExponential:
@@ -61,8 +68,15 @@ class PinSageModule(pl.LightningModule):
             per-epoch exponential decay after warmup.
         eval_ks: hit-rate cut-offs reported at validation/test.
         rank_batch_size: queries ranked at once.
-        baselines: baselines evaluated by ``test`` with the same code.
+        baselines: baselines evaluated by ``test`` (and ``validate``) with the same code.
         num_examples: how many sample recommendation lists go to the logger's table.
+        loss: ``max_margin`` (the paper) or ``softmax`` (sampled softmax over the same
+            negatives, temperature ``temperature``).
+        user_encoder: ``linear`` (a learned layer over the weighted history pool, identity at
+            start) or ``mean`` (the normalised mean of the history embeddings).
+        val_protocols: evaluation protocols during ``fit``'s validation (``item``, ``ncf``,
+            ``full``); ``test``/``validate`` run ``test_protocols``.
+        skip: the head's skip connection from the encoded input (see :class:`PinSage`).
     """
 
     def __init__(
@@ -87,8 +101,18 @@ class PinSageModule(pl.LightningModule):
         rank_batch_size: int = 1024,
         baselines: List[str] = ["popularity", "cooccurrence"],  # noqa: B006
         num_examples: int = 8,
+        loss: Literal["max_margin", "softmax"] = "max_margin",
+        temperature: float = 0.1,
+        user_encoder: Literal["linear", "mean"] = "linear",
+        val_protocols: List[str] = ["item"],  # noqa: B006
+        test_protocols: List[str] = ["item", "ncf", "full"],  # noqa: B006
+        skip: bool = False,
     ) -> None:
         super().__init__()
+        if loss not in ("max_margin", "softmax"):
+            raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
+        if user_encoder not in ("linear", "mean"):
+            raise ValueError(f"user_encoder={user_encoder!r} is not valid; choose linear or mean")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={optimizer!r} is not valid; choose one of {list(OPTIMIZERS)}")
         if id_embedding not in ("auto", "true", "false", True, False):
@@ -104,21 +128,58 @@ class PinSageModule(pl.LightningModule):
         self.model = PinSage(
             in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels,
             num_layers=num_layers, num_items=num_items, id_embedding=use_id, conv=conv,
-            importance_pooling=importance_pooling, dropout=dropout,
+            importance_pooling=importance_pooling, dropout=dropout, skip=skip,
         )
-        self.loss_fn = MaxMarginLoss(margin)
+        self.user_encoder = UserEncoder(out_channels, learned=user_encoder == "linear")
+        self.loss_fn = MaxMarginLoss(margin) if loss == "max_margin" else SampledSoftmaxLoss(temperature)
         self._eval_chunks: List[Tensor] = []
+        self._full: Optional[Dict[str, Any]] = None
+        self.evaluator: Optional[Evaluator] = None
         self.last_metrics: Dict[str, float] = {}
 
     # -- steps -----------------------------------------------------------------------------------
     def forward(self, batch) -> Tensor:
         return self.model(batch.x, batch.node_ids, batch.blocks)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        z = self(batch)
+    def _full_graph(self) -> Dict[str, Any]:
+        """The whole-catalogue graph from the datamodule, as tensors on this module's device."""
+        if self._full is None or self._full["device"] != self.device:
+            data = self.trainer.datamodule.full_graph_data()
+            num_items = int(data["x"].shape[0])
+            nbr = SparseAdjacency(*data["nbr"], num_src=num_items)
+            hist = SparseAdjacency(*data["history"], num_src=num_items)
+            self._full = {"x": torch.as_tensor(data["x"]).to(self.device), "ids": torch.arange(num_items,
+                          device=self.device), "nbr": nbr, "history": hist, "device": self.device}
+        return self._full
+
+    def embed_all(self) -> Tensor:
+        """``[I, out]``: every item in one pass over the neighbourhood matrix (differentiable)."""
+        g = self._full_graph()
+        return self.model(g["x"], g["ids"], [g["nbr"]] * self.model.num_layers)
+
+    def user_vectors(self, item_emb: Tensor, history_ptr, history_items, history_weights=None) -> Tensor:
+        """``[U, d]``: each user's query vector from their history (``UserEncoder``)."""
+        hist = SparseAdjacency(history_ptr, history_items, history_weights, num_src=item_emb.size(0))
+        return self.user_encoder.profiles(item_emb, hist)
+
+    def _training_embeddings(self, batch):
+        """``(z_query [B, d], z_pos [B, d], z_easy [N, d] | None, z_hard [B, H, d] | None)``."""
+        if hasattr(batch, "blocks"):  # sampled minibatch computation graph: local positions
+            z = self(batch)
+            zq = z[batch.query]
+        else:  # id batch: the whole catalogue once, rows by global id
+            z = self.embed_all()
+            if batch.queries == "users":
+                pooled = self._full_graph()["history"].matmul(z, normalize=False)
+                zq = self.user_encoder.leave_one_out(pooled[batch.query], z[batch.pos], batch.pos_weight)
+            else:
+                zq = z[batch.query]
         z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
         z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
-        loss, stats = self.loss_fn(z[batch.query], z[batch.pos], z_easy, z_hard)
+        return zq, z[batch.pos], z_easy, z_hard
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, stats = self.loss_fn(*self._training_embeddings(batch))
         bs = int(batch.query.numel())
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train/violated", stats["violated"], batch_size=bs)
@@ -131,6 +192,8 @@ class PinSageModule(pl.LightningModule):
         return loss
 
     def _embed_step(self, batch) -> None:
+        if not hasattr(batch, "blocks"):  # whole-catalogue model: embeds everything at epoch end
+            return
         z = self(batch)
         self._eval_chunks.append(z.detach().float().cpu())
 
@@ -158,6 +221,10 @@ class PinSageModule(pl.LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------------
     def _all_embeddings(self) -> Optional[Tensor]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "full_graph", False):
+            with torch.no_grad():
+                return self.embed_all().detach().float().cpu()
         if not self._eval_chunks:
             return None
         emb = torch.cat(self._eval_chunks)
@@ -165,27 +232,33 @@ class PinSageModule(pl.LightningModule):
         return emb
 
     def _evaluate(self, stage: str, with_baselines: bool = False) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_chunks = []
+            return
         emb = self._all_embeddings()
+        if emb is None or self.evaluator is None:
+            return
+        ue = self.user_encoder
+
+        def user_fn(item_emb, ptr, items, weights=None):
+            with torch.no_grad():
+                was = ue.training
+                ue.eval()
+                try:
+                    return self.user_vectors(item_emb.to(self.device), ptr, items, weights).float().cpu()
+                finally:
+                    ue.train(was)
+
+        out = self.evaluator(stage, emb, user_fn, with_baselines)
+        for k, v in out.items():
+            if "/" in k and not k.endswith("/seconds"):
+                self.log(f"{stage}/{k}", float(v), rank_zero_only=True,
+                         prog_bar=k.endswith("item/mrr") or k.endswith("full/recall@20"))
+        self.last_metrics = dict(out)
         dm = getattr(self.trainer, "datamodule", None)
         pairs = getattr(dm, f"{stage}_pairs", None)
-        if emb is None or pairs is None or len(pairs) == 0 or (self.trainer.sanity_checking):
-            return
-        pairs = torch.as_tensor(pairs, dtype=torch.long)
-        q, i = pairs[:, 0], pairs[:, 1]
-        ranks = target_ranks(emb[q], emb, i, query_items=q, batch_size=self.hparams.rank_batch_size)
-        metrics = item_to_item_metrics(ranks, self.hparams.eval_ks, num_items=emb.shape[0])
-        out = {f"{stage}/{k}": v for k, v in metrics.items()}
-        if with_baselines:
-            g = dm.dataset.train_graph
-            for name in self.hparams.baselines:
-                scorer = baseline_scorer(name, g.user_ptr, g.user_items, g.item_ptr, g.item_users, g.num_items)
-                br = ranks_from_scorer(scorer, q, i)
-                for k, v in item_to_item_metrics(br, self.hparams.eval_ks, num_items=emb.shape[0]).items():
-                    out[f"{stage}/{name}/{k}"] = v
-        for k, v in out.items():
-            self.log(k, v, prog_bar=k.endswith("hit_rate@10") or k.endswith("/mrr"), rank_zero_only=True)
-        self.last_metrics = out
-        self._log_examples(stage, emb, q)
+        if pairs is not None and len(pairs):
+            self._log_examples(stage, emb, torch.as_tensor(pairs, dtype=torch.long)[:, 0])
 
     def _log_examples(self, stage: str, emb: Tensor, q: Tensor) -> None:
         dm = getattr(self.trainer, "datamodule", None)

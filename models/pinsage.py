@@ -10,6 +10,7 @@ from torch import Tensor
 
 from models.convolve import Convolve
 from models.sage import AGGREGATORS, SAGEConvolve
+from models.sparse import SparseAdjacency
 
 CONVS = ("pinsage",) + tuple(f"sage-{a}" for a in AGGREGATORS)
 
@@ -33,12 +34,21 @@ class PinSage(torch.nn.Module):
         \quad k = 1, \dots, K
 
         \mathbf{z}_u &= \frac{\mathbf{G}_2\,\mathrm{ReLU}(\mathbf{G}_1 \mathbf{h}^{(K)}_u +
-        \mathbf{g}) }{\lVert \cdot \rVert_2}
+        \mathbf{g}) \;[+\; \mathbf{h}^{(0)}_u]}{\lVert \cdot \rVert_2}
+
+    The bracketed skip connection (``skip=True``) adds the encoded input to the head's output, so
+    an item's own (ID / content) representation reaches the embedding directly, not only through
+    K convolutions and the head; with ID embeddings and no content (e.g. Gowalla) it trains ~2x
+    faster to the same recall.
 
     Minibatch layout (nested prefixes, see ``datamodules/batch.py``): ``x``/``node_ids`` hold
     the ``n_0`` nodes of layer 0; ``blocks[k]`` (with ``.edge_index``, ``.edge_weight``,
     ``.size = (n_k, n_{k+1})``) computes layer ``k+1`` for the first ``n_{k+1}`` nodes from the
-    first ``n_k`` nodes.  :meth:`encode`, :meth:`layer` and :meth:`head` expose the stages so
+    first ``n_k`` nodes.  A block may also be a :class:`~models.sparse.SparseAdjacency`
+    ``[n_{k+1}, n_k]`` (fused pooling): with the ``[I, I]`` neighbourhood matrix of the whole
+    catalogue as every block, ``forward`` embeds every item in one pass (each item computed
+    once per layer: the de-duplicated computation graph of a batch that covers the catalogue).
+    :meth:`encode`, :meth:`layer` and :meth:`head` expose the stages so
     that full-catalogue inference can run layer by layer without recomputation; in eval mode
     ``forward == head(layer(K-1, ... layer(0, encode(x, ids) ...)))``.
 
@@ -62,6 +72,9 @@ class PinSage(torch.nn.Module):
             (default: :obj:`True`)
         dropout (float, optional): Dropout on the input of every convolution, in ``[0, 1)``.
             (default: :obj:`0.0`)
+        skip (bool, optional): Add :math:`\mathbf{h}^{(0)}` (projected when
+            ``out_channels != hidden_channels``) to the head's output before normalising.
+            (default: :obj:`False`)
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class PinSage(torch.nn.Module):
         conv: str = "pinsage",
         importance_pooling: bool = True,
         dropout: float = 0.0,
+        skip: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = _int_at_least("in_channels", in_channels, 0)
@@ -98,6 +112,7 @@ class PinSage(torch.nn.Module):
         self.conv = conv
         self.importance_pooling = importance_pooling
         self.dropout = dropout
+        self.skip = bool(skip)
 
         d = hidden_channels
         self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
@@ -110,6 +125,8 @@ class PinSage(torch.nn.Module):
                 self.convs.append(SAGEConvolve(d, d, d, aggregator=conv[len("sage-"):]))
         self.lin_g1 = torch.nn.Linear(d, d)
         self.lin_g2 = torch.nn.Linear(d, out_channels)
+        self.lin_skip = (torch.nn.Linear(d, out_channels, bias=False)
+                         if self.skip and out_channels != d else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,6 +138,8 @@ class PinSage(torch.nn.Module):
             conv.reset_parameters()
         self.lin_g1.reset_parameters()
         self.lin_g2.reset_parameters()
+        if self.lin_skip is not None:
+            self.lin_skip.reset_parameters()
 
     def encode(self, x: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
         r"""Input encoder :math:`\mathbf{h}^{(0)}`: ``x [n, F]``, ``node_ids [n]`` (global
@@ -138,18 +157,26 @@ class PinSage(torch.nn.Module):
             h = e if h is None else h + e
         return h
 
-    def layer(self, k: int, h_src: Tensor, h_dst: Tensor, edge_index: Tensor,
+    def layer(self, k: int, h_src: Tensor, h_dst: Tensor, edge_index,
               edge_weight: Optional[Tensor] = None) -> Tensor:
         """Convolution ``k`` (0-based): ``h_src [n_src, hidden]``, ``h_dst [n_dst, hidden]``,
-        ``edge_index [2, E]``, ``edge_weight [E]`` -> ``[n_dst, hidden]``."""
+        ``edge_index [2, E]`` with ``edge_weight [E]``, or a ``SparseAdjacency [n_dst, n_src]``
+        -> ``[n_dst, hidden]``."""
         if not isinstance(k, int) or not 0 <= k < self.num_layers:
             raise ValueError(f"k={k!r} is invalid: expected an int in [0, {self.num_layers})")
         return self.convs[k]((h_src, h_dst), edge_index, edge_weight)
 
-    def head(self, h: Tensor) -> Tensor:
+    def head(self, h: Tensor, h0: Optional[Tensor] = None) -> Tensor:
         r"""Output head :math:`\mathbf{z} = \mathrm{norm}(\mathbf{G}_2\,\mathrm{ReLU}(
-        \mathbf{G}_1\mathbf{h}))`: ``[n, hidden]`` -> ``[n, out]``."""
-        return F.normalize(self.lin_g2(F.relu(self.lin_g1(h))), p=2.0, dim=-1)
+        \mathbf{G}_1\mathbf{h}) [+ \mathbf{h}^{(0)}])`: ``h [n, hidden]`` (and, with ``skip``,
+        the same rows' layer-0 ``h0 [n, hidden]``) -> ``[n, out]``."""
+        out = self.lin_g2(F.relu(self.lin_g1(h)))
+        if self.skip:
+            if h0 is None or h0.shape != h.shape:
+                raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
+                                 f"expected the layer-0 rows {tuple(h.shape)}")
+            out = out + (h0 if self.lin_skip is None else self.lin_skip(h0))
+        return F.normalize(out, p=2.0, dim=-1)
 
     def forward(self, x: Tensor, node_ids: Optional[Tensor], blocks: Sequence) -> Tensor:
         """``x [n_0, F]``, ``node_ids [n_0]``, ``blocks`` (K objects with ``.edge_index``,
@@ -158,7 +185,7 @@ class PinSage(torch.nn.Module):
             raise ValueError(
                 f"len(blocks)={len(blocks)} is invalid: the model has num_layers="
                 f"{self.num_layers} and needs one block per layer")
-        h = self.encode(x, node_ids)
+        h = h0 = self.encode(x, node_ids)
         for k, block in enumerate(blocks):
             n_src, n_dst = block.size
             if n_src > h.size(0) or n_dst > n_src:
@@ -166,11 +193,15 @@ class PinSage(torch.nn.Module):
                     f"blocks[{k}].size={tuple(block.size)} is invalid: expected n_dst <= "
                     f"n_src <= {h.size(0)} (nested prefix layout)")
             h = F.dropout(h, p=self.dropout, training=self.training)
-            h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
-        return self.head(h)
+            if isinstance(block, SparseAdjacency):
+                h = self.layer(k, h[:n_src], h[:n_dst], block)
+            else:
+                h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
+        return self.head(h, h0[:h.size(0)] if self.skip else None)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"hidden_channels={self.hidden_channels}, num_layers={self.num_layers}, "
                 f"conv={self.conv!r}, importance_pooling={self.importance_pooling}, "
-                f"id_embedding={self.id_embedding}, num_items={self.num_items})")
+                f"id_embedding={self.id_embedding}, num_items={self.num_items}"
+                f"{', skip=True' if self.skip else ''})")

@@ -12,6 +12,7 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter, to_dense_batch
 
 from models.convolve import PairTensor, _check_edges, _pair, _positive
+from models.sparse import SparseAdjacency
 
 AGGREGATORS = ("mean", "gcn", "max_pool", "mean_pool", "lstm")
 
@@ -114,6 +115,8 @@ class SAGEConvolve(MessagePassing):
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None) -> Tensor:
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        if isinstance(edge_index, SparseAdjacency):
+            return self._fused(x_src, x_dst, edge_index)
         _check_edges(x_src, x_dst, edge_index, edge_weight)
         size = (x_src.size(0), x_dst.size(0))
 
@@ -130,6 +133,23 @@ class SAGEConvolve(MessagePassing):
             neigh = self.propagate(edge_index, x=(x_src, None), size=size)
             out = self.lin(torch.cat([x_dst, neigh], dim=-1))
 
+        out = F.relu(out)
+        return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    def _fused(self, x_src: Tensor, x_dst: Tensor, adj: SparseAdjacency) -> Tensor:
+        """The same layer over a :class:`~models.sparse.SparseAdjacency` (one CSR product;
+        unweighted, as GraphSAGE samples uniformly). ``max_pool`` and ``lstm`` need the edge list."""
+        if self.aggregator in ("max_pool", "lstm"):
+            raise ValueError(f"aggregator={self.aggregator!r} has no fused form: use the edge-list "
+                             "(minibatch) computation")
+        if self.aggregator == "gcn":
+            summed = adj.matmul(x_src, weighted=False, normalize=False)
+            deg = adj.degree(weighted=False).to(x_dst.device, x_dst.dtype)
+            out = self.lin((summed + x_dst) / (deg + 1).unsqueeze(-1))
+        else:
+            if self.lin_pool is not None:
+                x_src = F.relu(self.lin_pool(x_src))
+            out = self.lin(torch.cat([x_dst, adj.matmul(x_src, weighted=False)], dim=-1))
         out = F.relu(out)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
 

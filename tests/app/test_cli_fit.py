@@ -12,14 +12,50 @@ def test_fit_writes_best_and_last_then_test_prints_metrics_json(tiny_run, capsys
     capsys.readouterr()
     assert main(["test", *args, "--ckpt_path", str(last)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("test/hit_rate@10", "test/hit_rate@100", "test/mrr", "test/hr@10", "test/ndcg@10",
-                "test/popularity/hit_rate@10", "test/cooccurrence/mrr"):
+    for key in ("pinsage/item/hit_rate@10", "pinsage/item/hit_rate@100", "pinsage/item/mrr", "pinsage/item/hr@10",
+                "pinsage/item/ndcg@10", "pinsage/full/recall@20", "pinsage/ncf/hr@10",
+                "popularity/item/hit_rate@10", "cooccurrence/item/mrr", "cooccurrence/full/recall@20"):
         assert key in out, key
-    assert "test/hit_rate@500" not in out  # catalogue of 400 items
+    assert "pinsage/item/hit_rate@500" not in out  # catalogue of 400 items
     # planted communities: the trained model ranks held-out items far above chance (100/400) and
     # above the popularity list on the paper's scaled MRR
-    assert out["test/hit_rate@100"] > 0.5
-    assert out["test/mrr"] > out["test/popularity/mrr"]
+    assert out["pinsage/item/hit_rate@100"] > 0.5
+    assert out["pinsage/item/mrr"] > out["popularity/item/mrr"]
+
+
+def test_test_and_predict_report_the_same_keys(tiny_run, tmp_path, capsys):
+    """One evaluation code path: `pinsage test`'s JSON and predict's metrics.json agree."""
+    run, last, args = tiny_run
+    capsys.readouterr()
+    assert main(["test", *args, "--ckpt_path", str(last)]) == 0
+    tested = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = tmp_path / "art"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out)]) == 0
+    predicted = json.loads((out / "metrics.json").read_text())
+    metric_keys = {k for k in predicted if not k.endswith("/seconds")}
+    assert metric_keys == {k for k in tested if not k.endswith("/seconds")}
+    for k in metric_keys:
+        assert abs(predicted[k] - tested[k]) < 1e-4, k
+
+
+def test_user_queries_train_the_user_tower_end_to_end(tiny_run, tmp_path, capsys):
+    """queries=users: whole-catalogue steps, a learned user encoder, and the full-ranking protocol
+    scoring it above popularity; recommend --user answers with the same encoder."""
+    _, _, args = tiny_run
+    root = tmp_path / "users-run"
+    user_args = [*args, "--data.queries=users", "--data.batch_size=256", "--model.loss=softmax",
+                 "--model.skip=true", "--model.val_protocols=[item,full]", "--model.lr=0.02",
+                 "--trainer.default_root_dir", str(root)]
+    assert main(["fit", *user_args, "--trainer.max_epochs=4"]) == 0
+    last = next(p for p in root.rglob("last.ckpt"))
+    capsys.readouterr()
+    assert main(["test", *user_args, "--ckpt_path", str(last)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["pinsage/full/recall@20"] > out["popularity/full/recall@20"]
+    import torch
+
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert not torch.allclose(state["user_encoder.lin.weight"], torch.eye(16))  # the encoder learned
 
 
 def test_checkpoint_of_another_shape_is_refused_by_the_cli(tiny_run, capsys):

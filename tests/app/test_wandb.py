@@ -3,7 +3,7 @@
 A few training steps + one validation through ``pinsage fit`` with ``WANDB_MODE=offline`` and
 everything under tmp; then the offline run folder (what ``wandb sync`` uploads later) is read
 back: its ``.wandb`` record log holds the run's config (model and data hyperparameters), the
-history of train/loss, lr, val/hit_rate@10, val/mrr and the ``val/recommendations`` table, whose
+history of train/loss, lr, val/pinsage/item/hit_rate@10, val/pinsage/item/mrr and the ``val/recommendations`` table, whose
 JSON under ``files/media/table`` maps query titles to their top-10 titles.
 """
 
@@ -115,12 +115,12 @@ def test_wandb_offline_run_has_config_metrics_and_recommendation_table(tmp_path,
     assert config["num_easy_negatives"] == 30 and config["max_hard_negatives"] == 1
 
     keys = set().union(*history)
-    for key in ("train/loss", "lr", "val/hit_rate@10", "val/mrr", "trainer/global_step"):
+    for key in ("train/loss", "lr", "val/pinsage/item/hit_rate@10", "val/pinsage/item/mrr", "trainer/global_step"):
         assert key in keys, key
     train = [h for h in history if "train/loss" in h]
     assert len(train) == 4 and all(h["lr"] > 0 for h in train)
-    val = [h for h in history if "val/mrr" in h]
-    assert len(val) == 1 and 0 <= val[0]["val/hit_rate@10"] <= 1 and 0 < val[0]["val/mrr"] <= 1
+    val = [h for h in history if "val/pinsage/item/mrr" in h]
+    assert len(val) == 1 and 0 <= val[0]["val/pinsage/item/hit_rate@10"] <= 1 and 0 < val[0]["val/pinsage/item/mrr"] <= 1
 
     # the recommendations table: logged at validation, its JSON inside the run folder
     table_keys = [h for h in history if "val/recommendations/path" in h]
