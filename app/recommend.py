@@ -189,6 +189,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         rec = Recommender(args.artifacts)
         out = rec.similar_items(args.item, args.k) if args.item is not None else rec.for_user(args.user, args.k)
+    except UnknownIdError as e:  # "item 'x' is ..." -> "--item 'x' is ...": name the CLI argument
+        print(f"pinsage recommend: error: --{e}", file=sys.stderr)
+        return 2
     except (ArtifactError, ValueError, FileNotFoundError) as e:
         print(f"pinsage recommend: error: {e}", file=sys.stderr)
         return 2
