@@ -57,7 +57,7 @@ __all__ = ["NewItem", "NewItemError", "FeatureEncoder", "InductiveEmbedder", "wr
            "INDUCTIVE_FILES"]
 
 MODEL_ARGS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding",
-              "conv", "importance_pooling", "dropout")
+              "conv", "importance_pooling", "dropout", "skip")
 INDUCTIVE_FILES = ("model.pt", "walk_graph.npz", "neighbourhoods.npz", "features.json")
 TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -165,7 +165,7 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     """Write the inductive files into the (temporary) artifact ``folder``; return the manifest block."""
     folder = Path(folder)
     ds = datamodule.dataset
-    hparams = {k: getattr(model, k) for k in MODEL_ARGS}
+    hparams = {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)}
     torch.save({"hparams": hparams, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
                folder / "model.pt")
     for k, h in enumerate(layers):
@@ -397,6 +397,7 @@ class InductiveEmbedder:
         src = np.concatenate(nbr_items) if nbr_items else np.zeros(0, np.int64)
         w = torch.from_numpy(np.concatenate(nbr_weights).astype(np.float32) if nbr_weights else np.zeros(0, np.float32))
         edge_index = torch.stack([torch.arange(src.shape[0]), torch.from_numpy(np.repeat(np.arange(deg.shape[0]), deg))])
+        h0 = h
         own = []
         for k in range(model.num_layers):
             own.append(h.numpy().copy())

@@ -3,9 +3,9 @@
     pinsage recommend --artifacts DIR --item RAW_ID [-k 10] [--json]
     pinsage recommend --artifacts DIR --user RAW_ID [-k 10] [--json]
 
-A user's query vector comes from :func:`user_vector`, the evaluator's user representation
-(:func:`models.baselines.user_profiles`: today the L2-normalised mean of the embeddings of the
-items in their history); items they have already engaged with are never recommended.
+A user's query vector comes from :meth:`Recommender.user_vector` (the model's user encoder, the
+representation it trained and was evaluated with); items they have already engaged with are
+never recommended.
 
 :class:`Recommender` is also what ``pinsage serve`` (``app/serve.py``) loads; it can grow
 (:meth:`Recommender.add_item`, items embedded inductively after training).
@@ -258,6 +258,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         rec = Recommender(args.artifacts)
         out = rec.similar_items(args.item, args.k) if args.item is not None else rec.for_user(args.user, args.k)
+    except UnknownIdError as e:  # "item 'x' is ..." -> "--item 'x' is ...": name the CLI argument
+        print(f"pinsage recommend: error: --{e}", file=sys.stderr)
+        return 2
     except (ArtifactError, ValueError, FileNotFoundError) as e:
         print(f"pinsage recommend: error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ Endpoints (JSON in and out; the OpenAPI schema is at ``/openapi.json``, docs at 
 
 * ``GET /items/{id}/similar?k=10`` -> ``{"query", "items": [{"id", "score", "title"}]}``;
 * ``GET /users/{id}/recommendations?k=10``: the user's history items excluded; the user vector is
-  the evaluator's (:func:`app.recommend.user_vector`);
+  the model's user encoder (:meth:`app.recommend.Recommender.user_vector`);
 * ``POST /recommendations`` ``{"history": [ids], "k"}``: for a user the model never saw;
 * ``POST /items`` (token) ``{"id", "title"?, "categories"?, "year"?, "features"?,
   "engaged_users"?, "co_engaged_items"?}``: embedded inductively (:mod:`app.inductive`), written

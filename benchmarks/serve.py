@@ -5,7 +5,8 @@
         --cold-data outputs/serve/cold-data --cold-artifacts outputs/serve/art/ml100k-cold \\
         --full-artifacts outputs/serve/art/ml100k-full
     # load: locust on 127.0.0.1 against `pinsage serve` on a 1M-item IVF-PQ index
-    PYTHONPATH=. python benchmarks/serve.py load --artifacts outputs/serve/art/synthetic-1m
+    PYTHONPATH=. python benchmarks/serve.py build-index --out outputs/serve/art/load-1m
+    PYTHONPATH=. python benchmarks/serve.py load --artifacts outputs/serve/art/load-1m
 
 Both merge their rows into ``benchmarks/results/serve.json``:
 ``{"load": [{"endpoint", "num_items", "clients", "qps", "p50_ms", "p99_ms", "errors", ...}],
@@ -402,6 +403,73 @@ def load(args) -> None:
     merge("load", rows, key=lambda r: (r["endpoint"], r["num_items"], r["clients"]))
 
 
+# ----------------------------------------------------------------------------------------------
+# a 1M-item artifact folder for the load test (serving path real, vector values synthetic)
+# ----------------------------------------------------------------------------------------------
+def build_index_folder(args) -> None:
+    """Assemble a complete artifact folder (every file `pinsage serve` and `POST /items` read) for
+    ``--n`` items without running the model over them: clustered unit embeddings (as in
+    benchmarks/ann.py), random per-layer vectors, an untrained PinSage of the right shape, a random
+    bipartite walk graph.  Only the values are synthetic; the index, the serving and the inductive
+    code are the real ones."""
+    import shutil
+
+    import torch
+
+    from ann import clustered_embeddings
+    from app.inductive import MODEL_ARGS
+    from app.retrieval import build_index, save_index
+    from datamodules.graph import InteractionGraph
+    from models.pinsage import PinSage
+
+    n, d, hidden, F, U, E = args.n, args.dims, args.hidden, args.features, args.users, args.edges
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    emb, _ = clustered_embeddings(n, d, 1000, 8, seed=0)
+    np.save(tmp / "embeddings.npy", emb)
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        h = np.empty((n, hidden), dtype=np.float32)
+        for s in range(0, n, 100_000):
+            h[s:s + 100_000] = rng.standard_normal((min(100_000, n - s), hidden), dtype=np.float32)
+        np.save(tmp / f"layer_{k}.npy", np.maximum(h, 0))
+        del h
+    users = rng.integers(0, U, E)
+    items = np.concatenate([np.arange(n), rng.integers(0, n, E - n)])
+    g = InteractionGraph.from_edges(users, items, U, n)
+    np.savez(tmp / "walk_graph.npz", item_ptr=g.item_ptr, item_users=g.item_users, user_ptr=g.user_ptr,
+             user_items=g.user_items)
+    np.savez(tmp / "users.npz", user_ids=np.array([f"u{u}" for u in range(U)]), ptr=g.user_ptr,
+             items=g.user_items.astype(np.int64))
+    np.savez(tmp / "neighbourhoods.npz", ptr=np.zeros(n + 1, np.int64), items=np.zeros(0, np.int64),
+             weights=np.zeros(0, np.float32))
+    model = PinSage(F, hidden, d, num_layers=2)
+    torch.save({"hparams": {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)},
+                "state_dict": model.state_dict()},
+               tmp / "model.pt")
+    names = [f"external:{i}" for i in range(F)]
+    (tmp / "features.json").write_text(json.dumps({
+        "names": names, "width": F, "text_model": "", "buildable": False, "mean": [0.0] * F, "std": [1.0] * F,
+        "binary": [False] * F, "category_names": [], "decades": [], "reason": "synthetic load-test artifacts"}))
+    with open(tmp / "items.csv", "w") as f:
+        f.write("index,id,title\n")
+        f.writelines(f"{i},{i},item {i}\n" for i in range(n))
+    t1 = time.perf_counter()
+    save_index(build_index(emb, "ivfpq"), tmp / "index.faiss")
+    manifest = {"dataset": "synthetic-load", "count": n, "dims": d, "index": "ivfpq", "checkpoint": None,
+                "num_layers": 2, "num_neighbors": 10, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "config": {"note": build_index_folder.__doc__}, "index_build_seconds": round(time.perf_counter() - t1, 1),
+                "inductive": {"layers": ["layer_0.npy", "layer_1.npy"], "hidden": hidden, "features_buildable": False,
+                              "walks": {"num_walks": 20, "walk_length": 2, "restart_prob": 0.5, "top_t": 10, "seed": 0}}}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(out, ignore_errors=True) if (out / "manifest.json").is_file() else None
+    os.replace(tmp, out)
+    print(json.dumps({"out": str(out), "items": n, "seconds": round(time.perf_counter() - t0, 1)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -417,8 +485,16 @@ def main():
     b.add_argument("--seconds", type=int, default=30)
     b.add_argument("--max-requests", type=int, default=60_000)
     b.add_argument("--write-rate", type=float, default=100.0)
+    c = sub.add_parser("build-index")
+    c.add_argument("--out", required=True)
+    c.add_argument("--n", type=int, default=1_000_000)
+    c.add_argument("--dims", type=int, default=64)
+    c.add_argument("--hidden", type=int, default=128)
+    c.add_argument("--features", type=int, default=16)
+    c.add_argument("--users", type=int, default=100_000)
+    c.add_argument("--edges", type=int, default=5_000_000)
     args = ap.parse_args()
-    {"inductive": inductive, "load": load}[args.cmd](args)
+    {"inductive": inductive, "load": load, "build-index": build_index_folder}[args.cmd](args)
 
 
 if __name__ == "__main__":
