@@ -63,6 +63,29 @@ def _lightning_cli_class():
             if arch:
                 self.config = self.parser.parse_object({sub: {"model": arch}}, self.config)
 
+        def parse_arguments(self, parser, args) -> None:
+            # jsonargparse prints ~90 lines of usage before the line that matters: say it first too
+            import contextlib
+            import io
+
+            buf = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(buf):
+                    super().parse_arguments(parser, args)
+            except SystemExit as e:
+                text = buf.getvalue()
+                if e.code in (0, None):
+                    sys.stderr.write(text)
+                    raise
+                at = text.rfind("error: ")
+                msg = " ".join(text[at + len("error: "):].split()) if at >= 0 else "invalid arguments"
+                argv = sys.argv[1:] if args is None else list(args)
+                sub = next((a for a in argv if a in LIGHTNING_COMMANDS), "")
+                line = f"pinsage {sub}: error: {msg}"
+                sys.stderr.write(f"{line}\n{text[:at] if at >= 0 else text}{line}\n")
+                raise SystemExit(2) from None
+            sys.stderr.write(buf.getvalue())
+
         def add_arguments_to_parser(self, parser) -> None:
             # the model is sized by the data it trains on
             parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")

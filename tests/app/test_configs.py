@@ -80,3 +80,13 @@ def test_csv_logger_is_one_switch(tmp_path):
                       f"--trainer.logger.save_dir={tmp_path}"])
     assert cfg.trainer.logger.class_path.endswith("CSVLogger")
     assert str(cfg.trainer.logger.init_args.save_dir) == str(tmp_path)
+
+
+def test_unknown_key_error_line_comes_first_and_last(capsys):
+    from app.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--model.no_such_key=1"])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == lines[-1] and lines[0].startswith("pinsage fit: error: ") and "no_such_key" in lines[0]
