@@ -165,6 +165,22 @@ class Recommender:
             self.user_encoder = encoder
         return self._users
 
+    @property
+    def user_ids(self) -> list:
+        return self._load_users()[0]
+
+    @property
+    def user_index(self) -> dict:
+        return self._load_users()[1]
+
+    @property
+    def user_ptr(self) -> np.ndarray:
+        return self._load_users()[2]
+
+    @property
+    def user_items(self) -> np.ndarray:
+        return self._load_users()[3]
+
     def user_vector(self, history) -> np.ndarray:
         """The user representation the model trained and was evaluated with (its UserEncoder)."""
         self._load_users()

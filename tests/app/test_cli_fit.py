@@ -92,4 +92,4 @@ def test_test_json_is_the_last_stdout_line_with_the_configured_wandb_logger(tiny
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "wb" / "wandb").is_dir()  # the wandb logger did run
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "test/mrr" in out
+    assert "pinsage/item/mrr" in out
