@@ -684,8 +684,13 @@ def plot_sweep_params(trials, sweep: dict):
         if cats is not None:
             ax.set_xticks(range(len(cats)))
             ax.set_xticklabels(cats, rotation=20, fontsize=8)
-        elif (sweep["parameters"][p] or {}).get("log"):
-            ax.set_xscale("log")
+        elif (sweep["parameters"][p] or {}).get("log") and x.min() > 0 and x.max() / x.min() >= 10:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")  # log only across a decade or more: else the ticks have no labels
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(p)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric)
@@ -700,8 +705,11 @@ def plot_sweep_curves(curves: Dict[int, List[float]], sweep: dict):
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(8, 3.8))
+    from matplotlib.ticker import MaxNLocator
+
     for t, vals in sorted(curves.items()):
         ax.plot(np.arange(1, len(vals) + 1), vals, marker="o", label=f"trial {t}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(sweep.get("metric", "value"))
     ax.grid(alpha=0.3)
