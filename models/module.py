@@ -73,7 +73,9 @@ class PinSageModule(pl.LightningModule):
         loss: ``max_margin`` (the paper) or ``softmax`` (sampled softmax over the same
             negatives, temperature ``temperature``).
         user_encoder: ``linear`` (a learned layer over the weighted history pool, identity at
-            start) or ``mean`` (the normalised mean of the history embeddings).
+            start; trained by ``data.queries=users``) or ``mean`` (the normalised mean of the
+            history embeddings, no parameters: the item-query default, whose training never
+            reaches a user layer).
         val_protocols: evaluation protocols during ``fit``'s validation (``item``, ``ncf``,
             ``full``); ``test``/``validate`` run ``test_protocols``.
         skip: the head's skip connection from the encoded input (see :class:`PinSage`).
@@ -103,7 +105,7 @@ class PinSageModule(pl.LightningModule):
         num_examples: int = 8,
         loss: Literal["max_margin", "softmax"] = "max_margin",
         temperature: float = 0.1,
-        user_encoder: Literal["linear", "mean"] = "linear",
+        user_encoder: Literal["linear", "mean"] = "mean",
         val_protocols: List[str] = ["item"],  # noqa: B006
         test_protocols: List[str] = ["item", "ncf", "full"],  # noqa: B006
         skip: bool = False,

@@ -44,7 +44,7 @@ def test_user_queries_train_the_user_tower_end_to_end(tiny_run, tmp_path, capsys
     _, _, args = tiny_run
     root = tmp_path / "users-run"
     user_args = [*args, "--data.queries=users", "--data.batch_size=256", "--model.loss=softmax",
-                 "--model.skip=true", "--model.val_protocols=[item,full]", "--model.lr=0.02",
+                 "--model.user_encoder=linear", "--model.skip=true", "--model.val_protocols=[item,full]", "--model.lr=0.02",
                  "--trainer.default_root_dir", str(root)]
     assert main(["fit", *user_args, "--trainer.max_epochs=4"]) == 0
     last = next(p for p in root.rglob("last.ckpt"))
