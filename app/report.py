@@ -411,8 +411,7 @@ def plot_curves(history):
         return None
     step = "step" if "step" in history else ("_step" if "_step" in history else None)
     train_keys = [k for k in ("train/loss", "train/violated", "lr") if k in history]
-    val_keys = [k for k in ("val/mrr", "val/hit_rate@10", "val/hit_rate@100", "val/hit_rate@500", "val/hr@10",
-                            "val/ndcg@10") if k in history]
+    val_keys = [k for k in history.columns if k.startswith("val/pinsage/") and not k.endswith("seconds")]
     panels = train_keys + (["val"] if val_keys else [])
     if not panels:
         return None
@@ -422,7 +421,7 @@ def plot_curves(history):
             for k in val_keys:
                 d = history[[c for c in ("epoch", step, k) if c and c in history]].dropna(subset=[k])
                 x = d["epoch"] if "epoch" in d else d[step]
-                ax.plot(x.to_numpy(), d[k].to_numpy(), marker="o", label=k.split("/", 1)[1])
+                ax.plot(x.to_numpy(), d[k].to_numpy(), marker="o", label=k.split("/", 2)[2])
             ax.set_xlabel("epoch" if "epoch" in history else "step")
             ax.set_title("validation")
             ax.legend(fontsize=7)

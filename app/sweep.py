@@ -201,7 +201,7 @@ def load_sweep(path: str) -> Sweep:
         raise SweepError(f"sweep file {path}: method={method!r} is not valid; choose one of {list(METHODS)}")
     metric = raw.get("metric") or {}
     if not isinstance(metric, dict) or not metric.get("name"):
-        raise SweepError(f"sweep file {path}: needs `metric: {{name: val/mrr, goal: maximize}}`")
+        raise SweepError(f"sweep file {path}: needs `metric: {{name: val/pinsage/item/mrr, goal: maximize}}`")
     goal = metric.get("goal", "minimize")  # wandb's default
     if goal not in GOALS:
         raise SweepError(f"sweep file {path}: metric.goal={goal!r} is not valid; choose one of {list(GOALS)}")

@@ -73,8 +73,8 @@ def test_report_inputs_of_a_run(csv_run, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     inp = load_inputs([str(csv_run)])
-    assert {"train/loss", "lr", "val/mrr"} <= set(inp.history.columns)
-    assert inp.history["val/mrr"].notna().sum() == 2  # one validation per epoch
+    assert {"train/loss", "lr", "val/pinsage/item/mrr"} <= set(inp.history.columns)
+    assert inp.history["val/pinsage/item/mrr"].notna().sum() == 2  # one validation per epoch
     assert inp.embeddings.shape == (400, 16) and inp.label_kind == "community" and len(inp.label_names) == 5
     assert inp.metrics["pinsage/item/mrr"] > inp.metrics["random/item/mrr"]
     ptr, items, w = inp.nbr
@@ -99,10 +99,10 @@ def test_report_on_a_sweep_folder(tmp_path):
     for r in rows:
         d = Path(r["trial_dir"])
         d.mkdir(parents=True)
-        (d / "epochs.jsonl").write_text("".join(json.dumps({"epoch": e, "val/mrr": r["value"] - 0.1 / (e + 1)}) + "\n"
+        (d / "epochs.jsonl").write_text("".join(json.dumps({"epoch": e, "val/pinsage/item/mrr": r["value"] - 0.1 / (e + 1)}) + "\n"
                                                 for e in range(2)))
     (sweep / "sweep.json").write_text(json.dumps({
-        "name": "s", "method": "bayes", "metric": "val/mrr", "goal": "maximize",
+        "name": "s", "method": "bayes", "metric": "val/pinsage/item/mrr", "goal": "maximize",
         "parameters": {"model.lr": {"kind": "log_uniform_values", "log": True},
                        "data.num_neighbors": {"kind": "categorical", "log": False}},
         "best": {"trial": 1, "value": 0.6}}))
@@ -194,5 +194,5 @@ def test_fit_logs_the_figures_to_wandb(tmp_path, monkeypatch):
     for p in media:
         assert p.read_bytes()[:8] == PNG_MAGIC
     history, source = read_history(tmp_path / "run")
-    assert source.endswith(".wandb") and history["val/mrr"].notna().sum() == 2
+    assert source.endswith(".wandb") and history["val/pinsage/item/mrr"].notna().sum() == 2
     assert history["train/loss"].notna().sum() >= 2

@@ -30,7 +30,7 @@ READER = {"num_users": 300, "num_items": 400, "num_interactions": 5000, "num_com
 
 
 def write_sweep(path: Path, method: str = "bayes", params: dict = None, command: list = None, **extra) -> Path:
-    doc = {"program": "pinsage", "method": method, "metric": {"name": "val/mrr", "goal": "maximize"},
+    doc = {"program": "pinsage", "method": method, "metric": {"name": "val/pinsage/item/mrr", "goal": "maximize"},
            "parameters": params or {"model.lr": {"distribution": "log_uniform_values", "min": 0.003, "max": 0.1},
                                     "model.margin": {"values": [0.05, 0.3]}},
            "command": command or ["${env}", "pinsage", "fit", "--config", str(PROJECT / "configs" / "synthetic.yaml"),
@@ -55,7 +55,7 @@ def test_every_sweep_file_is_valid_for_wandb_and_for_pinsage_sweep(path):
     errors = [e.message for e in validator.iter_errors(doc)]
     assert not errors, errors
     sweep = load_sweep(str(path))
-    assert sweep.metric == "val/mrr" and sweep.goal == "maximize" and sweep.swept
+    assert sweep.metric == "val/pinsage/item/mrr" and sweep.goal == "maximize" and sweep.swept
     # the local runner runs exactly `pinsage fit --config <that config>` plus the values
     argv = expand_command(sweep, ["--model.lr=0.001"])
     assert argv[:3] == ["fit", "--config", doc["command"][doc["command"].index("--config") + 1]]
@@ -143,7 +143,7 @@ FAKE_FIT = textwrap.dedent("""
         sys.exit(3)
     with open(args["metrics_log.path"], "a") as f:
         for epoch in range(4):
-            f.write(json.dumps({"epoch": epoch, "val/mrr": lr * (1 + epoch) / 4}) + "\\n")
+            f.write(json.dumps({"epoch": epoch, "val/pinsage/item/mrr": lr * (1 + epoch) / 4}) + "\\n")
             f.flush()
             time.sleep(0.4)
 """)
@@ -186,7 +186,7 @@ def test_bad_trials_are_pruned_and_failures_recorded(tmp_path):
     info = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert info["best"]["values"] == {"model.lr": 0.9}
     best = (tmp_path / "out" / "best-config.yaml").read_text()
-    assert "model.lr" in best.splitlines()[1] and "val/mrr=0.9" in best.splitlines()[0]
+    assert "model.lr" in best.splitlines()[1] and "val/pinsage/item/mrr=0.9" in best.splitlines()[0]
     _, cfg = resolve_fit_config(["fit", "--config", str(tmp_path / "out" / "best-config.yaml")])
     assert cfg.model.lr == pytest.approx(0.9) and cfg.trainer.default_root_dir == str(tmp_path / "out" / "best")
 
