@@ -77,6 +77,7 @@ def run_model(name: str, seed: int, epochs: int | None) -> dict:
               "--trainer.enable_progress_bar=false"]
     if epochs:
         common.append(f"--trainer.max_epochs={epochs}")
+    common += EXTRA
     if work.exists():  # a stale last.ckpt would make Lightning write last-v1.ckpt beside it
         import shutil
 
@@ -144,6 +145,7 @@ def render(db: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+EXTRA: list = []  # --extra overrides for every run of this invocation
 QUALITY = ROOT / "benchmarks" / "results" / "quality.json"
 
 
@@ -197,6 +199,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--render", action="store_true", help="print the markdown tables of results.json")
+    p.add_argument("--extra", nargs="*", default=[], help="extra CLI overrides for every run (e.g. "
+                   "--trainer.deterministic=false)")
     p.add_argument("--quality", action="store_true", help="merge the model rows into benchmarks/results/quality.json")
     a = p.parse_args()
     if a.render:
@@ -205,6 +209,7 @@ def main() -> None:
     if a.quality:
         export_quality(_load())
         return
+    EXTRA[:] = a.extra
     for seed in a.seeds:
         for name in a.runs:
             row = run_model(name, seed, a.epochs)
