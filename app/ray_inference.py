@@ -82,8 +82,17 @@ def _threads() -> None:
 
 
 # -- the Ray Data maps (module-level functions: pickled by reference) --------------------------------
+def _get(obj):
+    """Object-store references passed through ``fn_args`` arrive unresolved: read them here
+    (zero-copy for numpy arrays on the same node; each worker caches nothing across tasks)."""
+    import ray
+
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+
+
 def _neighbourhoods(batch, sampler, width: int, epoch: int):
     _threads()
+    sampler = _get(sampler)
     ids = np.asarray(batch["id"], dtype=np.int64)
     ptr, items, weights = sampler.sample(ids, epoch=epoch)
     ptr = np.asarray(ptr, dtype=np.int64)
@@ -101,6 +110,7 @@ def _neighbourhoods(batch, sampler, width: int, epoch: int):
 
 def _encode(batch, model, x):
     _threads()
+    model, x = _get(model), _get(x)
     ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64))
     with torch.no_grad():
         h = encode_chunk(model, torch.from_numpy(np.asarray(x[ids.numpy()], dtype=np.float32)), ids, "cpu")
@@ -141,6 +151,7 @@ def _convolve(batch, model, k: int, table_refs, num_items: int):
     import ray
 
     _threads()
+    model = _get(model)
     table = _Table(ray.get(list(table_refs)), num_items)
     nbr = np.asarray(batch["nbr"])
     mask = nbr >= 0
@@ -158,6 +169,7 @@ def _convolve(batch, model, k: int, table_refs, num_items: int):
 
 def _head(batch, model):
     _threads()
+    model = _get(model)
     with torch.no_grad():
         h0 = torch.from_numpy(np.asarray(batch["h0"])) if "h0" in batch else None
         z = model.head(torch.from_numpy(np.asarray(batch["h"])), h0).float()

@@ -260,7 +260,8 @@ class RecDataset:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        _remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-", dir=path.parent))
         try:
             entries = {}
             for name, arr in self.to_arrays().items():
@@ -373,6 +374,28 @@ def _publish(tmp: Path, path: Path) -> None:
     raise OSError(f"could not publish the dataset cache {path}: it keeps being replaced by other processes")
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp folders of builds killed on this host (their process is gone) are removed."""
+    prefix = f".{path.name}.tmp-{_HOST}-"
+    for d in path.parent.glob(prefix + "*"):
+        try:
+            pid = int(d.name[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still building
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if d.is_dir():
+            _remove_cache_folder(d)
+
+
 def _remove_cache_folder(path: Path) -> None:
     """Remove a cache folder we wrote (only ``*.npy`` and the manifest; anything else stays)."""
     for f in path.iterdir():
@@ -472,6 +495,7 @@ def load_dataset(
     """
     # every argument that shapes the data enters the cache key (new ones automatically)
     key_parts: Dict[str, Any] = {k: v for k, v in locals().items() if k not in _NOT_IN_KEY}
+    key_parts["reader_args"] = dict(reader_args or {})
     if dataset not in DATASET_NAMES:
         raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
     reader_args = dict(reader_args or {})

@@ -50,8 +50,11 @@ def test_data_config_parses_for_pinsage_data(path):
     from app.data_command import _as_group_config, build_parser
 
     cfg = build_parser().parse_args(_as_group_config(["--config", str(path)]))
-    # <dataset>.yaml or <dataset>-<variant>.yaml (e.g. synthetic-100m); example-table is a table log
-    assert cfg.data.dataset == "table" if path.stem == "example-table" else path.stem.startswith(cfg.data.dataset)
+    # <dataset>.yaml, or <dataset>-<variant>.yaml (e.g. synthetic-100m.yaml); example-table is a table log
+    if path.stem == "example-table":
+        assert cfg.data.dataset == "table"
+    else:
+        assert path.stem == cfg.data.dataset or path.stem.startswith(cfg.data.dataset + "-")
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
