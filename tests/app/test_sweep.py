@@ -288,5 +288,10 @@ def test_sweep_of_six_tiny_trials_resumes_after_a_kill(tmp_path):
     # each trial is an offline wandb run in the sweep's group (wandb sync shows the sweep)
     for r in rows:
         log = next(Path(r["trial_dir"]).glob("wandb/offline-run-*/run-*.wandb"))
-        runs = [rec.run for rec in wandb_records(log) if rec.WhichOneof("record_type") == "run"]
+        # wandb's service process may still be flushing the last trial's file when the sweep returns
+        for _ in range(60):
+            runs = [rec.run for rec in wandb_records(log) if rec.WhichOneof("record_type") == "run"]
+            if runs:
+                break
+            time.sleep(1)
         assert runs and runs[0].run_group == "tiny" and runs[0].display_name == f"tiny-{int(r['trial']):03d}"
