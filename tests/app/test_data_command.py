@@ -14,9 +14,12 @@ def _write_sorted_log(path, num_users=40, seed=0):
     return rows
 
 
-def test_data_command_reports_a_random_split_for_a_log_without_timestamps(tmp_path, capsys):
+def test_data_command_reports_a_random_split_for_a_log_without_timestamps(tmp_path, capsys, monkeypatch):
     from app.data_command import main
+    from datamodules import splits
     from datamodules.datasets import load_dataset
+
+    monkeypatch.setattr(splits, "_announced", set())  # announced once per process: not by an earlier test
 
     rows = _write_sorted_log(tmp_path / "log.csv")
     argv = ["--data.dataset", "table", "--data.root", str(tmp_path), "--data.cache_dir", str(tmp_path / "c"),
