@@ -169,7 +169,7 @@ def write_artifacts(
     from datamodules.graph import InteractionGraph
 
     from .evaluation import evaluate as run_evaluation
-    from .evaluation import recency_from_end
+    from .evaluation import recency_weights
     from .inductive import write_inductive_files
     from .inference import layerwise_embeddings, neighbourhoods_for_all
     from .retrieval import build_index, save_index
@@ -230,7 +230,7 @@ def write_artifacts(
                 protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
                 seed=getattr(datamodule, "seed", 0),
                 user_fn=module.user_vectors, history_weights=None if half is None else (
-                    lambda part: np.exp2(-recency_from_end(ds, part) / float(half)).astype(np.float32)))
+                    lambda part: recency_weights(ds, part, half)))
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         manifest = {
             "format": ARTIFACTS_FORMAT, "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,

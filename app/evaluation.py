@@ -368,6 +368,14 @@ def recency_from_end(ds: RecDataset, part: str) -> np.ndarray:
     return from_end
 
 
+def recency_weights(ds: RecDataset, part: str, half_life: Optional[float]) -> Optional[np.ndarray]:
+    """Pooling weights ``2^(-r / half_life)`` aligned with :func:`history_csr` (``r`` from
+    :func:`recency_from_end`), the data side's training weights; ``None`` without a half-life."""
+    if half_life is None:
+        return None
+    return np.exp2(-recency_from_end(ds, part) / float(half_life)).astype(np.float32)
+
+
 def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Sequence[int] = (10, 100, 500),
                      full_ks: Sequence[int] = (20,), baselines: Sequence[str] = ("popularity", "cooccurrence"),
                      batch_size: int = 512, seed: int = 0):
@@ -376,10 +384,7 @@ def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Seque
     uses too), with the module's user representation and the datamodule's history weights."""
 
     def weights(part: str) -> Optional[np.ndarray]:
-        half = getattr(dm, "user_recency_half_life", None)
-        if half is None:
-            return None
-        return np.exp2(-recency_from_end(dm.dataset, part) / float(half)).astype(np.float32)
+        return recency_weights(dm.dataset, part, getattr(dm, "user_recency_half_life", None))
 
     def run(stage: str, item_emb: Tensor, user_fn, with_baselines: bool) -> Dict[str, float]:
         part = "val" if stage == "val" else "test"

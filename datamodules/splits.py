@@ -116,8 +116,8 @@ def _run_length(users_sorted: np.ndarray) -> np.ndarray:
     return np.repeat(counts, counts)
 
 
-def temporal_leave_last_out(inter: Interactions, min_interactions: int = 3) -> Split:
-    order = user_time_order(inter)
+def _last_two_out(inter: Interactions, order: np.ndarray, min_interactions: int) -> Split:
+    """``order`` groups rows by user: test = each eligible user's last row in it, val = the one before."""
     u = inter.users[order]
     from_end = _rank_from_end(u)
     eligible = _run_length(u) >= min_interactions
@@ -125,6 +125,10 @@ def temporal_leave_last_out(inter: Interactions, min_interactions: int = 3) -> S
     val = order[eligible & (from_end == 2)]
     train = order[~(eligible & (from_end <= 2))]
     return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def temporal_leave_last_out(inter: Interactions, min_interactions: int = 3) -> Split:
+    return _last_two_out(inter, user_time_order(inter), min_interactions)
 
 
 def random_leave_one_out(inter: Interactions, seed: int = 0, min_interactions: int = 3) -> Split:
@@ -132,13 +136,7 @@ def random_leave_one_out(inter: Interactions, seed: int = 0, min_interactions: i
     n = inter.num_interactions
     key = _rng(seed, _SALT_SPLIT).random(n)
     order = np.lexsort((key, inter.users))  # per user, a random order of its rows
-    u = inter.users[order]
-    from_end = _rank_from_end(u)
-    eligible = _run_length(u) >= min_interactions
-    test = order[eligible & (from_end == 1)]
-    val = order[eligible & (from_end == 2)]
-    train = order[~(eligible & (from_end <= 2))]
-    return Split(np.sort(train), np.sort(val), np.sort(test))
+    return _last_two_out(inter, order, min_interactions)
 
 
 def fixed_split(inter: Interactions, min_train: int = 3, seed: int = 0) -> Split:
