@@ -12,6 +12,7 @@ from app.cli import main
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 6 epochs: ~15 s
 def test_last_ckpt_is_the_last_completed_epoch_even_when_val_stops_improving(tiny_args, tmp_path):
     # a learning rate of ~0 keeps val/mrr flat, so the monitored checkpoint saves only epoch 0;
     # last.ckpt must still be epoch 2 (Lightning's save_last alone would leave it at epoch 0)
@@ -22,6 +23,16 @@ def test_last_ckpt_is_the_last_completed_epoch_even_when_val_stops_improving(tin
     assert len(best) == 1 and torch.load(best[0], weights_only=True)["epoch"] == 0
     assert last["epoch"] == 2
     assert last["global_step"] == 3 * torch.load(best[0], weights_only=True)["global_step"]
+
+
+def test_last_ckpt_is_written_every_epoch_when_validation_is_not(tiny_args, tmp_path):
+    # with validation every 1000th epoch (an ablation run) Lightning defers every ModelCheckpoint
+    # save to a validation end that never comes: without save_on_train_epoch_end there is no
+    # last.ckpt at all
+    root = tmp_path / "run"
+    assert main(["fit", *tiny_args(root), "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1000"]) == 0
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
 
 
 @pytest.mark.parametrize("content,what", [

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from app.cli import main
 
 
@@ -71,6 +73,7 @@ def test_missing_dataset_is_one_clear_error(tiny_run, tmp_path, capsys):
     assert "pinsage fit: error:" in err and "missing file 'u.data'" in err
 
 
+@pytest.mark.slow  # a wandb offline run: ~40 s
 def test_test_json_is_the_last_stdout_line_with_the_configured_wandb_logger(tiny_run, tmp_path):
     """The shipped configs log to wandb offline, which prints "You can sync this run" lines when
     the run ends; `pinsage test`'s JSON must still be the last stdout line (a real process, so

@@ -60,6 +60,7 @@ def _pairs(q: torch.Tensor, p: torch.Tensor) -> Counter:
     return Counter(zip(q.tolist(), p.tolist()))
 
 
+@pytest.mark.slow  # 2 gloo ranks: ~25 s
 def test_ddp_ranks_train_on_disjoint_shards_and_hold_identical_weights(tmp_path):
     recs = run_ddp(tmp_path, [64])
     r0, r1 = recs[0], recs[1]
@@ -94,6 +95,7 @@ def test_ddp_ranks_train_on_disjoint_shards_and_hold_identical_weights(tmp_path)
     assert r0["peak_lr"] == pytest.approx(1e-3 * 128 / 512)
 
 
+@pytest.mark.slow  # 2 gloo ranks: ~30 s
 def test_ddp_large_global_batch_uses_linear_scaling_peak_lr(tmp_path):
     # global batch 512 = 2 ranks x 256; reference batch 256 -> peak LR = lr * 512 / 256
     recs = run_ddp(tmp_path, [256, "--model.lr=0.002", "--model.reference_batch_size=256"])

@@ -176,3 +176,42 @@ def test_bad_input(synthetic):
         evaluate(ds, emb, full_ks=(ds.num_items + 1,))
     with pytest.raises(ValueError, match="ks=\\(0,\\)"):
         evaluate(ds, emb, ks=(0,))
+
+
+def test_recency_weights_follow_time_not_item_ids():
+    # one user, items in time order 5, 2, 7, 1, 9 (temporal split: train 5 2 7, val 1, test 9)
+    from app.evaluation import recency_weights
+
+    ds = _dataset([[5, 2, 7, 1, 9], [0, 3, 4, 6, 8]])  # every id 0..9 present: ids map to themselves
+    assert ds.num_items == 10
+    ptr, items = history_csr(ds, "val")
+    w = recency_weights(ds, "val", half_life=1.0)
+    got = dict(zip(items[ptr[0]:ptr[1]].tolist(), w[ptr[0]:ptr[1]].tolist()))
+    assert got == {7: 1.0, 2: 0.5, 5: 0.25}  # the latest training item weighs 1, one step older half
+    ptr, items = history_csr(ds, "test")
+    w = recency_weights(ds, "test", half_life=2.0)
+    got = dict(zip(items[ptr[0]:ptr[1]].tolist(), w[ptr[0]:ptr[1]].tolist()))
+    assert got == pytest.approx({1: 1.0, 7: 2 ** -0.5, 2: 0.5, 5: 2 ** -1.5})
+    assert recency_weights(ds, "val", half_life=None) is None
+
+
+def test_training_and_evaluation_pool_a_history_with_the_same_recency_weights(tmp_path):
+    # the data side (user queries in training) and the evaluator weigh each (user, item) alike
+    from app.evaluation import recency_weights
+    from datamodules.datamodule import PinSageDataModule
+
+    dm = PinSageDataModule(dataset="synthetic", cache_dir=str(tmp_path), num_neighbors=5, num_walks=10,
+                           reader_args=dict(num_users=120, num_items=80, num_interactions=1500, num_communities=4,
+                                            feature_dim=4, seed=0),
+                           batch_size=64, num_easy_negatives=20, num_workers=0, queries="users",
+                           user_recency_half_life=3.0)
+    dm.setup("fit")
+    ptr, items, w = dm.full_graph_data()["history"]
+    hp, hi = history_csr(dm.dataset, "val")
+    ew = recency_weights(dm.dataset, "val", 3.0)
+    np.testing.assert_array_equal(ptr, hp)
+    for u in range(ptr.size - 1):
+        a = sorted(zip(items[ptr[u]:ptr[u + 1]].tolist(), np.round(w[ptr[u]:ptr[u + 1]], 6).tolist()))
+        b = sorted(zip(hi[hp[u]:hp[u + 1]].tolist(), np.round(ew[hp[u]:hp[u + 1]], 6).tolist()))
+        assert a == b, u
+    assert float(w.max()) == 1.0 and float(w.min()) < 0.5  # recency actually varies
