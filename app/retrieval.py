@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -397,43 +396,3 @@ def recall_at_k(approx_ids: Any, exact_ids: Any, k: int = 10) -> float:
     for ra, re in zip(a[:, :k], e[:, :k]):
         hits += np.intersect1d(ra[ra >= 0], re[re >= 0]).size
     return float(hits) / (a.shape[0] * k)
-
-
-# --------------------------------------------------------------------------- convenience wrapper
-
-
-@dataclass
-class EmbeddingIndex:
-    """Item embeddings plus the FAISS index that serves them."""
-
-    embeddings: np.ndarray
-    index: faiss.Index
-    kind: str
-
-    @classmethod
-    def build(cls, embeddings: Any, kind: str = "exact", **params: Any) -> "EmbeddingIndex":
-        x = _as_matrix(embeddings, "embeddings")
-        return cls(x, build_index(x, kind, **params), kind)
-
-    @classmethod
-    def load(cls, path: Union[str, os.PathLike], embeddings: Any) -> "EmbeddingIndex":
-        x = _as_matrix(embeddings, "embeddings")
-        index = load_index(path, expected_dim=x.shape[1], expected_count=x.shape[0])
-        return cls(x, index, index_kind(index))
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        return save_index(self.index, path)
-
-    def search(self, queries: Any, k: int, exclude: Exclude = None) -> Tuple[np.ndarray, np.ndarray]:
-        return search(self.index, queries, k, exclude)
-
-    def similar_items(self, item_ids: Sequence[int], k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items most similar to each of ``item_ids``, the item itself excluded."""
-        ids = np.asarray(item_ids, dtype=np.int64).ravel()
-        n = self.embeddings.shape[0]
-        if ids.size == 0:
-            raise ValueError("item_ids is empty: give at least one item index")
-        bad = ids[(ids < 0) | (ids >= n)]
-        if bad.size:
-            raise ValueError(f"item id {int(bad[0])} is outside the catalogue [0, {n})")
-        return self.search(self.embeddings[ids], k, exclude=[[i] for i in ids])

@@ -10,7 +10,6 @@ and ``val_pairs`` from the datamodule (duck-typed). Metrics come from :attr:`eva
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Callable, Dict, List, Literal, Optional
 
@@ -205,9 +204,6 @@ class PinSageModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._embed_step(batch)
 
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        return self(batch).detach().float().cpu()
-
     def on_validation_epoch_start(self) -> None:
         self._eval_chunks = []
 
@@ -327,6 +323,3 @@ class PinSageModule(pl.LightningModule):
         if bad:
             raise ValueError("checkpoint was trained with another model shape (" + "; ".join(bad[:3])
                              + (" ..." if len(bad) > 3 else "") + "); use the config it was trained with or retrain")
-
-    def metrics_json(self) -> str:
-        return json.dumps(self.last_metrics, sort_keys=True)

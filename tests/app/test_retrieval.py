@@ -10,7 +10,6 @@ import pytest
 
 from app import retrieval
 from app.retrieval import (
-    EmbeddingIndex,
     build_index,
     index_kind,
     load_index,
@@ -113,19 +112,6 @@ def test_exclusion_matches_filtered_brute_force(data, indexes):
     for i in range(20):
         expect = [j for j in ref[i] if j not in set(excl[i].tolist())][:10]
         assert ids[i].tolist() == expect
-
-
-def test_embedding_index_similar_items_excludes_self(data, tmp_path):
-    x, _ = data
-    ei = EmbeddingIndex.build(x[:500], "exact")
-    _, ids = ei.similar_items([0, 7, 499], 5)
-    assert ids.shape == (3, 5) and 0 not in ids[0] and 7 not in ids[1] and 499 not in ids[2]
-    ei.save(tmp_path / "i.faiss")
-    back = EmbeddingIndex.load(tmp_path / "i.faiss", x[:500])
-    assert back.kind == "exact"
-    np.testing.assert_array_equal(back.similar_items([0, 7, 499], 5)[1], ids)
-    with pytest.raises(ValueError, match="outside the catalogue"):
-        ei.similar_items([500], 5)
 
 
 # ----------------------------------------------------------------------------------- k / input validation
@@ -250,5 +236,3 @@ def test_dimension_and_count_mismatch_are_clear_errors(data, tmp_path):
         load_index(path, expected_dim=32)
     with pytest.raises(ValueError, match=r"index holds 100 vectors != 4000 embeddings: rebuild the index"):
         load_index(path, expected_dim=16, expected_count=4000)
-    with pytest.raises(ValueError, match="index dimension 16 != embedding dimension 32"):
-        EmbeddingIndex.load(path, x)

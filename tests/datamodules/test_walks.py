@@ -1,6 +1,7 @@
 """Tests of the PinSage random-walk sampler and the uniform (GraphSAGE) sampler."""
 
 from types import SimpleNamespace
+from typing import Optional
 
 import numba
 import numpy as np
@@ -9,11 +10,81 @@ import pytest
 from datamodules.walks import (
     PinSageSampler,
     UniformSampler,
-    exact_ppr,
     pinsage_neighbors,
     uniform_neighbors,
     visit_ranking,
 )
+from datamodules.walks import _arrays_of, _check_graph, _check_int, _check_seeds
+
+
+def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Optional[int] = None,
+              tol: float = 1e-12, max_iter: int = 100_000, weights=None) -> np.ndarray:
+    """The test oracle: personalised PageRank of the item -> user -> item chain, by power iteration.
+
+    ``pi = a * sum_{k=0..L} (1-a)^k P^k[s, :]`` with ``a = restart_prob``, ``P`` the one-hop
+    item->item transition matrix (uniform user of the item, then uniform item of the user) and
+    ``L = walk_length`` (``None``: until the remaining mass ``(1-a)^k`` falls below ``tol``, i.e. the
+    usual PPR that sums to 1 up to isolated sources). For ``j != s`` the expected visit counts of
+    :func:`pinsage_neighbors`' walks are ``pi[j] / (a * (1-a))`` per walk (see module docstring), so
+    both rank items identically.
+
+    ``graph_or_arrays``: an InteractionGraph-like object or ``(item_ptr, item_users, user_ptr,
+    user_items)``. ``source_item``: an item id (returns ``float64 [num_items]``) or a 1-d array of
+    ids (returns ``[len(source_item), num_items]``). Sparse numpy, memory ``O(E * num_sources)``:
+    meant for tests and small catalogues.
+
+    ``weights``: ``None`` (uniform hops) or ``(item_weights, user_weights)``, the raw edge weights
+    aligned with ``item_users`` and ``user_items``: hops proportional to weight, as the weighted
+    walks make them.
+    """
+    item_ptr, item_users, user_ptr, user_items = _check_graph(*_arrays_of(graph_or_arrays))
+    a = float(restart_prob)
+    if not (0.0 < a < 1.0):
+        raise ValueError(f"restart_prob must be in (0, 1) for exact_ppr, got {restart_prob!r}")
+    if walk_length is not None:
+        walk_length = _check_int("walk_length", walk_length, 0)
+    num_items = item_ptr.shape[0] - 1
+    scalar = np.ndim(source_item) == 0
+    src = _check_seeds(source_item, num_items)
+    S = src.shape[0]
+    ui = user_items.astype(np.int64)
+    iu = item_users.astype(np.int64)
+    if weights is None:
+        w_item, w_user = np.ones(iu.size), np.ones(ui.size)
+    else:
+        w_item, w_user = (np.asarray(a, dtype=np.float64) for a in weights)
+    # W_i = sum of item i's edge weights, W_u = sum of user u's
+    deg_i = np.bincount(np.repeat(np.arange(num_items), np.diff(item_ptr)), weights=w_item, minlength=num_items)
+    deg_u = np.bincount(np.repeat(np.arange(user_ptr.size - 1), np.diff(user_ptr)), weights=w_user,
+                        minlength=user_ptr.size - 1)
+    inv_i = np.divide(1.0, deg_i, out=np.zeros_like(deg_i), where=deg_i > 0)
+    inv_u = np.divide(1.0, deg_u, out=np.zeros_like(deg_u), where=deg_u > 0)
+
+    def segsum(vals, ptr):
+        cs = np.zeros((vals.shape[0] + 1, vals.shape[1]))
+        np.cumsum(vals, axis=0, out=cs[1:])
+        return cs[ptr[1:]] - cs[ptr[:-1]]
+
+    x = np.zeros((num_items, S))
+    x[src, np.arange(S)] = 1.0
+    pi = a * x
+    coef = a
+    k = 0
+    while True:
+        k += 1
+        if walk_length is not None and k > walk_length:
+            break
+        coef *= 1.0 - a
+        if walk_length is None and coef < tol:
+            break
+        if k > max_iter:
+            break
+        # users: sum over their items of x_i w(u, i) / W_i; items: sum over their users of y_u w(u, i) / W_u
+        y = segsum(x[ui] * (inv_i[ui] * w_user)[:, None], user_ptr)
+        x = segsum(y[iu] * (inv_u[iu] * w_item)[:, None], item_ptr)
+        pi += coef * x
+    pi = pi.T
+    return pi[0] if scalar else pi
 
 
 def make_graph(users, items, num_users, num_items):
