@@ -247,10 +247,15 @@ class PinSageModule(pl.LightningModule):
                 finally:
                     ue.train(was)
 
-        out = self.evaluator(stage, emb, user_fn, with_baselines)
+        # one evaluation (rank 0), the same numbers logged on every rank: a ModelCheckpoint or
+        # EarlyStopping that monitors them finds them on each rank (rank_zero_only would not)
+        ddp = self._trainer is not None and self.trainer.world_size > 1
+        out = self.evaluator(stage, emb, user_fn, with_baselines) if not ddp or self.trainer.is_global_zero else None
+        if ddp:
+            out = self.trainer.strategy.broadcast(out, src=0)
         for k, v in out.items():
             if "/" in k and not k.endswith("/seconds"):
-                self.log(f"{stage}/{k}", float(v), rank_zero_only=True,
+                self.log(f"{stage}/{k}", float(v), sync_dist=False,
                          prog_bar=k.endswith("item/mrr") or k.endswith("full/recall@20"))
         self.last_metrics = dict(out)
         dm = getattr(self.trainer, "datamodule", None)

@@ -41,6 +41,10 @@ class Recorder(pl.Callback):
             hard=hard,
         ))
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.rec.setdefault("val", []).append(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.rec.update(final=_weights(pl_module), end_step=trainer.global_step)
         out = os.environ["PINSAGE_RECORD_DIR"]

@@ -110,3 +110,20 @@ def test_ddp_large_global_batch_uses_linear_scaling_peak_lr(tmp_path):
         assert lrs == pytest.approx([rec["peak_lr"] * (i + 1) / steps for i in range(steps)])
     for k in recs[0]["final"]:
         assert torch.equal(recs[0]["final"][k], recs[1]["final"][k]), k
+
+
+@pytest.mark.slow  # 2 gloo ranks, 2 epochs with validation: ~40 s
+def test_ddp_validation_metrics_reach_a_monitoring_checkpoint_on_every_rank(tmp_path):
+    # validation on, a ModelCheckpoint monitoring val/pinsage/item/mrr: every rank must see the
+    # metric (logged rank_zero_only, rank 1's checkpoint callback fails to find it)
+    recs = run_ddp(tmp_path, [64, "--trainer.max_epochs=2", "--trainer.limit_val_batches=1.0",
+                              "--trainer.enable_checkpointing=true",
+                              "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                              "--trainer.callbacks.monitor=val/pinsage/item/mrr", "--trainer.callbacks.mode=max",
+                              "--trainer.callbacks.filename=best"])
+    v0, v1 = recs[0]["val"], recs[1]["val"]
+    assert len(v0) == len(v1) == 2
+    assert all("val/pinsage/item/mrr" in v for v in v0 + v1)
+    assert v0 == v1  # one evaluation, the same numbers on both ranks
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
