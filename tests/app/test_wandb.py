@@ -10,46 +10,17 @@ JSON under ``files/media/table`` maps query titles to their top-10 titles.
 from __future__ import annotations
 
 import json
-import struct
 import time
 from pathlib import Path
 
 import pytest
 
+from app.report import wandb_records
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 TINY_READER = {"num_users": 200, "num_items": 120, "num_interactions": 2500, "num_communities": 4,
                "feature_dim": 8, "seed": 0}
-
-
-def wandb_records(path: Path):
-    """The protobuf records of a ``run-*.wandb`` file (wandb's LevelDB-style log: a 7-byte file
-    header, 32 KiB blocks of ``crc u32 | length u16 | type u8`` framed chunks; full=1, first=2,
-    middle=3, last=4). wandb >= 0.2x no longer ships a Python reader for it."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and length == 0:  # zero padding at the end of a block
-            pos += left
-            continue
-        chunk = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 2):
-            buf = chunk
-        else:
-            buf += chunk
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            yield rec
 
 
 def read_run(log: Path):
