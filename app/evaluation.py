@@ -242,7 +242,8 @@ def evaluate(
             history_weights) -> [U, d]`` (e.g. ``PinSageModule.user_vectors``); ``None``: the
             L2-normalised mean of the history embeddings.
         history_weights: ``f(part) -> float32 [nnz]`` pooling weights aligned with
-            :func:`history_csr` (e.g. recency); ``None``: equal weights.
+            :func:`history_csr` (e.g. recency); ``None``: equal weights. The item-item baselines
+            weight their history rows by the same weights, so they see the user the model sees.
         baseline_params: per item-item baseline, settings overriding the tuned ones (e.g.
             ``{"ease": {"lam": 200.0}}``; see :func:`app.item_item_baselines.resolve_params`).
         baseline_matrices: per item-item baseline, an already built matrix to use as is (so one
@@ -315,8 +316,9 @@ def evaluate(
                 if uemb is not None:
                     return lambda u: uemb[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
                 return embedding_user_scorer(emb, *hist)
-            if name in ITEM_ITEM_BASELINES:
-                return item_item_user_scorer(matrix(name), *hist)
+            if name in ITEM_ITEM_BASELINES:  # the model's history weights (recency), if any
+                w = None if history_weights is None else history_weights(part)
+                return item_item_user_scorer(matrix(name), *hist, w)
             return user_scorer(name, *graph, ds.num_items, seed=seed, history=hist)
 
         if "ncf" in protocols:

@@ -156,6 +156,9 @@ class IdBatch:
         hard_neg: ``LongTensor [B, H]`` hard negative item ids per query (H >= 0).
         pos_weight: ``FloatTensor [B]`` the positive's weight in its user's history (what the
             user query leaves out; ``queries="users"`` only, else empty).
+        history: ``LongTensor [B, W]`` causal user queries only (else empty): the items the
+            user engaged with just before ``pos``, latest first, ``-1`` padding.
+        history_weight: ``FloatTensor [B, W]`` their pooling weights (0 on padding).
         queries: ``"items"`` or ``"users"``.
         epoch: the epoch the batch was built for.
     """
@@ -165,11 +168,13 @@ class IdBatch:
     easy_neg: Tensor
     hard_neg: Tensor
     pos_weight: Tensor = field(default_factory=lambda: torch.empty(0))
+    history: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    history_weight: Tensor = field(default_factory=lambda: torch.empty(0))
     queries: str = "items"
     epoch: int = 0
 
     def _map(self, fn) -> "IdBatch":
-        return IdBatch(*(fn(getattr(self, f.name)) for f in fields(self)[:5]), queries=self.queries,
+        return IdBatch(*(fn(getattr(self, f.name)) for f in fields(self)[:7]), queries=self.queries,
                        epoch=self.epoch)
 
     def to(self, device, non_blocking: bool = False) -> "IdBatch":

@@ -26,8 +26,8 @@ import pytorch_lightning as pl
 import torch
 
 from .datasets import DATASET_NAMES, RecDataset, load_dataset
-from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, IdBatchDataset, TrainBatchDataset,
-                      make_loader, resolve_rank)
+from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, HistoryBefore, IdBatchDataset,
+                      TrainBatchDataset, make_loader, resolve_rank)
 from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
 from .pairs import check_min_weight, check_pairs, make_pair_source
@@ -110,8 +110,18 @@ class PinSageDataModule(pl.LightningDataModule):
             minibatch graph; right when a batch's K-hop graph covers most of the catalogue
             anyway (Gowalla: 41k items). ``None``: on for ``queries=users``, else off.
         user_recency_half_life: weight a user's history items by ``2^(-r / h)`` (``r`` = position
-            from the latest, in interactions) when pooling them; ``None``: equal weights. Only
-            meaningful with timestamps.
+            from the latest, in interactions) when pooling them into the user's query vector
+            (evaluation, ``recommend --user``, serving; the item-item baselines of the evaluator
+            pool the same weights); ``None``: equal weights. Only meaningful with timestamps.
+        recency_in_training: also pool the training queries (``queries=users``) with those
+            weights. Off by default: on MovieLens-100K, training on equally weighted histories
+            and ranking with recency-weighted ones scored higher on validation (RESULTS.md).
+        user_queries: what a training user query pools (``queries=users``): ``leave_one_out``
+            (the whole training history without the positive) or ``before`` (a next-item
+            objective for time-ordered logs: the ``user_query_window`` items just before the
+            positive, weighted by ``user_recency_half_life`` counted from the positive; a
+            user's first item is then never a positive).
+        user_query_window: how many earlier items a ``before`` query pools.
     """
 
     def __init__(
@@ -151,6 +161,9 @@ class PinSageDataModule(pl.LightningDataModule):
         queries: Literal["items", "users"] = "items",
         full_graph: Optional[bool] = None,
         user_recency_half_life: Optional[float] = None,
+        recency_in_training: bool = False,
+        user_queries: Literal["leave_one_out", "before"] = "leave_one_out",
+        user_query_window: int = 50,
     ):
         super().__init__()
         if queries not in ("items", "users"):
@@ -163,6 +176,11 @@ class PinSageDataModule(pl.LightningDataModule):
         self.queries = queries
         self.full_graph = (queries == "users") if full_graph is None else bool(full_graph)
         self.user_recency_half_life = None if user_recency_half_life is None else float(user_recency_half_life)
+        self.recency_in_training = bool(recency_in_training)
+        if user_queries not in ("leave_one_out", "before"):
+            raise ValueError(f"user_queries={user_queries!r} is not valid; choose leave_one_out or before")
+        self.user_queries = user_queries
+        self.user_query_window = _int("user_query_window", user_query_window, 1)
         if dataset not in DATASET_NAMES:
             raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
         if split not in SPLITS:
@@ -307,9 +325,10 @@ class PinSageDataModule(pl.LightningDataModule):
         return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
 
     def history_weights(self, ptr) -> np.ndarray:
-        """Pooling weights of a time-ordered history CSR (see ``user_recency_half_life``)."""
+        """Pooling weights of the training queries' time-ordered history CSR (see
+        ``user_recency_half_life`` and ``recency_in_training``)."""
         ptr = np.asarray(ptr, dtype=np.int64)
-        if self.user_recency_half_life is None:
+        if self.user_recency_half_life is None or not self.recency_in_training:
             return np.ones(int(ptr[-1]), dtype=np.float32)
         end = np.repeat(ptr[1:], np.diff(ptr))
         return np.exp2(-(end - 1 - np.arange(int(ptr[-1]))) / self.user_recency_half_life).astype(np.float32)
@@ -344,9 +363,16 @@ class PinSageDataModule(pl.LightningDataModule):
                                   self.max_hard_negatives, self.seed)
         ptr, items, weights = self.full_graph_data()["history"]
         users = np.repeat(np.arange(ptr.size - 1, dtype=np.int64), np.diff(ptr))
+        before = None
+        if self.user_queries == "before":  # every position but each user's first
+            keep = np.ones(items.size, dtype=bool)
+            keep[ptr[:-1][np.diff(ptr) > 0]] = False
+            before = HistoryBefore(ptr, items, np.flatnonzero(keep), self.user_query_window,
+                                   self.user_recency_half_life)
+            users, items, weights = users[keep], items[keep], weights[keep]
         return IdBatchDataset(np.stack([users, items], axis=1), ds.num_items, self.num_easy_negatives,
                               self._miner, self.max_hard_negatives, self.seed, queries="users",
-                              pos_weight=weights)
+                              pos_weight=weights, before=before)
 
     def make_train_dataloader(self, rank: Optional[int] = None, world_size: Optional[int] = None,
                               num_workers: Optional[int] = None):

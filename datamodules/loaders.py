@@ -242,6 +242,37 @@ class TrainBatchDataset(Dataset):
         return int(self.pairs.num_pairs)
 
 
+class HistoryBefore:
+    """Causal user queries: for each training example, the (at most ``window``) items its user
+    engaged with just before the positive, latest first, weighted ``2^(-r / half_life)`` (``r`` =
+    0 for the latest; equal weights without a half-life).
+
+    Args:
+        ptr, items: each user's training items in time order (CSR ``[U + 1]``, ``[nnz]``).
+        position: ``int64 [P]`` CSR position of each example's positive.
+        window: how many earlier items a query pools (>= 1).
+        half_life: recency half-life in interactions, or ``None``.
+    """
+
+    def __init__(self, ptr, items, position, window: int, half_life: Optional[float] = None):
+        ptr = np.asarray(ptr, dtype=np.int64)
+        self.items = np.asarray(items, dtype=np.int64)
+        self.position = np.asarray(position, dtype=np.int64)
+        self.start = np.repeat(ptr[:-1], np.diff(ptr))  # CSR position -> its user's first position
+        r = np.arange(int(window), dtype=np.int64)
+        self.offsets = r
+        self.weights = (np.ones(r.size, np.float32) if half_life is None
+                        else np.exp2(-r / float(half_life)).astype(np.float32))
+
+    def take(self, idx: np.ndarray):
+        """``(items int64 [B, W] (-1 padding), weights float32 [B, W])`` of examples ``idx``."""
+        e = self.position[idx]
+        j = e[:, None] - 1 - self.offsets[None, :]
+        ok = j >= self.start[e][:, None]
+        items = np.where(ok, self.items[np.maximum(j, 0)], -1)
+        return items, np.where(ok, self.weights[None, :], np.float32(0)).astype(np.float32)
+
+
 class IdBatchDataset(Dataset):
     """Map-style dataset: ``dataset[BatchIndex] -> IdBatch`` for whole-catalogue computation.
 
@@ -254,11 +285,14 @@ class IdBatchDataset(Dataset):
             hard negatives of a user query come from its positive's visit ranking.
         queries: ``"items"`` | ``"users"``.
         pos_weight: ``float32 [P]`` history weight of each example's positive (users only).
+        before: causal user queries (:class:`HistoryBefore`): a query pools the items before its
+            positive instead of the whole history without it (users only).
     """
 
     def __init__(self, examples: np.ndarray, num_items: int, num_easy_negatives: int = 500,
                  miner: Optional[HardNegativeMiner] = None, max_hard_negatives: int = 6, seed: int = 0,
-                 queries: str = "items", pos_weight: Optional[np.ndarray] = None):
+                 queries: str = "items", pos_weight: Optional[np.ndarray] = None,
+                 before: Optional[HistoryBefore] = None):
         if not hasattr(examples, "num_pairs"):
             examples = np.asarray(examples, dtype=np.int64)
             if examples.ndim != 2 or examples.shape[1] != 2:
@@ -273,6 +307,7 @@ class IdBatchDataset(Dataset):
         self.queries = queries
         self.pos_weight = (np.ones(examples.num_pairs, dtype=np.float32) if pos_weight is None
                            else np.asarray(pos_weight, dtype=np.float32))
+        self.before = before
 
     def num_hard(self, epoch: int) -> int:
         return num_hard_for_epoch(epoch, self.max_hard_negatives, self.miner is not None)
@@ -289,8 +324,10 @@ class IdBatchDataset(Dataset):
         src = pos if users else q
         hard = self.miner.sample(src, pos, h, epoch, rng) if h > 0 else np.empty((q.size, 0), dtype=np.int64)
         t = torch.from_numpy
+        hist, hw = ((t(a) for a in self.before.take(idx)) if users and self.before is not None
+                    else (torch.empty(0, dtype=torch.long), torch.empty(0)))
         return IdBatch(t(q), t(pos), t(easy), t(np.ascontiguousarray(hard)),
-                       t(self.pos_weight[idx]) if users else torch.empty(0), self.queries, int(epoch))
+                       t(self.pos_weight[idx]) if users else torch.empty(0), hist, hw, self.queries, int(epoch))
 
     def __getitem__(self, index) -> IdBatch:
         if isinstance(index, BatchIndex) or (isinstance(index, tuple) and len(index) == 4):

@@ -297,43 +297,60 @@ _KERNELS: dict = {}
 
 def _kernels():
     """numba kernels (compiled on first use, cached on disk): ``out[r] += W[i]`` over the
-    history items ``i`` of row ``r``, for a CSR and for a dense ``W``."""
+    history items ``i`` of row ``r`` (times the history weight), for a CSR and for a dense ``W``."""
     if not _KERNELS:
         from numba import njit, prange
 
         @njit(parallel=True, nogil=True, cache=True)
-        def sparse_rows(h_ptr, h_items, rows, w_ptr, w_idx, w_val, out):
+        def sparse_rows(h_ptr, h_items, h_val, rows, w_ptr, w_idx, w_val, out):
             for r in prange(rows.shape[0]):
                 u = rows[r]
                 for e in range(h_ptr[u], h_ptr[u + 1]):
                     i = h_items[e]
+                    a = h_val[e]
                     for f in range(w_ptr[i], w_ptr[i + 1]):
-                        out[r, w_idx[f]] += w_val[f]
+                        out[r, w_idx[f]] += a * w_val[f]
 
         @njit(parallel=True, nogil=True, cache=True)
-        def dense_rows(h_ptr, h_items, rows, W, out):
+        def dense_rows(h_ptr, h_items, h_val, rows, W, out):
             n = W.shape[1]
             for r in prange(rows.shape[0]):
                 u = rows[r]
                 for e in range(h_ptr[u], h_ptr[u + 1]):
                     i = h_items[e]
+                    a = h_val[e]
                     for j in range(n):
-                        out[r, j] += W[i, j]
+                        out[r, j] += a * W[i, j]
 
         _KERNELS.update(sparse_rows=sparse_rows, dense_rows=dense_rows)
     return _KERNELS
 
 
-def item_item_user_scorer(W, history_ptr, history_items) -> Callable[[Tensor], Tensor]:
-    """User -> items: ``f(u [B]) = H[u] @ W`` (``H`` the 0/1 users x items history matrix from the
-    CSR ``(history_ptr, history_items)``, repeated items counted once) as ``float32 [B, I]``.
-    A numba kernel adds the rows of ``W`` of each history item, so the cost is the history size
-    times the row length of ``W``, with no sparse product."""
+def item_item_user_scorer(W, history_ptr, history_items, history_weights=None) -> Callable[[Tensor], Tensor]:
+    """User -> items: ``f(u [B]) = H[u] @ W`` (``H`` the users x items history matrix from the
+    CSR ``(history_ptr, history_items)``: 0/1, or the ``history_weights`` aligned with
+    ``history_items`` (e.g. recency), a repeated item keeping its largest weight) as
+    ``float32 [B, I]``. A numba kernel adds the rows of ``W`` of each history item, so the cost is
+    the history size times the row length of ``W``, with no sparse product."""
     W = _check_matrix(W)
     n = W.shape[0]
     H = interaction_matrix(history_ptr, history_items, n)
+    if history_weights is not None:
+        w = np.asarray(history_weights, dtype=np.float32).ravel()
+        if w.size != np.asarray(history_items).size:
+            raise ValueError(f"history_weights has {w.size} entries for {np.asarray(history_items).size} history items")
+        Hw = sp.csr_matrix((w, np.asarray(history_items, dtype=np.int64), np.asarray(history_ptr, dtype=np.int64)),
+                           shape=H.shape)
+        Hw = Hw.tocoo()  # a repeated item keeps its largest weight
+        order = np.lexsort((-Hw.data, Hw.col, Hw.row))
+        r, c, d = Hw.row[order], Hw.col[order], Hw.data[order]
+        first = np.ones(r.size, dtype=bool)
+        first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+        H = sp.csr_matrix((d[first], (r[first], c[first])), shape=H.shape)
+        H.sort_indices()
     h_ptr = H.indptr.astype(np.int64)
     h_items = H.indices.astype(np.int64)
+    h_val = np.ascontiguousarray(H.data, dtype=np.float32)
     if sp.issparse(W):
         W.sort_indices()
         parts = (W.indptr.astype(np.int64), W.indices.astype(np.int64), np.asarray(W.data, dtype=np.float32))
@@ -345,9 +362,9 @@ def item_item_user_scorer(W, history_ptr, history_items) -> Callable[[Tensor], T
         out = np.zeros((rows.size, n), dtype=np.float32)
         if rows.size:
             if sp.issparse(W):
-                _kernels()["sparse_rows"](h_ptr, h_items, rows, *parts, out)
+                _kernels()["sparse_rows"](h_ptr, h_items, h_val, rows, *parts, out)
             else:
-                _kernels()["dense_rows"](h_ptr, h_items, rows, dense, out)
+                _kernels()["dense_rows"](h_ptr, h_items, h_val, rows, dense, out)
         return torch.from_numpy(out)
 
     return score

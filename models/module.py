@@ -170,7 +170,10 @@ class PinSageModule(pl.LightningModule):
             zq = z[batch.query]
         else:  # id batch: the whole catalogue once, rows by global id
             z = self.embed_all()
-            if batch.queries == "users":
+            if batch.queries == "users" and batch.history.numel():  # causal: the items before pos
+                w = batch.history_weight.unsqueeze(-1).to(z.dtype)
+                zq = self.user_encoder((z[batch.history.clamp(min=0)] * w).sum(1))
+            elif batch.queries == "users":
                 pooled = self._full_graph()["history"].matmul(z, normalize=False)
                 zq = self.user_encoder.leave_one_out(pooled[batch.query], z[batch.pos], batch.pos_weight)
             else:

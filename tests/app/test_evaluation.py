@@ -195,6 +195,22 @@ def test_recency_weights_follow_time_not_item_ids():
     assert recency_weights(ds, "val", half_life=None) is None
 
 
+def test_item_item_baselines_pool_the_models_history_weights():
+    # user 0's history 5 2 7 (test part: 5 2 7 1), held-out 9; an itemknn-like matrix where only
+    # item 1 points at 9: with recency the latest item (1) dominates, so 9 ranks first
+    from app.evaluation import recency_weights
+
+    ds = _dataset([[5, 2, 7, 1, 9], [0, 3, 4, 6, 8]])
+    W = np.zeros((10, 10), dtype=np.float32)
+    W[1, 9] = 1.0
+    W[5, 3] = W[2, 3] = W[7, 3] = 0.6  # older items all point at 3
+    kw = dict(part="test", protocols=["full"], baselines=["itemknn"], baseline_matrices={"itemknn": W},
+              full_ks=(1,))
+    plain = evaluate(ds, None, **kw)
+    weighted = evaluate(ds, None, history_weights=lambda part: recency_weights(ds, part, 1.0), **kw)
+    assert plain["itemknn/full/recall@1"] < weighted["itemknn/full/recall@1"]
+
+
 def test_training_and_evaluation_pool_a_history_with_the_same_recency_weights(tmp_path):
     # the data side (user queries in training) and the evaluator weigh each (user, item) alike
     from app.evaluation import recency_weights
@@ -204,7 +220,7 @@ def test_training_and_evaluation_pool_a_history_with_the_same_recency_weights(tm
                            reader_args=dict(num_users=120, num_items=80, num_interactions=1500, num_communities=4,
                                             feature_dim=4, seed=0),
                            batch_size=64, num_easy_negatives=20, num_workers=0, queries="users",
-                           user_recency_half_life=3.0)
+                           user_recency_half_life=3.0, recency_in_training=True)
     dm.setup("fit")
     ptr, items, w = dm.full_graph_data()["history"]
     hp, hi = history_csr(dm.dataset, "val")
@@ -215,3 +231,11 @@ def test_training_and_evaluation_pool_a_history_with_the_same_recency_weights(tm
         b = sorted(zip(hi[hp[u]:hp[u + 1]].tolist(), np.round(ew[hp[u]:hp[u + 1]], 6).tolist()))
         assert a == b, u
     assert float(w.max()) == 1.0 and float(w.min()) < 0.5  # recency actually varies
+    # by default the training queries pool equally weighted histories (evaluation still weighs)
+    dm2 = PinSageDataModule(dataset="synthetic", cache_dir=str(tmp_path), num_neighbors=5, num_walks=10,
+                            reader_args=dict(num_users=120, num_items=80, num_interactions=1500, num_communities=4,
+                                             feature_dim=4, seed=0),
+                            batch_size=64, num_easy_negatives=20, num_workers=0, queries="users",
+                            user_recency_half_life=3.0)
+    dm2.setup("fit")
+    np.testing.assert_array_equal(dm2.full_graph_data()["history"][2], 1.0)

@@ -11,6 +11,8 @@ from datamodules.loaders import (
     EpochBatchSampler,
     EvalChunkDataset,
     EvalChunkSampler,
+    HistoryBefore,
+    IdBatchDataset,
     TrainBatchDataset,
     make_loader,
     resolve_rank,
@@ -207,3 +209,42 @@ def test_real_process_group_shards(tmp_path):
     ref = EpochBatchSampler(1001, 64, seed=9, rank=1, world_size=2)  # simulated rank = real rank
     ref.set_epoch(3)
     assert np.array_equal(np.concatenate([x.pairs for x in ref]), b)
+
+
+def test_causal_user_queries_pool_only_the_items_before_the_positive():
+    # user 0: items 5, 6, 7, 8 in time order; user 1: item 9 only; user 2: items 1, 2
+    ptr, items = np.array([0, 4, 5, 7]), np.array([5, 6, 7, 8, 9, 1, 2])
+    position = np.array([1, 3, 6])  # positives 6 (user 0), 8 (user 0), 2 (user 2)
+    h = HistoryBefore(ptr, items, position, window=2, half_life=1.0)
+    got, w = h.take(np.arange(3))
+    np.testing.assert_array_equal(got, [[5, -1], [7, 6], [1, -1]])  # latest first, never the future
+    np.testing.assert_allclose(w, [[1.0, 0.0], [1.0, 0.5], [1.0, 0.0]])
+    ds = IdBatchDataset(np.stack([np.array([0, 0, 2]), items[position]], 1), 10, num_easy_negatives=3,
+                        queries="users", before=h)
+    b = ds[BatchIndex(0, 0, 0, np.array([2, 0]))]
+    np.testing.assert_array_equal(b.history, [[1, -1], [5, -1]])
+    assert b.history_weight.shape == (2, 2) and b.to("cpu").history.shape == (2, 2)
+
+
+def test_datamodule_causal_queries_leave_out_each_users_first_item(tmp_path):
+    from datamodules.datamodule import PinSageDataModule
+
+    kw = dict(dataset="synthetic", cache_dir=str(tmp_path), num_neighbors=5, num_walks=10, batch_size=64,
+              num_easy_negatives=20, num_workers=0, queries="users",
+              reader_args=dict(num_users=60, num_items=50, num_interactions=700, num_communities=3,
+                               feature_dim=4, seed=0))
+    dm = PinSageDataModule(user_queries="before", user_query_window=4, **kw)
+    dm.setup("fit")
+    ptr, items, _ = dm.full_graph_data()["history"]
+    data = dm.train_dataset()
+    nonempty = int((np.diff(ptr) > 0).sum())
+    assert len(data) == items.size - nonempty
+    b = data[BatchIndex(0, 0, 0, np.arange(len(data)))]
+    for n in range(len(data)):  # each query's items are exactly the user's items just before pos
+        u, e = int(b.query[n]), int(data.before.position[n])
+        want = items[max(ptr[u], e - 4):e][::-1]
+        got = b.history[n][b.history[n] >= 0].numpy()
+        np.testing.assert_array_equal(got, want)
+        assert int(b.pos[n]) == items[e]
+    with pytest.raises(ValueError, match="user_queries='next' is not valid"):
+        PinSageDataModule(user_queries="next", **kw)

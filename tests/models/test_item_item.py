@@ -108,6 +108,27 @@ def test_user_scorer_is_history_times_matrix_sparse_and_dense():
         item_item_user_scorer(W, ptr, items)(torch.tensor([15]))
 
 
+def test_user_scorer_weights_each_history_row():
+    A, ptr, items = _graph(12, 8, seed=4)
+    W = itemknn_similarity(ptr, items, 8, k=5)
+    w = np.linspace(0.1, 1.0, items.size).astype(np.float32)
+    Hw = np.zeros((12, 8), dtype=np.float32)
+    for u in range(12):
+        for e in range(ptr[u], ptr[u + 1]):
+            Hw[u, items[e]] = max(Hw[u, items[e]], w[e])
+    users = torch.arange(12)
+    for M in (W, W.toarray()):
+        got = item_item_user_scorer(M, ptr, items, w)(users).numpy()
+        np.testing.assert_allclose(got, Hw @ W.toarray(), rtol=1e-5, atol=1e-7)
+        assert not np.allclose(got, A @ W.toarray())  # the weights change the scores
+    # a repeated item keeps its largest weight
+    s = item_item_user_scorer(W, np.array([0, 3]), np.array([1, 1, 2]), np.array([0.2, 0.9, 0.5]))
+    np.testing.assert_allclose(s(torch.tensor([0])).numpy()[0], 0.9 * W.toarray()[1] + 0.5 * W.toarray()[2],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="history_weights has 2 entries for 3"):
+        item_item_user_scorer(W, np.array([0, 3]), np.array([1, 1, 2]), np.array([0.2, 0.9]))
+
+
 def test_visit_count_matrix_normalises_and_discounts():
     # seed 0 visited items 1 (3x) and 2 (1x); seed 1 visited 0 (2x) and itself (dropped)
     ptr, vis, cnt = np.array([0, 2, 4]), np.array([1, 2, 0, 1]), np.array([3, 1, 2, 2])
