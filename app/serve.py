@@ -349,7 +349,7 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
     async def _artifact(request, exc):
         return fail(422, str(exc))
 
-    def check_token(request: Request) -> None:
+    async def check_token(request: Request) -> None:  # async: no thread-pool hop per request
         from fastapi import HTTPException
 
         got = request.headers.get("authorization", "")
@@ -394,6 +394,12 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
         queue: List[tuple] = []
         writer = {"running": False}
 
+        def embed_and_log(s: ServiceState, items: List[NewItem]) -> list:
+            done, records = s.prepare(items)
+            if records:
+                s.log.append(records)  # one write + one fsync for the batch
+            return done
+
         async def drain():
             try:
                 while queue:
@@ -403,9 +409,7 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
                     try:
                         async with write_lock:
                             s = holder["state"]
-                            done, records = await asyncio.to_thread(s.prepare, items)
-                            if records:
-                                await asyncio.to_thread(s.log.append, records)
+                            done = await asyncio.to_thread(embed_and_log, s, items)  # one thread hop a batch
                             answers = s.commit_batch(items, done)
                     except BaseException as e:  # nothing of this batch was acknowledged
                         for _, fut in batch:
