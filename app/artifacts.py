@@ -158,12 +158,15 @@ def write_artifacts(
     baselines: Optional[Sequence[str]] = None,
     engine: str = "local",
     ray_address: Optional[str] = None,
+    neighbours: int = 50,
 ) -> Path:
     """Embed every item layer-wise with the trained model and write the artifact folder.
 
     ``engine``: ``local`` (this process, :func:`app.inference.layerwise_embeddings`) or ``ray``
     (:func:`app.ray_inference.ray_layerwise_embeddings` on the cluster at ``ray_address``, a
-    local Ray when ``None``): the same embeddings either way."""
+    local Ray when ``None``): the same embeddings either way.  ``neighbours``: every item's top-K
+    from the index, precomputed into ``neighbours.npy`` (what ``pinsage serve`` answers
+    ``k <= K`` from); 0: none."""
     import torch
 
     from datamodules.graph import InteractionGraph
@@ -172,7 +175,7 @@ def write_artifacts(
     from .evaluation import recency_weights
     from .inductive import write_inductive_files
     from .inference import layerwise_embeddings, neighbourhoods_for_all
-    from .retrieval import build_index, save_index
+    from .retrieval import build_index, neighbour_table, save_index
 
     log = (lambda m: print(f"[pinsage predict] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     out = check_output_dir(output_dir)
@@ -219,8 +222,17 @@ def write_artifacts(
         del layers
         t1 = time.perf_counter()
         log(f"building the {kind} index of {emb.shape[0]} x {emb.shape[1]} embeddings")
-        save_index(build_index(emb, kind), tmp / "index.faiss")
+        index_obj = build_index(emb, kind)
+        save_index(index_obj, tmp / "index.faiss")
         log(f"{kind} index in {time.perf_counter() - t1:.1f}s")
+        nb_info = None
+        if neighbours and emb.shape[0] > 1:
+            t1 = time.perf_counter()
+            nb_k = min(int(neighbours), emb.shape[0] - 1)
+            np.save(tmp / "neighbours.npy", neighbour_table(index_obj, emb, nb_k))
+            nb_info = {"file": "neighbours.npy", "k": nb_k, "seconds": round(time.perf_counter() - t1, 1)}
+            log(f"top-{nb_k} neighbour table in {nb_info['seconds']}s")
+        del index_obj
         metrics = None
         if evaluate:
             hp = module.hparams
@@ -237,7 +249,7 @@ def write_artifacts(
             "checkpoint": None if ckpt_path is None else str(Path(ckpt_path).resolve()),
             "num_layers": int(module.model.num_layers), "num_neighbors": getattr(datamodule, "num_neighbors", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config or {},
-            "inductive": inductive,
+            "inductive": inductive, "neighbours": nb_info,
             "files": sorted(p.name for p in tmp.iterdir()) + ["manifest.json"],
             "checksums": {p.name: file_digest(p) for p in sorted(tmp.iterdir())},
         }

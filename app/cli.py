@@ -98,6 +98,9 @@ def _lightning_cli_class():
                                 help="FAISS index: auto | exact | hnsw | ivfpq")
             parser.add_argument("--artifacts.chunk_size", type=int, default=65536,
                                 help="items per chunk of layer-wise inference (bounds memory)")
+            parser.add_argument("--artifacts.neighbours", type=int, default=50,
+                                help="precompute every item's top-K similar items from the index (neighbours.npy: "
+                                     "`pinsage serve` answers k <= K from it); 0: none")
             parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                                 help="also write metrics.json (every evaluation protocol + baselines)")
             # where predict's layer-wise inference runs (app/ray_inference.py)
@@ -166,6 +169,7 @@ def _lightning_cli_class():
                       "so no metrics.json (the embeddings and the index are written)", file=sys.stderr)
                 evaluate = False
             write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
+                            neighbours=art.get("neighbours", 50),
                             evaluate=evaluate, ckpt_path=ckpt_path,
                             config=cfg.as_dict(), baselines=art.get("baselines"), engine=cfg.engine,
                             ray_address=cfg.ray.address, progress=progress_enabled())

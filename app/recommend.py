@@ -116,6 +116,7 @@ class Recommender:
         if len(rows) != n:
             raise ArtifactError(f"items.csv has {len(rows)} rows, embeddings.npy {n}: re-run `pinsage predict`")
         self.item_index = {raw: i for i, raw in enumerate(self.item_ids)}
+        self.neighbours = self._neighbour_table()
         self._users = None  # users.npz is read on the first --user query
 
     def _manifest(self) -> dict:
@@ -131,6 +132,22 @@ class Recommender:
             raise ArtifactError(f"{path} has no integer {' / '.join(repr(k) for k in missing)}: the artifacts are "
                                 "corrupt or not from `pinsage predict`; re-run it")
         return man
+
+    def _neighbour_table(self) -> Optional[np.ndarray]:
+        """``neighbours.npy`` (``int32 [count, K]``, :func:`app.retrieval.neighbour_table`): every
+        catalogue item's top-K from the index, written by predict; ``None`` for folders without it."""
+        info = self.manifest.get("neighbours")
+        if not info:
+            return None
+        path = self.folder / info.get("file", "neighbours.npy")
+        try:
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ArtifactError(f"{path} cannot be read ({e}): re-run `pinsage predict`") from e
+        if table.ndim != 2 or table.shape != (self.manifest["count"], info.get("k")) or table.dtype != np.int32:
+            raise ArtifactError(f"{path} has shape {table.shape} ({table.dtype}), manifest.json says "
+                                f"({self.manifest['count']}, {info.get('k')}) int32: re-run `pinsage predict`")
+        return table
 
     def _verify_files(self) -> None:
         """Sizes and SHA-256 checksums recorded by predict (manifests without them: skipped)."""
@@ -221,8 +238,35 @@ class Recommender:
             raise UnknownIdError(f"item {raw_id!r} is not in the catalogue ({self.num_items} items; ids as in items.csv)")
         i = self.item_index[raw_id]
         self._check_k(k, 1)
-        s, ids = search(self.index, self.vectors.rows([i]), k, exclude=[[i]])
-        return self._answer({"item": raw_id, "title": self.titles[i] or None}, s[0], ids[0])
+        q = self.vectors.rows([i])
+        found = self._from_table(i, q[0], k)
+        if found is None:
+            s, ids = search(self.index, q, k, exclude=[[i]])
+            found = s[0], ids[0]
+        return self._answer({"item": raw_id, "title": self.titles[i] or None}, *found)
+
+    def _from_table(self, i: int, q: np.ndarray, k: int):
+        """``(scores, ids)`` of catalogue item ``i``'s top-``k`` from the precomputed table, merged
+        with an exact scan of the items inserted since (so they appear wherever they rank), or
+        ``None`` (no table, an inserted query, ``k`` beyond the table, unfilled slots): then the
+        caller searches the index."""
+        table = self.neighbours
+        if table is None or i >= table.shape[0] or k > table.shape[1]:
+            return None
+        ids = table[i, :k].astype(np.int64)
+        if ids[-1] < 0:
+            return None
+        scores = self.emb[ids] @ q
+        n_new = self.vectors.n_extra
+        if n_new:
+            new_scores = self.vectors.extra[:n_new] @ q
+            m = min(k, n_new)
+            top = np.argpartition(-new_scores, m - 1)[:m] if n_new > m else np.arange(n_new)
+            ids = np.concatenate([ids, top + table.shape[0]])
+            scores = np.concatenate([scores, new_scores[top]])
+            order = np.argsort(-scores, kind="stable")[:k]
+            ids, scores = ids[order], scores[order]
+        return scores, ids
 
     def for_user(self, raw_id: str, k: int = 10) -> dict:
         from .retrieval import search

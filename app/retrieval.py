@@ -382,6 +382,33 @@ def search(
     return scores, ids
 
 
+def neighbour_table(index: faiss.Index, embeddings: Any, k: int, batch: int = 4096, progress=None) -> np.ndarray:
+    """``int32 [N, k]``: the top-``k`` ids of every indexed item by ``index`` (row ``i`` of
+    ``embeddings`` is the vector the index holds as id ``i``), the item itself excluded, best first:
+    the same answer :func:`search` gives for ``(embeddings[i], k, exclude=[[i]])``, precomputed
+    once (PinSage serves related items from such lists) so that a query on a catalogue item is a
+    row lookup.  Slots an approximate index could not fill hold ``-1``."""
+    x = _as_matrix(embeddings, "embeddings", dim=index.d)
+    n = x.shape[0]
+    if n != index.ntotal:
+        raise ValueError(f"embeddings has {n} rows, the index holds {index.ntotal}: give the vectors it was built from")
+    k = _int_param("k", k, 1, max(1, n - 1))
+    batch = _int_param("batch", batch, 1)
+    out = np.empty((n, k), dtype=np.int32)
+    for s in range(0, n, batch):
+        e = min(n, s + batch)
+        _, ids = index.search(x[s:e], min(k + 1, n))
+        if ids.shape[1] < k + 1:  # n == k: every other item
+            ids = np.concatenate([ids, np.full((e - s, k + 1 - ids.shape[1]), -1, np.int64)], axis=1)
+        own = ids == np.arange(s, e)[:, None]
+        # the query itself out where found, else the last candidate (stable: the order is kept)
+        order = np.argsort(own, axis=1, kind="stable")[:, :k]
+        out[s:e] = np.take_along_axis(ids, order, axis=1)
+        if progress is not None:
+            progress(e, n)
+    return out
+
+
 def recall_at_k(approx_ids: Any, exact_ids: Any, k: int = 10) -> float:
     """Mean over queries of |top-k approx ∩ top-k exact| / k (ids ``-1`` never count)."""
     a = np.asarray(approx_ids)

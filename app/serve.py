@@ -39,6 +39,7 @@ import asyncio
 import csv
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
 import os
@@ -54,6 +55,7 @@ from .inductive import InductiveEmbedder, NewItem, NewItemError
 from .recommend import ArtifactError, Recommender, UnknownIdError
 
 MAX_K = 1000
+MAX_BATCH = 256  # POST /items embedded, logged and inserted together (group commit)
 TOKEN_ENV = "PINSAGE_SERVE_TOKEN"
 
 try:  # orjson (the serve extra) encodes the answers about 5x faster than json
@@ -111,7 +113,9 @@ class ItemLog:
         return out
 
     def append(self, records: List[dict]) -> None:
-        payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        """All ``records`` with one write and one fsync (the group commit of ``POST /items``):
+        when this returns they survive ``kill -9`` and a power cut."""
+        payload = b"".join(_dumps(r) + b"\n" for r in records)
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -170,12 +174,43 @@ class ServiceState:
             self._commit(item, z, layers)
 
     def embed(self, item: NewItem):
+        """``(z, layers, info)`` of one new item, or :class:`NewItemError`."""
+        out = self.embed_batch([item])[0]
+        if isinstance(out, NewItemError):
+            raise out
+        return out
+
+    def embed_batch(self, items: List[NewItem]) -> list:
+        """Embed ``items`` as one batch (one pass of the layers); per item ``(z, layers, info)`` or the
+        :class:`NewItemError` it gets (409 for an id that exists or comes twice, 422 for bad content),
+        so that one bad item in a batch fails alone."""
         if self.embedder is None:
-            raise NewItemError(f"this server cannot embed new items: {self.inductive_error}", status=503)
-        if item.id in self.rec.item_index:
-            raise NewItemError(f"item {item.id!r} already exists (index {self.rec.item_index[item.id]})", status=409)
-        z, layers, info = self.embedder.embed([item], self.rec.item_index.get)
-        return z[0], [h[:1] for h in layers], info[0]
+            return [NewItemError(f"this server cannot embed new items: {self.inductive_error}", status=503)
+                    for _ in items]
+        out: list = [None] * len(items)
+        todo, seen = [], set()
+        for j, it in enumerate(items):
+            if it.id in self.rec.item_index:
+                out[j] = NewItemError(f"item {it.id!r} already exists (index {self.rec.item_index[it.id]})", status=409)
+            elif it.id in seen:
+                out[j] = NewItemError(f"item {it.id!r} already exists (posted twice at once)", status=409)
+            else:
+                seen.add(it.id)
+                todo.append(j)
+        if not todo:
+            return out
+        try:
+            z, layers, info = self.embedder.embed([items[j] for j in todo], self.rec.item_index.get)
+        except NewItemError as e:
+            if len(todo) == 1:
+                out[todo[0]] = e
+                return out
+            for j in todo:  # an invalid item in the batch: each on its own, so each gets its own answer
+                out[j] = self.embed_batch([items[j]])[0]
+            return out
+        for b, j in enumerate(todo):
+            out[j] = z[b], [h[b:b + 1] for h in layers], info[b]
+        return out
 
     def record(self, item: NewItem, z: np.ndarray, layers) -> dict:
         return {"artifacts": self.identity, "item": item.to_dict(), "z": np.asarray(z).tolist(),
@@ -188,10 +223,23 @@ class ServiceState:
         return i
 
     def insert(self, item: NewItem) -> dict:
-        """Embed, log (durably), insert: the synchronous path of ``POST /items`` and ``embed-new``."""
+        """Embed, log (durably), insert one item (what ``POST /items`` does for a batch)."""
         z, layers, info = self.embed(item)
         self.log.append([self.record(item, z, layers)])
         return {"id": item.id, "index": self._commit(item, z, layers), **info}
+
+    def prepare(self, items: List[NewItem]):
+        """The part of a batch insert that may run off the event loop: embed the batch and encode
+        its log lines.  Returns (per item: embedding or error, the log records of the good ones)."""
+        done = self.embed_batch(items)
+        records = [self.record(it, r[0], r[1]) for it, r in zip(items, done) if not isinstance(r, NewItemError)]
+        return done, records
+
+    def commit_batch(self, items: List[NewItem], done: list) -> list:
+        """Insert the embedded items of a logged batch into the index and the tables, in order;
+        per item the answer of ``POST /items`` or its :class:`NewItemError`."""
+        return [r if isinstance(r, NewItemError) else {"id": it.id, "index": self._commit(it, r[0], r[1]), **r[2]}
+                for it, r in zip(items, done)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,8 +312,13 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
         items: List[Item]
 
     ORJSONResponse = _json_response()
+    # FastAPI's own OpenTelemetry hooks (newer versions) check the environment on every request: off,
+    # /metrics is the service's telemetry
+    quiet = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+             if "telemetry" in inspect.signature(FastAPI).parameters else {})
     app = FastAPI(title="pinsage", version="0.1.0", default_response_class=ORJSONResponse,
-                  description="PinSage recommendations: similar items, user recommendations, inductive new items.")
+                  description="PinSage recommendations: similar items, user recommendations, inductive new items.",
+                  **quiet)
     app.state.holder = holder
 
     def fail(status: int, message: str, headers=None):
@@ -296,7 +349,7 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
     async def _artifact(request, exc):
         return fail(422, str(exc))
 
-    def check_token(request: Request) -> None:
+    async def check_token(request: Request) -> None:  # async: no thread-pool hop per request
         from fastapi import HTTPException
 
         got = request.headers.get("authorization", "")
@@ -333,17 +386,52 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     if not read_only:
+        # group commit: POST /items requests queue up; one task at a time takes all that are queued
+        # (up to MAX_BATCH), embeds them as one batch and encodes their log lines off the event loop,
+        # appends the lines with one write + one fsync, then inserts them into the index in the loop
+        # (log order == index order; reads never see a half-made insert) and only then answers
+        # each request: an acknowledged item is on disk.
+        queue: List[tuple] = []
+        writer = {"running": False}
+
+        def embed_and_log(s: ServiceState, items: List[NewItem]) -> list:
+            done, records = s.prepare(items)
+            if records:
+                s.log.append(records)  # one write + one fsync for the batch
+            return done
+
+        async def drain():
+            try:
+                while queue:
+                    batch = queue[:MAX_BATCH]
+                    del queue[:MAX_BATCH]
+                    items = [it for it, _ in batch]
+                    try:
+                        async with write_lock:
+                            s = holder["state"]
+                            done = await asyncio.to_thread(embed_and_log, s, items)  # one thread hop a batch
+                            answers = s.commit_batch(items, done)
+                    except BaseException as e:  # nothing of this batch was acknowledged
+                        for _, fut in batch:
+                            if not fut.done():
+                                fut.set_exception(e)
+                        if not isinstance(e, Exception):
+                            raise
+                        continue
+                    for (_, fut), a in zip(batch, answers):
+                        if not fut.done():
+                            (fut.set_exception if isinstance(a, NewItemError) else fut.set_result)(a)
+            finally:
+                writer["running"] = False
+
         @app.post("/items", status_code=201, dependencies=writes)
         async def add_item(body: NewItemIn):
-            item = NewItem.from_dict(body.model_dump())
-            async with write_lock:  # one writer at a time: log order == index order
-                s = holder["state"]
-                # embedding (text model, walks) and the fsync run off the event loop, so reads go on;
-                # the index and the tables change only here, in the loop, under the writer lock
-                z, layers, info = await asyncio.to_thread(s.embed, item)
-                await asyncio.to_thread(s.log.append, [s.record(item, z, layers)])
-                index = s._commit(item, z, layers)
-            return ORJSONResponse({"id": item.id, "index": index, **info}, status_code=201)
+            fut = asyncio.get_running_loop().create_future()
+            queue.append((NewItem.from_dict(body.model_dump()), fut))
+            if not writer["running"]:
+                writer["running"] = True
+                asyncio.ensure_future(drain())
+            return ORJSONResponse(await fut, status_code=201)
 
         @app.post("/admin/reload", dependencies=writes)
         async def reload(body: ReloadIn = Body(default_factory=ReloadIn)):
@@ -368,6 +456,7 @@ class _MetricsMiddleware:
 
     def __init__(self, app, requests_total, latency):
         self.app, self.requests_total, self.latency = app, requests_total, latency
+        self._series: Dict[tuple, tuple] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -385,8 +474,13 @@ class _MetricsMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            self.latency.labels(endpoint).observe(time.perf_counter() - t0)
-            self.requests_total.labels(endpoint, scope.get("method", ""), str(status["code"])).inc()
+            key = (endpoint, scope.get("method", ""), status["code"])
+            series = self._series.get(key)
+            if series is None:  # the labelled children, looked up once per (route, method, status)
+                series = self._series[key] = (self.latency.labels(endpoint),
+                                              self.requests_total.labels(endpoint, key[1], str(key[2])))
+            series[0].observe(time.perf_counter() - t0)
+            series[1].inc()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/serve.py inductive --data-config configs/data/movielens-100k.yaml \\
         --cold-data outputs/serve/cold-data --cold-artifacts outputs/serve/art/ml100k-cold \\
         --full-artifacts outputs/serve/art/ml100k-full
-    # load: locust on 127.0.0.1 against `pinsage serve` on a 1M-item IVF-PQ index
+    # load: wrk on 127.0.0.1 against `pinsage serve` on a 1M-item IVF-PQ index + top-50 table
     PYTHONPATH=. python benchmarks/serve.py build-index --out outputs/serve/art/load-1m
     PYTHONPATH=. python benchmarks/serve.py load --artifacts outputs/serve/art/load-1m
 
@@ -24,10 +24,13 @@ them) are ranked against the whole catalogue by the shared evaluation code
 log), and popularity.  Also: the cold items embedded from content only (no engagements), through
 the same inductive code.
 
-**load**: a real ``pinsage serve`` process; locust (``FastHttpUser``, closed loop, no think time)
-at 1, 8 and 32 clients, each run bounded by ``--seconds`` and ``--max-requests``; p50/p99 from
-locust's own latency records; then 8 query clients + ``POST /items`` at ``--write-rate``/s, then
-``kill -9`` of the server, a restart, and a check that every acknowledged item answers.
+**load**: a real ``pinsage serve`` process; ``wrk`` (the C load generator, one thread, closed loop, no
+think time; ``apt-get install wrk``) at 1, 8 and 32 connections, each run bounded by ``--seconds``
+and ``--max-requests``; p50/p99 from wrk's latency histogram; the server's CPU seconds per answered
+request from /proc (what the other jobs on a shared machine cannot change); then 8 query
+connections + ``POST /items`` at ``--write-rate``/s (a second wrk, its Lua script sending request
+``j`` at ``j / rate``), then every acknowledged item is queried, the server is killed with
+``kill -9``, restarted, and every acknowledged item is queried again.
 """
 
 import argparse
@@ -264,86 +267,164 @@ def inductive(args) -> None:
 # ----------------------------------------------------------------------------------------------
 # load
 # ----------------------------------------------------------------------------------------------
-LOCUSTFILE = '''
-import json, os, random, threading
-from locust import FastHttpUser, task, constant_throughput, events
-
-IDS = json.load(open(os.environ["BENCH_IDS"]))
-MAX = int(os.environ.get("BENCH_MAX_REQUESTS", "0"))
-K = int(os.environ.get("BENCH_K", "10"))
-W = int(os.environ.get("BENCH_WIDTH", "0"))
-USERS = json.load(open(os.environ["BENCH_USERS"])) if os.environ.get("BENCH_USERS") else []
-ACK = os.environ.get("BENCH_ACK")
-_count = [0]
-_lock = threading.Lock()
-
-@events.request.add_listener
-def _bound(**kw):
-    _count[0] += 1
-    if MAX and _count[0] >= MAX:
-        r = kw.get("context", {}) or {}
-        runner = getattr(events, "_bench_runner", None)
-        if runner is not None:
-            runner.quit()
-
-@events.init.add_listener
-def _init(environment, **kw):
-    events._bench_runner = environment.runner
-
-class Reader(FastHttpUser):
-    weight = int(os.environ.get("BENCH_READERS", "1"))
-    wait_time = lambda self: 0
-    @task
-    def similar(self):
-        i = random.choice(IDS)
-        self.client.get(f"/items/{i}/similar?k={K}", name="/items/{id}/similar")
-
-class Writer(FastHttpUser):
-    weight = int(os.environ.get("BENCH_WRITERS", "0"))
-    fixed_count = int(os.environ.get("BENCH_WRITERS", "0"))
-    wait_time = constant_throughput(float(os.environ.get("BENCH_WRITE_RATE_PER_USER", "1")))
-    @task
-    def add(self):
-        i = "new-%d-%d" % (os.getpid(), random.getrandbits(48))
-        body = {"id": i, "features": [random.gauss(0, 1) for _ in range(W)],
-                "engaged_users": random.sample(USERS, 5) if USERS else []}
-        with self.client.post("/items", json=body, name="POST /items",
-                              headers={"Authorization": "Bearer bench-token"}, catch_response=True) as r:
-            if r.status_code == 201:
-                with _lock, open(ACK, "a") as f:
-                    f.write(i + "\\n")
-                r.success()
-            else:
-                r.failure(f"status {r.status_code}")
+WRK_SCRIPT = r'''
+-- closed loop: each connection sends its next request when the answer arrives; ids drawn
+-- uniformly from BENCH_IDS; stops after BENCH_MAX_REQUESTS answers (per wrk thread) or -d
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } bench_ts; int clock_gettime(int, bench_ts *); ]]
+local ts = ffi.new("bench_ts")
+local function now_ms() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) / 1e6 end
+local ids = {}
+local t_start = nil
+last_us = 0
+local maxreq = tonumber(os.getenv("BENCH_MAX_REQUESTS") or "0")
+local k = os.getenv("BENCH_K") or "10"
+local count = 0
+function init(args)
+  for line in io.lines(os.getenv("BENCH_IDS")) do ids[#ids + 1] = line end
+  math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
+end
+function request()
+  if t_start == nil then t_start = now_ms() end
+  return wrk.format("GET", "/items/" .. ids[math.random(#ids)] .. "/similar?k=" .. k)
+end
+function response(status, headers, body)
+  count = count + 1
+  last_us = math.floor((now_ms() - t_start) * 1000)
+  if maxreq > 0 and count >= maxreq then wrk.thread:stop() end
+end
+function setup(thread) threads = threads or {}; threads[#threads + 1] = thread end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local active = 0
+  for _, t in ipairs(threads or {}) do active = math.max(active, tonumber(t:get("last_us")) or 0) end
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "active_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, active, latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
 '''
 
 
-def locust_run(url, ids_file, clients, seconds, max_requests, out_prefix, env_extra=None):
-    env = {**os.environ, "BENCH_IDS": str(ids_file), "BENCH_MAX_REQUESTS": str(max_requests), **(env_extra or {})}
-    lf = Path(out_prefix).parent / "locustfile.py"
-    lf.write_text(LOCUSTFILE)
-    cmd = [sys.executable, "-m", "locust", "-f", str(lf), "--headless", "-u", str(clients), "-r", str(clients),
-           "--run-time", f"{seconds}s", "--host", url, "--csv", str(out_prefix), "--only-summary",
-           "--stop-timeout", "5", "--loglevel", "WARNING"]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120)
-    wall = time.perf_counter() - t0
-    import csv
-
-    with open(f"{out_prefix}_stats.csv", newline="") as f:
-        rows = {r["Name"]: r for r in csv.DictReader(f)}
-    if not rows:
-        raise RuntimeError(p.stderr[-2000:])
-    return rows, wall
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _row(r, endpoint, num_items, clients, extra=None):
-    n = int(r["Request Count"])
+class Wrk:
+    """``wrk`` (the C load generator, one thread: it needs a few % of a core at these rates) running
+    a Lua script (:data:`WRK_SCRIPT`: GET similar, :data:`WRK_POST_SCRIPT`: POST /items), bounded
+    by ``seconds`` and by a request count; ``env`` -> ``BENCH_<NAME>`` variables of the script."""
+
+    def __init__(self, url, clients, seconds, work, script=WRK_SCRIPT, name="similar", **env):
+        import shutil
+
+        exe = shutil.which("wrk")
+        if exe is None:
+            raise SystemExit("benchmarks/serve.py load needs wrk (Debian/Ubuntu: apt-get install wrk)")
+        path = Path(work) / f"{name}.lua"
+        path.write_text(script)
+        self.cmd = [exe, "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(path), url]
+        self.env = {**os.environ, **{f"BENCH_{k.upper()}": str(v) for k, v in env.items()}}
+        self.seconds = seconds
+
+    def start(self):
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def result(self) -> dict:
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()  # wrk prints little; ends at -d
+        _, code, usage = os.wait4(self.proc.pid, 0)  # this wrk's own CPU time, not its siblings'
+        self.proc.returncode = os.waitstatus_to_exitcode(code)
+        wall = time.perf_counter() - self.t0
+        line = next((ln for ln in out.splitlines() if ln.startswith("BENCH ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk gave no result: {out[-1000:]} {err[-1000:]}")
+        r = json.loads(line[len("BENCH "):])
+        r["wall"], r["wrk_cpu"] = wall, usage.ru_utime + usage.ru_stime
+        return r
+
+
+def _read_row(r, endpoint, num_items, clients, server_cpu, extra=None) -> dict:
+    n = r["requests"]
+    # until the last answer (wrk's own duration is -d even when the script stopped it earlier)
+    secs = (r["active_us"] or r["duration_us"]) / 1e6
     out = {"endpoint": endpoint, "num_items": num_items, "clients": clients, "requests": n,
-           "qps": round(float(r["Requests/s"]), 1), "p50_ms": float(r["50%"]), "p99_ms": float(r["99%"]),
-           "errors": int(r["Failure Count"]), "load_avg": load_avg()}
+           "qps": round(n / secs, 1), "p50_ms": round(r["p50_us"] / 1e3, 2), "p99_ms": round(r["p99_us"] / 1e3, 2),
+           "max_ms": round(r["max_us"] / 1e3, 1),
+           "errors": r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"],
+           "load_avg": load_avg(), "seconds": round(secs, 1),
+           # CPU per answered request (independent of how much of the machine the other jobs took)
+           "server_cpu_ms_per_request": round(1e3 * server_cpu / max(n, 1), 3),
+           "server_cpu_share": round(server_cpu / secs, 2), "loadgen": "wrk -t1",
+           "loadgen_cpu_share": round(r["wrk_cpu"] / secs, 2)}
     out.update(extra or {})
     return out
+
+
+WRK_POST_SCRIPT = r'''
+-- POST /items at BENCH_RATE per second in all (per wrk thread: BENCH_RATE / threads): request j is
+-- due at j / rate after the start; a connection that is free takes the next due request
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } bench_ts; int clock_gettime(int, bench_ts *); ]]
+local ts = ffi.new("bench_ts")
+local function now_ms() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) / 1e6 end
+local rate = tonumber(os.getenv("BENCH_RATE") or "100")
+local total = tonumber(os.getenv("BENCH_TOTAL") or "0")
+local width = tonumber(os.getenv("BENCH_WIDTH") or "0")
+local token = os.getenv("BENCH_TOKEN") or ""
+local prefix = os.getenv("BENCH_PREFIX") or "new"
+local users, t0, slot, sent, answered, ack = {}, nil, 0, 0, 0, nil
+function init(args)
+  for line in io.lines(os.getenv("BENCH_USERS")) do users[#users + 1] = line end
+  math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
+  ack = io.open(os.getenv("BENCH_ACK"), "a")
+end
+function delay()
+  if t0 == nil then t0 = now_ms() end
+  local due = t0 + slot * 1000.0 / rate
+  slot = slot + 1
+  if total > 0 and slot > total then return 3600000 end  -- nothing more to send
+  local d = due - now_ms()
+  return d > 0 and math.floor(d) or 0
+end
+local function gauss()
+  return math.sqrt(-2 * math.log(1 - math.random())) * math.cos(2 * math.pi * math.random())
+end
+function request()
+  sent = sent + 1
+  local f = {}
+  for i = 1, width do f[i] = string.format("%.4f", gauss()) end
+  local u = {}
+  for i = 1, 5 do u[i] = '"' .. users[math.random(#users)] .. '"' end
+  local body = '{"id":"' .. prefix .. '-' .. sent .. '","features":[' .. table.concat(f, ",") ..
+    '],"engaged_users":[' .. table.concat(u, ",") .. ']}'
+  return wrk.format("POST", "/items", {["Content-Type"] = "application/json",
+                                        ["Authorization"] = "Bearer " .. token}, body)
+end
+last_us = 0
+function response(status, headers, body)
+  answered = answered + 1
+  last_us = math.floor((now_ms() - t0) * 1000)
+  if status == 201 then
+    ack:write(body:match('"id":"([^"]+)"') .. "\n")
+    ack:flush()
+  end
+  if total > 0 and answered >= total then wrk.thread:stop() end
+end
+function setup(thread) threads = threads or {}; threads[#threads + 1] = thread end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local active = 0
+  for _, t in ipairs(threads or {}) do active = math.max(active, tonumber(t:get("last_us")) or 0) end
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "active_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, active, latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+'''
 
 
 def load(args) -> None:
@@ -354,38 +435,49 @@ def load(args) -> None:
     n = len(ids)
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     rng = np.random.default_rng(0)
-    ids_file = work / "ids.json"
-    ids_file.write_text(json.dumps([ids[i] for i in rng.choice(n, size=min(n, 200_000), replace=False)]))
-    users = np.load(art / "users.npz")["user_ids"]
-    users_file = work / "users.json"
-    users_file.write_text(json.dumps([str(u) for u in users[rng.choice(len(users), size=min(len(users), 50_000),
-                                                                        replace=False)]]))
+    ids_file = work / "ids.txt"
+    ids_file.write_text("".join(ids[i] + "\n" for i in rng.choice(n, size=min(n, 200_000), replace=False)))
+    users_all = np.load(art / "users.npz")["user_ids"]
+    users_file = work / "users.txt"
+    users_file.write_text("".join(f"{u}\n" for u in users_all[rng.choice(len(users_all), size=min(len(users_all), 50_000),
+                                                                        replace=False)]))
     width = json.loads((art / "features.json").read_text())["width"]
+    man = json.loads((art / "manifest.json").read_text())
+    setup = {"index": man.get("index"), "neighbour_table_k": (man.get("neighbours") or {}).get("k")}
     log = work / "items.jsonl"
     srv = ServeProcess(art, log, threads=1)
     h = srv.start()
     rows = []
     try:
         print(f"server up in {srv.start_seconds:.1f}s: {h}", flush=True)
-        # warm-up (page the index in), not recorded
-        locust_run(srv.url, ids_file, 8, 10, 5000, work / "warm")
+        Wrk(srv.url, 8, 10, work, ids=ids_file, max_requests=5000).start().result()  # warm-up (pages in)
         for clients in args.clients:
-            stats, wall = locust_run(srv.url, ids_file, clients, args.seconds, args.max_requests, work / f"c{clients}")
-            row = _row(stats["/items/{id}/similar"], "GET /items/{id}/similar?k=10", n, clients,
-                       {"seconds": round(wall, 1)})
+            c0 = cpu_seconds(srv.proc.pid)
+            r = Wrk(srv.url, clients, args.seconds, work, ids=ids_file, max_requests=args.max_requests).start().result()
+            row = _read_row(r, "GET /items/{id}/similar?k=10", n, clients, cpu_seconds(srv.proc.pid) - c0, setup)
             print(json.dumps(row), flush=True)
             rows.append(row)
-        # reads + writes at --write-rate per second
+        # reads (8 wrk connections) + POST /items at --write-rate/s (a second wrk), for --seconds
         ack = work / "acked.txt"
-        writers = 4
-        stats, wall = locust_run(srv.url, ids_file, 8 + writers, args.seconds, 0, work / "mixed", {
-            "BENCH_READERS": "8", "BENCH_WRITERS": str(writers), "BENCH_WIDTH": str(width),
-            "BENCH_USERS": str(users_file), "BENCH_ACK": str(ack),
-            "BENCH_WRITE_RATE_PER_USER": str(args.write_rate / writers)})
+        total = int(args.write_rate * args.seconds)
+        c0 = cpu_seconds(srv.proc.pid)
+        reads = Wrk(srv.url, 8, args.seconds, work, ids=ids_file, max_requests=0).start()
+        # (the writer may run 10 s past the reads to get the answers of the last due requests)
+        writes = Wrk(srv.url, args.write_connections, args.seconds + 10, work, script=WRK_POST_SCRIPT, name="post",
+                     rate=args.write_rate, total=total, width=width, token=TOKEN, users=users_file, ack=ack,
+                     seed=int(time.time()), prefix=f"new{int(time.time())}").start()
+        w_r, r = writes.result(), reads.result()
+        server_cpu = cpu_seconds(srv.proc.pid) - c0
+        mixed = _read_row(r, "GET /items/{id}/similar?k=10 (during POST /items)", n, 8, server_cpu, setup)
+        # the server's CPU of this window includes the writes': not a per-read figure
+        mixed["server_cpu_ms_per_request_incl_writes"] = mixed.pop("server_cpu_ms_per_request")
+        mixed["server_cpu_share_reads_and_writes"] = mixed.pop("server_cpu_share")
+        rows.append(mixed)
         acked = ack.read_text().split() if ack.is_file() else []
-        rows.append(_row(stats["/items/{id}/similar"], "GET /items/{id}/similar?k=10 (during POST /items)", n, 8,
-                         {"seconds": round(wall, 1)}))
-        w = _row(stats["POST /items"], "POST /items", n, writers, {"seconds": round(wall, 1), "target_rate": args.write_rate})
+        w = _read_row(w_r, "POST /items", n, args.write_connections, server_cpu,
+                      {"target_rate": args.write_rate, "max_requests": total})
+        w["server_cpu_share_reads_and_writes"] = w.pop("server_cpu_share")
+        del w["server_cpu_ms_per_request"]
         # every acknowledged item answers now ...
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             live_missing = sum(c.get(f"/items/{i}/similar", params={"k": 10}).status_code != 200 for i in acked)
@@ -418,7 +510,7 @@ def build_index_folder(args) -> None:
 
     from ann import clustered_embeddings
     from app.inductive import MODEL_ARGS
-    from app.retrieval import build_index, save_index
+    from app.retrieval import build_index, neighbour_table, save_index
     from datamodules.graph import InteractionGraph
     from models.pinsage import PinSage
 
@@ -458,10 +550,16 @@ def build_index_folder(args) -> None:
         f.write("index,id,title\n")
         f.writelines(f"{i},{i},item {i}\n" for i in range(n))
     t1 = time.perf_counter()
-    save_index(build_index(emb, "ivfpq"), tmp / "index.faiss")
+    index = build_index(emb, "ivfpq")
+    save_index(index, tmp / "index.faiss")
+    t2 = time.perf_counter()
+    np.save(tmp / "neighbours.npy", neighbour_table(index, emb, args.neighbours))  # as predict writes it
+    nb_seconds = round(time.perf_counter() - t2, 1)
+    del index
     manifest = {"dataset": "synthetic-load", "count": n, "dims": d, "index": "ivfpq", "checkpoint": None,
                 "num_layers": 2, "num_neighbors": 10, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "config": {"note": build_index_folder.__doc__}, "index_build_seconds": round(time.perf_counter() - t1, 1),
+                "config": {"note": build_index_folder.__doc__}, "index_build_seconds": round(t2 - t1, 1),
+                "neighbours": {"file": "neighbours.npy", "k": args.neighbours, "seconds": nb_seconds},
                 "inductive": {"layers": ["layer_0.npy", "layer_1.npy"], "hidden": hidden, "features_buildable": False,
                               "walks": {"num_walks": 20, "walk_length": 2, "restart_prob": 0.5, "top_t": 10, "seed": 0}}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -485,6 +583,8 @@ def main():
     b.add_argument("--seconds", type=int, default=30)
     b.add_argument("--max-requests", type=int, default=60_000)
     b.add_argument("--write-rate", type=float, default=100.0)
+    b.add_argument("--write-connections", type=int, default=64,
+                   help="connections of the POST /items generator (>= rate x latency, for an open loop)")
     c = sub.add_parser("build-index")
     c.add_argument("--out", required=True)
     c.add_argument("--n", type=int, default=1_000_000)
@@ -493,6 +593,7 @@ def main():
     c.add_argument("--features", type=int, default=16)
     c.add_argument("--users", type=int, default=100_000)
     c.add_argument("--edges", type=int, default=5_000_000)
+    c.add_argument("--neighbours", type=int, default=50, help="top-K table (neighbours.npy), as predict's default")
     args = ap.parse_args()
     {"inductive": inductive, "load": load, "build-index": build_index_folder}[args.cmd](args)
 

@@ -13,6 +13,7 @@ from app.retrieval import (
     build_index,
     index_kind,
     load_index,
+    neighbour_table,
     recall_at_k,
     save_index,
     search,
@@ -149,6 +150,19 @@ def test_query_dimension_and_params_are_validated(data, indexes):
         build_index(x, "ivfpq", m=5)
     with pytest.raises(ValueError, match="NaN"):
         build_index(np.full((3, 4), np.nan, dtype=np.float32), "exact")
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
+def test_neighbour_table_is_the_search_answer_precomputed(data, indexes, kind):
+    x, _ = data
+    table = neighbour_table(indexes[kind], x, 12, batch=700)
+    assert table.shape == (len(x), 12) and table.dtype == np.int32
+    rows = np.arange(0, len(x), 37)
+    _, ids = search(indexes[kind], x[rows], 12, exclude=[[i] for i in rows])
+    np.testing.assert_array_equal(table[rows], ids)
+    assert not (table == np.arange(len(x))[:, None]).any()  # never the item itself
+    with pytest.raises(ValueError, match="index holds"):
+        neighbour_table(indexes[kind], x[:10], 3)
 
 
 def test_recall_at_k():

@@ -208,6 +208,69 @@ def test_post_items_is_live_logged_and_replayed(served, artifacts):
     assert "pinsage_request_seconds_bucket" in text
 
 
+def test_neighbour_table_answers_equal_the_index_also_after_inserts(served, artifacts):
+    """Catalogue items are answered from predict's neighbours.npy merged with an exact scan of the
+    inserted items: the same items as a search of the live index (which holds the inserted ones)."""
+    from app.retrieval import search
+
+    srv, c, _ = served
+    ids = _ids(artifacts)
+    F = _width(artifacts)
+    m = json.loads((artifacts / "manifest.json").read_text())
+    assert m["neighbours"]["k"] == min(50, len(ids) - 1) and (artifacts / "neighbours.npy").is_file()
+    rec = srv.server.config.app.state.holder["state"].rec
+    emb = np.load(artifacts / "embeddings.npy")
+
+    def check():
+        for i in range(0, len(ids), max(1, len(ids) // 25)):
+            got = c.get(f"/items/{ids[i]}/similar", params={"k": 10}).json()["items"]
+            _, ref = search(rec.index, rec.vectors.rows([i]), 10, exclude=[[i]])
+            assert [it["id"] for it in got] == [rec.item_ids[j] for j in ref[0]]
+
+    check()
+    # new items that copy catalogue vectors' directions: they must show up in their neighbours' answers
+    for j in range(5):
+        x = [float(v) for v in np.random.default_rng(j).standard_normal(F)]
+        assert c.post("/items", json={"id": f"nb-{j}", "features": x}, headers=AUTH).status_code == 201
+    check()
+    # a catalogue item whose 10th neighbour scores below a new item has that new item in its answer
+    s = emb @ emb.T
+    np.fill_diagonal(s, -np.inf)
+    tenth = np.sort(s, axis=1)[:, -10]
+    hits = [(i, f"nb-{j}") for j in range(5) for i in
+            np.flatnonzero(emb @ rec.vectors.rows([rec.item_index[f"nb-{j}"]])[0] > tenth + 1e-4)[:3]]
+    assert hits
+    for i, new_id in hits:
+        assert new_id in [it["id"] for it in c.get(f"/items/{ids[i]}/similar", params={"k": 10}).json()["items"]]
+
+
+def test_concurrent_posts_are_group_committed(served, artifacts):
+    """Many POST /items at once: every good one acknowledged with its own index, a duplicate in the
+    same burst gets 409, a bad one 422, and the log holds exactly the acknowledged ones."""
+    import asyncio
+
+    srv, c, log = served
+    n0 = len(_ids(artifacts))
+    F = _width(artifacts)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=srv.url, headers=AUTH, timeout=60) as a:
+            bodies = [{"id": f"g-{j}", "features": [j / 40.0] * F} for j in range(40)]
+            bodies += [{"id": "g-3", "features": [0.0] * F}, {"id": "g-bad", "features": [0.0] * (F + 2)}]
+            return await asyncio.gather(*(a.post("/items", json=b) for b in bodies))
+
+    rs = asyncio.run(burst())
+    codes = [r.status_code for r in rs]
+    assert codes[:40].count(201) + codes[40:41].count(201) == 40  # one of the two "g-3" wins
+    assert sorted(codes).count(409) == 1 and codes[41] == 422
+    indices = sorted(r.json()["index"] for r in rs if r.status_code == 201)
+    assert indices == list(range(n0, n0 + 40))
+    logged = [r["item"]["id"] for r in ItemLog(log).read()]
+    assert sorted(logged) == sorted({f"g-{j}" for j in range(40)})
+    for j in range(40):
+        assert c.get(f"/items/g-{j}/similar", params={"k": 3}).status_code == 200
+
+
 def test_torn_log_tail_is_ignored_and_recomputed_on_other_artifacts(artifacts, tmp_path):
     F = _width(artifacts)
     log = tmp_path / "log.jsonl"
