@@ -7,6 +7,7 @@ exercise the chunk boundaries); results do not depend on it.
 
 from __future__ import annotations
 
+import mmap
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -61,3 +62,17 @@ def in_group_order(groups: np.ndarray, keys: Optional[np.ndarray] = None, rows: 
         if k is not None and ((dg == 0) & (k[1:] < k[:-1])).any():
             return False
     return True
+
+
+def release(*arrays) -> None:
+    """Drop the resident pages of read-only memory-mapped arrays from this process (``madvise
+    MADV_DONTNEED``; the page cache keeps them, a later read maps them again): after a pass over a
+    cached array its pages stop counting in the build's RSS. No-op for other arrays."""
+    for arr in arrays:
+        m = getattr(arr, "_mmap", None)
+        if m is None or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            continue
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (ValueError, OSError):
+            pass

@@ -19,6 +19,13 @@ Cache rules:
 * a cache of another format version, or a damaged one (bad manifest, missing or truncated array,
   digest mismatch), is reported on stderr and rebuilt, never a traceback.
 
+The cold build streams: :class:`CacheWriter` writes each array into the temp folder as soon as the
+build has it (log, split rows, pairs, graph, features, in that order) and the build goes on with
+a read-only memory map of the file; every pass over the log runs one chunk at a time
+(``datamodules.chunks``) and skips its sort when the log is already grouped by user in time
+order (the synthetic generator's). Peak RSS is then a few bytes per edge of live temporaries
+plus the stage at hand, not several copies of the log (``benchmarks/SCALE.md``).
+
 Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw layouts),
 ``gowalla``, ``yelp2018``, ``amazon-book`` (LightGCN split), ``ncf-ml-1m``, ``ncf-pinterest``
 (NCF split), ``movielens-latest-small`` and ``table`` (a user's own CSV/Parquet log), ``synthetic``.
@@ -41,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from . import chunks
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
@@ -646,6 +654,7 @@ def build_dataset(
     log(f"split {sp.sizes()}, {train_pairs.shape[0]} training pairs; building the graph")
     graph = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
                                         timestamps=inter.timestamps, weights=inter.weights, rows=sp.train)
+    chunks.release(sp.train)
     if store is not None:
         graph = InteractionGraph.from_arrays({k: keep(k, v) for k, v in graph.to_arrays("graph_").items()}, "graph_")
     log(f"graph {graph}; item features")
@@ -665,4 +674,14 @@ class _Progress:
 
     def __call__(self, msg: str) -> None:
         if self.enabled:
-            print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s{_rss()}] {msg}", file=sys.stderr, flush=True)
+
+
+def _rss() -> str:
+    """`` RSS x GB (peak y GB)`` of this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+        return f", RSS {kb['VmRSS'] / 2**20:.2f} GB (peak {kb['VmHWM'] / 2**20:.2f})"
+    except (OSError, KeyError, ValueError):
+        return ""

@@ -123,9 +123,11 @@ class InteractionGraph:
         if timestamps is not None:
             timestamps = np.asarray(timestamps)
         user_ptr, src = _csr(users, num_users, timestamps, sel)
+        chunks.release(users)
         user_items = _gather(items, src, np.int32)
         ts = None if timestamps is None else _gather(timestamps, src, np.int64)
         w = None if weights is None else _gather(np.asarray(weights), src, np.float32)
+        chunks.release(items, timestamps, weights, src)
         del src
         # item-major transpose of the user-major layout: a counting sort by item (the order of
         # np.lexsort((users, items)) over the user-major edges)

@@ -299,7 +299,10 @@ def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, sto
     kind = resolve_split(split, inter)
     sp = make_split(inter, kind, seed)
     sp = Split(keep("split_train", sp.train), keep("split_val", sp.val), keep("split_test", sp.test))
+    chunks.release(inter.users, inter.timestamps)
+    # (chunks.release: the passes' pages of memory-mapped inputs stop counting in this process)
     train_pairs = keep("train_pairs", consecutive_pairs(inter, sp.train))
+    chunks.release(inter.users, inter.items, inter.timestamps, sp.train)
     # train + val = every row but the test ones (the three parts partition the log): ascending, so
     # an already grouped log needs no sort of it
     test_ctx = np.ones(inter.num_interactions, dtype=bool)
@@ -307,8 +310,11 @@ def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, sto
     test_ctx = np.flatnonzero(test_ctx)
     if is_ordered(kind, inter):
         val_pairs = keep("val_pairs", heldout_pairs(inter, sp.train, sp.val))
+        chunks.release(inter.users, inter.items, inter.timestamps, sp.train)
         test_pairs = keep("test_pairs", heldout_pairs(inter, test_ctx, sp.test))
     else:
         val_pairs = keep("val_pairs", random_heldout_pairs(inter, sp.train, sp.val, seed, salt=1))
+        chunks.release(inter.users, inter.items, sp.train)
         test_pairs = keep("test_pairs", random_heldout_pairs(inter, test_ctx, sp.test, seed, salt=2))
+    chunks.release(inter.users, inter.items, inter.timestamps)
     return sp, train_pairs, val_pairs, test_pairs
