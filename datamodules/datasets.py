@@ -19,6 +19,14 @@ Cache rules:
 * a cache of another format version, or a damaged one (bad manifest, missing or truncated array,
   digest mismatch), is reported on stderr and rebuilt, never a traceback.
 
+The cold build streams: :class:`CacheWriter` writes each array into the temp folder as soon as the
+build has it (log, split rows, pairs, graph, features, in that order) and the build goes on with
+a read-only memory map of the file; every pass over the log runs one chunk at a time
+(``datamodules.chunks``) and skips its sort when the log is already grouped by user in time
+order (the synthetic generator's). Peak RSS is then the working set of one stage (~50 bytes per
+edge measured at 100M edges, resident cache pages included), not several copies of the log
+(``benchmarks/SCALE.md``).
+
 Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw layouts),
 ``gowalla``, ``yelp2018``, ``amazon-book`` (LightGCN split), ``ncf-ml-1m``, ``ncf-pinterest``
 (NCF split), ``movielens-latest-small`` and ``table`` (a user's own CSV/Parquet log), ``synthetic``.
@@ -41,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from . import chunks
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
@@ -252,35 +261,22 @@ class RecDataset:
             has_content=a["has_content"], extras=extras,
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, writer: Optional["CacheWriter"] = None) -> None:
         """Write the cache folder ``path`` atomically: a temp folder beside it, then ``rename``.
 
-        If ``path`` appears meanwhile (another process built it), a valid copy is kept and the
-        temp folder removed; a damaged one is replaced.
+        ``writer``: the :class:`CacheWriter` the build already streamed some arrays into (they are
+        not written again). If ``path`` appears meanwhile (another process built it), a valid copy
+        is kept and the temp folder removed; a damaged one is replaced.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-", dir=path.parent))
+        w = writer if writer is not None else CacheWriter(path)
         try:
-            entries = {}
-            for name, arr in self.to_arrays().items():
-                arr = np.asarray(arr)
-                if not arr.flags.c_contiguous:
-                    arr = np.ascontiguousarray(arr)
-                fn = tmp / f"{name}.npy"
-                np.save(fn, arr, allow_pickle=False)
-                entries[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "bytes": fn.stat().st_size,
-                                 "digest": _file_digest(fn)}
-            manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "meta": self.meta(), "arrays": entries}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o777 & ~_umask())
-            _publish(tmp, path)
+            arrays = self.to_arrays()
+            for name, arr in arrays.items():
+                if name not in w.entries:
+                    w.put(name, arr)
+            w.finish(self.meta(), order=list(arrays))
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            w.abort()
             raise
 
     @classmethod
@@ -295,6 +291,46 @@ class RecDataset:
             return cls.from_arrays(arrays, manifest["meta"])
         except (KeyError, TypeError, ValueError) as err:
             raise CacheError(f"the manifest's arrays or metadata are incomplete ({type(err).__name__}: {err})") from None
+
+
+class CacheWriter:
+    """The temp folder a cache is built in (beside ``path``): :meth:`put` writes an array as soon as
+    the build has it and hands back a read-only memory map of the file (so the build holds one
+    stage's arrays in RAM, not the whole cache); :meth:`finish` writes the manifest and publishes
+    the folder with one ``rename``; :meth:`abort` removes it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(self.path)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-{_HOST}-{os.getpid()}-", dir=self.path.parent))
+        self.entries: Dict[str, dict] = {}
+
+    def put(self, name: str, arr) -> np.ndarray:
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        fn = self.tmp / f"{name}.npy"
+        np.save(fn, arr, allow_pickle=False)
+        self.entries[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "bytes": fn.stat().st_size,
+                              "digest": _file_digest(fn)}
+        if arr.nbytes < _MIB or arr.dtype.hasobject:
+            return arr
+        return np.load(fn, mmap_mode="r", allow_pickle=False)
+
+    def finish(self, meta: dict, order: Optional[List[str]] = None) -> None:
+        names = [k for k in (order or []) if k in self.entries] + [k for k in self.entries if k not in (order or [])]
+        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "meta": meta,
+                    "arrays": {k: self.entries[k] for k in names}}
+        with open(self.tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        _publish(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -537,8 +573,7 @@ def load_dataset(
     if dataset == "synthetic":
         from .synthetic import make_synthetic
 
-        inter, feats, comm = make_synthetic(**reader_args)
-        external = feats
+        inter, external, comm = make_synthetic(**reader_args)
         extras["item_community"] = comm
         default_features = ["log_degree", "external"]
     else:
@@ -553,10 +588,21 @@ def load_dataset(
         extras["test_negatives"] = tn
     log(f"read {inter.num_interactions} interactions; splitting")
     announce_split(split, inter, split_seed, dataset)
-    ds = build_dataset(dataset, inter, split=split, split_seed=split_seed, features=features if features is not None else default_features,
-                       external=external, cache_dir=cdir, extras=extras)
+    # the build streams its arrays into the cache's temp folder as it makes them (CacheWriter)
+    writer = CacheWriter(cache_path) if use_cache else None
+    try:
+        ds = build_dataset(dataset, inter, split=split, split_seed=split_seed,
+                           features=features if features is not None else default_features,
+                           external=external, cache_dir=cdir, extras=extras,
+                           store=None if writer is None else writer.put, log=log)
+        del inter, external
+        if use_cache:
+            ds.save(cache_path, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     if use_cache:
-        ds.save(cache_path)
         log(f"cached at {cache_path}")
         # hand out the memory-mapped copy: the build's RAM is freed and a first run behaves like
         # every later one (read-only arrays shared by forked workers)
@@ -587,21 +633,38 @@ def build_dataset(
     cache_dir: Optional[Path] = None,
     extras: Optional[Dict[str, np.ndarray]] = None,
     split_seed: int = 0,
+    store: Optional[Callable[[str, np.ndarray], np.ndarray]] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> RecDataset:
-    """Split an :class:`Interactions` log and build graph, pairs and features (no caching)."""
+    """Split an :class:`Interactions` log and build graph, pairs and features (no caching).
+
+    ``store(name, array) -> array`` (the cache's :meth:`CacheWriter.put`), when given, receives
+    every large array as soon as it exists, under its cache name, and the build goes on with what
+    it returns (a memory map of the written file): the build's RAM then holds one stage at a time.
+    """
     from .features import build_item_features
 
-    sp, train_pairs, val_pairs, test_pairs = split_and_pairs(inter, split, split_seed)
-    graph = InteractionGraph.from_edges(
-        inter.users[sp.train], inter.items[sp.train], inter.num_users, inter.num_items,
-        timestamps=None if inter.timestamps is None else inter.timestamps[sp.train],
-        weights=None if inter.weights is None else inter.weights[sp.train],
-    )
+    keep = store or (lambda key, arr: arr)
+    log = log or (lambda msg: None)
+    if store is not None:  # the log itself first: the stages below read it from the page cache
+        inter.users, inter.items = keep("users", inter.users), keep("items", inter.items)
+        for k in ("timestamps", "weights", "is_test"):
+            if getattr(inter, k) is not None:
+                setattr(inter, k, keep(k, getattr(inter, k)))
+    sp, train_pairs, val_pairs, test_pairs = split_and_pairs(inter, split, split_seed, store=store)
+    log(f"split {sp.sizes()}, {train_pairs.shape[0]} training pairs; building the graph")
+    graph = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
+                                        timestamps=inter.timestamps, weights=inter.weights, rows=sp.train)
+    chunks.release(sp.train)
+    if store is not None:
+        graph = InteractionGraph.from_arrays({k: keep(k, v) for k, v in graph.to_arrays("graph_").items()}, "graph_")
+    log(f"graph {graph}; item features")
     feats = list(features or [])
     x, names, has_content = build_item_features(
         inter, graph.item_degree(), feats, cache_dir=cache_dir, external=external)
+    x = keep("item_features", np.ascontiguousarray(x, dtype=np.float32))
     return RecDataset(name=name, interactions=inter, split=sp, train_graph=graph, train_pairs=train_pairs,
-                      val_pairs=val_pairs, test_pairs=test_pairs, item_features=np.ascontiguousarray(x, dtype=np.float32),
+                      val_pairs=val_pairs, test_pairs=test_pairs, item_features=x,
                       feature_names=names, has_content=has_content, extras=dict(extras or {}))
 
 
@@ -612,4 +675,14 @@ class _Progress:
 
     def __call__(self, msg: str) -> None:
         if self.enabled:
-            print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[pinsage data {time.perf_counter() - self.t0:6.1f}s{_rss()}] {msg}", file=sys.stderr, flush=True)
+
+
+def _rss() -> str:
+    """`` RSS x GB (peak y GB)`` of this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+        return f", RSS {kb['VmRSS'] / 2**20:.2f} GB (peak {kb['VmHWM'] / 2**20:.2f})"
+    except (OSError, KeyError, ValueError):
+        return ""

@@ -82,8 +82,8 @@ def build_item_features(
     binary: List[np.ndarray] = []
     has_content = np.zeros(n, dtype=bool)
 
-    def add(block: np.ndarray, cols: List[str], is_binary: bool) -> None:
-        blocks.append(np.asarray(block, dtype=np.float64).reshape(n, -1))
+    def add(block: np.ndarray, cols: List[str], is_binary: bool, convert: bool = True) -> None:
+        blocks.append(np.asarray(block, dtype=np.float64).reshape(n, -1) if convert else block)
         names.extend(cols)
         binary.append(np.full(len(cols), is_binary))
 
@@ -121,36 +121,74 @@ def build_item_features(
         if external is None:
             raise DataError("feature 'external' needs an external feature matrix, but none was given "
                             "(set reader_args.features_path to a CSV/Parquet feature table)")
-        ext = np.asarray(external, dtype=np.float64)
+        ext = np.asarray(external)  # its own dtype: converted to float64 one chunk of rows at a time
+        if ext.dtype.kind not in "biuf":
+            ext = ext.astype(np.float64)
         if ext.ndim != 2 or ext.shape[0] != n:
             raise DataError(f"external features have shape {ext.shape}, expected ({n}, F) (one row per dense item)")
-        add(ext, [f"external:{k}" for k in range(ext.shape[1])], False)
-        has_content |= (ext != 0).any(axis=1)
+        add(ext, [f"external:{k}" for k in range(ext.shape[1])], False, convert=False)
+        for a, b in _row_spans(n):
+            has_content[a:b] |= (ext[a:b] != 0).any(axis=1)
 
     if not blocks:
         return np.zeros((n, 0), dtype=np.float32), [], has_content
-    x = np.concatenate(blocks, axis=1)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(f"item feature {names[c]!r} is NaN or infinite for dense item {r} "
-                        f"(raw id {interactions.item_ids[r]!r}); fix the source data")
+    # x = the blocks side by side in float64, standardised, cast to float32; built one chunk of
+    # rows at a time (the catalogue's features are never held in float64 at once): pass 1 checks
+    # values and finds the binary columns, 2 and 3 take each column's mean and standard deviation
+    # (numpy's two-pass formula; one chunk, i.e. up to FEATURE_ROWS items: exactly x.mean/x.std),
+    # 4 writes the output
     is_bin = np.concatenate(binary)
-    # external columns that are already 0/1 stay binary
-    is_bin |= ((x == 0) | (x == 1)).all(axis=0)
-    x[:, ~is_bin] = _standardise(x[:, ~is_bin])
-    return x.astype(np.float32), names, has_content
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    if x.shape[1] == 0:
-        return x
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    zero_one = np.ones(is_bin.shape[0], dtype=bool)
+    for a, b in _row_spans(n):
+        x = _rows(blocks, a, b)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise DataError(f"item feature {names[c]!r} is NaN or infinite for dense item {a + r} "
+                            f"(raw id {interactions.item_ids[a + r]!r}); fix the source data")
+        # external columns that are already 0/1 stay binary
+        zero_one &= ((x == 0) | (x == 1)).all(axis=0)
+    is_bin |= zero_one
+    cols = ~is_bin
+    out = np.empty((n, is_bin.shape[0]), dtype=np.float32)
+    if not cols.any() or n == 0:
+        for a, b in _row_spans(n):
+            out[a:b] = _rows(blocks, a, b)
+        return out, names, has_content
+    total = None
+    for a, b in _row_spans(n):
+        s = _rows(blocks, a, b)[:, cols].sum(axis=0)
+        total = s if total is None else total + s
+    mean = total / n
+    total = None
+    for a, b in _row_spans(n):
+        d = _rows(blocks, a, b)[:, cols] - mean
+        d = np.multiply(d, d, out=d).sum(axis=0)
+        total = d if total is None else total + d
+    std = np.sqrt(total / n)
     const = std < 1e-12
-    out = (x - mean) / np.where(const, 1.0, std)
-    out[:, const] = 0.0
-    return out
+    scale = np.where(const, 1.0, std)
+    for a, b in _row_spans(n):
+        x = _rows(blocks, a, b)
+        z = (x[:, cols] - mean) / scale
+        z[:, const] = 0.0
+        x[:, cols] = z
+        out[a:b] = x
+    return out, names, has_content
+
+
+#: items per chunk of the feature passes (128K items x 65 float64 columns: ~68 MB per temporary)
+FEATURE_ROWS = 1 << 17
+
+
+def _row_spans(n: int):
+    for a in range(0, n, FEATURE_ROWS):
+        yield a, min(a + FEATURE_ROWS, n)
+
+
+def _rows(blocks: List[np.ndarray], a: int, b: int) -> np.ndarray:
+    """Rows ``a:b`` of the feature blocks side by side, float64."""
+    return np.concatenate([np.asarray(bl[a:b], dtype=np.float64).reshape(b - a, -1) for bl in blocks], axis=1)
 
 
 def _decade_onehot(years: np.ndarray) -> Tuple[np.ndarray, List[str]]:

@@ -5,22 +5,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
 import numpy as np
 
+from . import chunks
 
-def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int, order_key: Optional[np.ndarray] = None):
-    """Sort edges by ``(rows, order_key)`` (stable) and return ``(ptr, perm)``.
+def _csr(rows: np.ndarray, num_rows: int, order_key: Optional[np.ndarray] = None, sel: Optional[np.ndarray] = None):
+    """Sort the edges ``sel`` (all when None) by ``(rows, order_key)`` (stable); ``(ptr, src)``.
 
-    ``perm`` maps CSR position -> input edge position.
+    ``src[p]`` is the input position of CSR edge ``p``; ``None`` for the identity (all edges,
+    already in order: no sort and no ``arange`` of the edge count).
     """
-    if order_key is None:
-        perm = np.argsort(rows, kind="stable")
+    if chunks.in_group_order(rows, order_key, sel):
+        src = sel
     else:
-        perm = np.lexsort((order_key, rows))
-    counts = np.bincount(rows, minlength=num_rows)
+        r = rows if sel is None else rows[sel]
+        if order_key is None:
+            perm = np.argsort(r, kind="stable")
+        else:
+            perm = np.lexsort((order_key if sel is None else order_key[sel], r))
+        src = perm if sel is None else sel[perm]
     ptr = np.zeros(num_rows + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr, perm
+    np.cumsum(chunks.bincount(rows, num_rows, sel), out=ptr[1:])
+    return ptr, src
+
+
+def _min_max(values: np.ndarray, sel: Optional[np.ndarray]):
+    lo, hi = None, None
+    for a, b in chunks.spans(values.shape[0] if sel is None else sel.shape[0]):
+        v = values[a:b] if sel is None else values[sel[a:b]]
+        lo = v.min() if lo is None else min(lo, v.min())
+        hi = v.max() if hi is None else max(hi, v.max())
+    return lo, hi
+
+
+def _gather(values: np.ndarray, src: Optional[np.ndarray], dtype) -> np.ndarray:
+    """``values[src]`` as a contiguous ``dtype`` array (``src=None``: all of it), chunk by chunk."""
+    n = values.shape[0] if src is None else src.shape[0]
+    out = np.empty(n, dtype=dtype)
+    for a, b in chunks.spans(n):
+        out[a:b] = values[a:b] if src is None else values[src[a:b]]
+    return out
+
+
+@numba.njit(cache=True)
+def _transpose(user_ptr, user_items, item_ptr, item_users, item_to_user_edge):
+    """Counting sort of the user-major edges by item: edge ``e`` (users ascending in ``e``) goes to
+    the next free slot of its item, so each item's users come out ascending (ties: edge order)."""
+    cursor = item_ptr[:-1].copy()
+    for u in range(user_ptr.shape[0] - 1):
+        for e in range(user_ptr[u], user_ptr[u + 1]):
+            i = user_items[e]
+            p = cursor[i]
+            item_users[p] = u
+            item_to_user_edge[p] = e
+            cursor[i] = p + 1
 
 
 @dataclass
@@ -56,29 +95,47 @@ class InteractionGraph:
         num_items: int,
         timestamps: Optional[np.ndarray] = None,
         weights: Optional[np.ndarray] = None,
+        rows: Optional[np.ndarray] = None,
     ) -> "InteractionGraph":
         """Build both CSR layouts from edge arrays (vectorised, no per-edge Python loop).
 
-        Within each user, edges keep the order ``(timestamp, input position)``.
+        Within each user, edges keep the order ``(timestamp, input position)``. ``rows``: the
+        edges are those rows of the arrays only (as if ``users[rows]``, ``items[rows]``... were
+        passed), read one chunk at a time (the training rows of a log, without copying them).
         """
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
+        users = np.asarray(users)
+        items = np.asarray(items)
         if users.shape != items.shape or users.ndim != 1:
             raise ValueError(
                 f"users and items must be 1-d arrays of equal length, got {users.shape} and {items.shape}"
             )
-        if users.size and (users.min() < 0 or users.max() >= num_users):
-            raise ValueError(f"user index out of range [0, {num_users}): min {users.min()}, max {users.max()}")
-        if items.size and (items.min() < 0 or items.max() >= num_items):
-            raise ValueError(f"item index out of range [0, {num_items}): min {items.min()}, max {items.max()}")
-        user_ptr, uperm = _csr(users, items, num_users, timestamps)
-        user_items = np.ascontiguousarray(items[uperm], dtype=np.int32)
-        ts = None if timestamps is None else np.ascontiguousarray(np.asarray(timestamps)[uperm], dtype=np.int64)
-        w = None if weights is None else np.ascontiguousarray(np.asarray(weights)[uperm], dtype=np.float32)
-        # item-major transpose of the user-major layout
-        users_sorted = users[uperm]
-        item_ptr, iperm = _csr(user_items.astype(np.int64), users_sorted, num_items, users_sorted)
-        item_users = np.ascontiguousarray(users_sorted[iperm], dtype=np.int32)
+        if not (np.issubdtype(users.dtype, np.integer) and np.issubdtype(items.dtype, np.integer)):
+            users, items = users.astype(np.int64), items.astype(np.int64)
+        sel = None if rows is None else np.asarray(rows, dtype=np.int64)
+        n = users.shape[0] if sel is None else sel.shape[0]
+        if n:
+            lo, hi = _min_max(users, sel)
+            if lo < 0 or hi >= num_users:
+                raise ValueError(f"user index out of range [0, {num_users}): min {lo}, max {hi}")
+            lo, hi = _min_max(items, sel)
+            if lo < 0 or hi >= num_items:
+                raise ValueError(f"item index out of range [0, {num_items}): min {lo}, max {hi}")
+        if timestamps is not None:
+            timestamps = np.asarray(timestamps)
+        user_ptr, src = _csr(users, num_users, timestamps, sel)
+        chunks.release(users)
+        user_items = _gather(items, src, np.int32)
+        ts = None if timestamps is None else _gather(timestamps, src, np.int64)
+        w = None if weights is None else _gather(np.asarray(weights), src, np.float32)
+        chunks.release(items, timestamps, weights, src)
+        del src
+        # item-major transpose of the user-major layout: a counting sort by item (the order of
+        # np.lexsort((users, items)) over the user-major edges)
+        item_ptr = np.zeros(num_items + 1, dtype=np.int64)
+        np.cumsum(chunks.bincount(user_items, num_items), out=item_ptr[1:])
+        item_users = np.empty(user_items.shape[0], dtype=np.int32)
+        item_to_user_edge = np.empty(user_items.shape[0], dtype=np.int64)
+        _transpose(user_ptr, user_items, item_ptr, item_users, item_to_user_edge)
         return cls(
             num_users=int(num_users),
             num_items=int(num_items),
@@ -86,7 +143,7 @@ class InteractionGraph:
             user_items=user_items,
             item_ptr=item_ptr,
             item_users=item_users,
-            item_to_user_edge=np.ascontiguousarray(iperm, dtype=np.int64),
+            item_to_user_edge=item_to_user_edge,
             timestamps=ts,
             weights=w,
         )

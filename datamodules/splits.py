@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import chunks
 from .interactions import Interactions
 
 SPLITS = ("auto", "temporal", "random", "fixed")
@@ -95,8 +96,19 @@ def _rng(seed: int, salt: int) -> np.random.Generator:
 
 
 def user_time_order(inter: Interactions, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows sorted by (user, timestamp, file position)."""
-    rows = np.arange(inter.num_interactions) if rows is None else np.asarray(rows, dtype=np.int64)
+    """Rows sorted by (user, timestamp, file position); ``rows`` itself when already in that order."""
+    order = _user_time_order(inter, rows)
+    return np.arange(inter.num_interactions) if order is None else order
+
+
+def _user_time_order(inter: Interactions, rows: np.ndarray | None = None):
+    """:func:`user_time_order`, with ``None`` for "all rows, already in (user, time) order" (a log
+    grouped by user: no sort and no ``arange`` of the log)."""
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+    if chunks.in_group_order(inter.users, inter.timestamps, rows):
+        return rows
+    rows = np.arange(inter.num_interactions) if rows is None else rows
     keys = [rows, inter.users[rows]] if inter.timestamps is None else [rows, inter.timestamps[rows], inter.users[rows]]
     return rows[np.lexsort(keys)]
 
@@ -116,19 +128,25 @@ def _run_length(users_sorted: np.ndarray) -> np.ndarray:
     return np.repeat(counts, counts)
 
 
-def _last_two_out(inter: Interactions, order: np.ndarray, min_interactions: int) -> Split:
-    """``order`` groups rows by user: test = each eligible user's last row in it, val = the one before."""
-    u = inter.users[order]
-    from_end = _rank_from_end(u)
-    eligible = _run_length(u) >= min_interactions
-    test = order[eligible & (from_end == 1)]
-    val = order[eligible & (from_end == 2)]
-    train = order[~(eligible & (from_end <= 2))]
-    return Split(np.sort(train), np.sort(val), np.sort(test))
+def _last_two_out(inter: Interactions, order, min_interactions: int) -> Split:
+    """``order`` (all rows; ``None`` = the identity) groups rows by ascending user: test = each
+    eligible user's last row in it, val = the one before (from the users' run pointers: no
+    per-row temporaries but one mask)."""
+    n = inter.num_interactions
+    counts = chunks.bincount(inter.users, inter.num_users)
+    end = np.cumsum(counts)
+    eligible = (counts >= min_interactions) & (counts > 0)
+    last, second = end[eligible] - 1, end[eligible & (counts >= 2)] - 2
+    train_pos = np.ones(n, dtype=bool)
+    train_pos[last] = False
+    train_pos[second] = False
+    if order is None:  # positions are rows: already ascending
+        return Split(np.flatnonzero(train_pos).astype(np.int64), second.astype(np.int64), last.astype(np.int64))
+    return Split(np.sort(order[train_pos]), np.sort(order[second]), np.sort(order[last]))
 
 
 def temporal_leave_last_out(inter: Interactions, min_interactions: int = 3) -> Split:
-    return _last_two_out(inter, user_time_order(inter), min_interactions)
+    return _last_two_out(inter, _user_time_order(inter), min_interactions)
 
 
 def random_leave_one_out(inter: Interactions, seed: int = 0, min_interactions: int = 3) -> Split:
@@ -174,10 +192,21 @@ def make_split(inter: Interactions, split: str = "auto", seed: int = 0) -> Split
 def consecutive_pairs(inter: Interactions, rows: np.ndarray) -> np.ndarray:
     """``int64 [P, 2]`` pairs (q, i) of consecutive interactions of one user within ``rows``."""
     order = user_time_order(inter, rows)
-    u, it = inter.users[order], inter.items[order]
-    same = u[1:] == u[:-1]
-    pairs = np.stack([it[:-1][same], it[1:][same]], axis=1)
-    return pairs[pairs[:, 0] != pairs[:, 1]]
+    n = order.shape[0]
+    # one chunk of the user-time order at a time (one row of overlap), into an upper-bound buffer
+    # whose untouched tail is never resident
+    out = np.empty((max(n - 1, 0), 2), dtype=np.int64)
+    k = 0
+    for a, b in chunks.spans(max(n - 1, 0)):
+        o = order[a:b + 1]
+        u, it = inter.users[o], inter.items[o]
+        same = u[1:] == u[:-1]
+        q, i = it[:-1][same], it[1:][same]
+        keep = q != i
+        m = int(keep.sum())
+        out[k:k + m, 0], out[k:k + m, 1] = q[keep], i[keep]
+        k += m
+    return out[:k]
 
 
 def heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_rows: np.ndarray) -> np.ndarray:
@@ -198,22 +227,39 @@ def heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_rows: n
             return base
         return t[rows] * np.int64(inter.num_interactions + 1) + base
 
-    cu, ck = inter.users[ctx], key(ctx)
     hu, hk = inter.users[heldout_rows], key(heldout_rows)
     # for each held-out row: the last context row of the same user with key < hk
     order_h = np.lexsort((hk, hu))
     hu_s, hk_s, hrows = hu[order_h], hk[order_h], heldout_rows[order_h]
-    # lexicographic (user, key) search via structured arrays
-    c_struct = np.empty(ctx.size, dtype=[("u", np.int64), ("k", np.int64)])
-    c_struct["u"], c_struct["k"] = cu, ck
-    h_struct = np.empty(hrows.size, dtype=[("u", np.int64), ("k", np.int64)])
-    h_struct["u"], h_struct["k"] = hu_s, hk_s
-    pos = np.searchsorted(c_struct, h_struct, side="left") - 1
-    ok = (pos >= 0) & (cu[np.clip(pos, 0, None)] == hu_s)
-    q = inter.items[ctx[pos[ok]]]
-    i = inter.items[hrows[ok]]
-    pairs = np.stack([q, i], axis=1)
-    return pairs[pairs[:, 0] != pairs[:, 1]]
+    del hu, hk, order_h
+    # context rows of user u: ctx[cptr[u]:cptr[u + 1]]; searched one range of users at a time
+    # (about chunks.ROWS context rows each), the held-out rows of the same users with it
+    cptr = np.zeros(inter.num_users + 1, dtype=np.int64)
+    np.cumsum(chunks.bincount(inter.users, inter.num_users, ctx), out=cptr[1:])
+    cuts = np.unique(np.concatenate([[0], inter.users[ctx[::chunks.ROWS]], [inter.num_users]]))
+    hcut = np.searchsorted(hu_s, cuts, side="left")
+    out = np.empty((hrows.size, 2), dtype=np.int64)
+    k = 0
+    for j in range(cuts.size - 1):
+        ha, hb = hcut[j], hcut[j + 1]
+        if ha == hb:
+            continue
+        c = ctx[cptr[cuts[j]]:cptr[cuts[j + 1]]]
+        cu = inter.users[c]
+        # lexicographic (user, key) search via structured arrays
+        c_struct = np.empty(c.size, dtype=[("u", np.int64), ("k", np.int64)])
+        c_struct["u"], c_struct["k"] = cu, key(c)
+        h_struct = np.empty(hb - ha, dtype=[("u", np.int64), ("k", np.int64)])
+        h_struct["u"], h_struct["k"] = hu_s[ha:hb], hk_s[ha:hb]
+        pos = np.searchsorted(c_struct, h_struct, side="left") - 1
+        ok = (pos >= 0) & (cu[np.clip(pos, 0, None)] == hu_s[ha:hb]) if c.size else np.zeros(hb - ha, dtype=bool)
+        q = inter.items[c[pos[ok]]]
+        i = inter.items[hrows[ha:hb][ok]]
+        keep = q != i
+        m = int(keep.sum())
+        out[k:k + m, 0], out[k:k + m, 1] = q[keep], i[keep]
+        k += m
+    return out[:k]
 
 
 def random_heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_rows: np.ndarray,
@@ -227,9 +273,10 @@ def random_heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_
     if heldout_rows.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     ctx = np.asarray(context_rows, dtype=np.int64)
-    ctx = ctx[np.lexsort((ctx, inter.users[ctx]))]
+    if not chunks.in_group_order(inter.users, None, ctx):
+        ctx = ctx[np.lexsort((ctx, inter.users[ctx]))]
     ptr = np.zeros(inter.num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(inter.users[ctx], minlength=inter.num_users), out=ptr[1:])
+    np.cumsum(chunks.bincount(inter.users, inter.num_users, ctx), out=ptr[1:])
     hrows = np.sort(heldout_rows)
     hu = inter.users[hrows]
     count = ptr[hu + 1] - ptr[hu]
@@ -241,16 +288,33 @@ def random_heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_
     return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
-def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0):
-    """``(Split, train_pairs, val_pairs, test_pairs)`` of ``inter`` (see module docstring)."""
+def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, store=None):
+    """``(Split, train_pairs, val_pairs, test_pairs)`` of ``inter`` (see module docstring).
+
+    ``store(name, array) -> array``, when given, receives each result as soon as it exists (the
+    dataset cache writes it to disk and hands back a memory map, so the build does not hold them
+    all in RAM); names are the cache's (``split_train``, ``train_pairs``...).
+    """
+    keep = store or (lambda name, arr: arr)
     kind = resolve_split(split, inter)
     sp = make_split(inter, kind, seed)
-    train_pairs = consecutive_pairs(inter, sp.train)
-    test_ctx = np.concatenate([sp.train, sp.val])
+    sp = Split(keep("split_train", sp.train), keep("split_val", sp.val), keep("split_test", sp.test))
+    chunks.release(inter.users, inter.timestamps)
+    # (chunks.release: the passes' pages of memory-mapped inputs stop counting in this process)
+    train_pairs = keep("train_pairs", consecutive_pairs(inter, sp.train))
+    chunks.release(inter.users, inter.items, inter.timestamps, sp.train)
+    # train + val = every row but the test ones (the three parts partition the log): ascending, so
+    # an already grouped log needs no sort of it
+    test_ctx = np.ones(inter.num_interactions, dtype=bool)
+    test_ctx[sp.test] = False
+    test_ctx = np.flatnonzero(test_ctx)
     if is_ordered(kind, inter):
-        val_pairs = heldout_pairs(inter, sp.train, sp.val)
-        test_pairs = heldout_pairs(inter, test_ctx, sp.test)
+        val_pairs = keep("val_pairs", heldout_pairs(inter, sp.train, sp.val))
+        chunks.release(inter.users, inter.items, inter.timestamps, sp.train)
+        test_pairs = keep("test_pairs", heldout_pairs(inter, test_ctx, sp.test))
     else:
-        val_pairs = random_heldout_pairs(inter, sp.train, sp.val, seed, salt=1)
-        test_pairs = random_heldout_pairs(inter, test_ctx, sp.test, seed, salt=2)
+        val_pairs = keep("val_pairs", random_heldout_pairs(inter, sp.train, sp.val, seed, salt=1))
+        chunks.release(inter.users, inter.items, sp.train)
+        test_pairs = keep("test_pairs", random_heldout_pairs(inter, test_ctx, sp.test, seed, salt=2))
+    chunks.release(inter.users, inter.items, inter.timestamps)
     return sp, train_pairs, val_pairs, test_pairs
