@@ -171,7 +171,10 @@ def main() -> None:
                      "--trainer.default_root_dir", str(work / "run")]
     ckpt = work / "run" / "checkpoints" / "last.ckpt"
     predict = pinsage + ["predict", "--config", str(CONFIG), *common, "--ckpt_path", str(ckpt),
-                         "--artifacts.output_dir", str(work / "artifacts"), "--artifacts.evaluate", "false"]
+                         "--artifacts.output_dir", str(work / "artifacts"), "--artifacts.evaluate", "false",
+                         # the serving table (every item's top-50, `pinsage serve`'s similar-items
+                         # answers) is a search of every item: a stage of its own, not measured here
+                         "--artifacts.neighbours", "0"]
     rows, summary = [], {}
     out_path = Path(args.out)
     old_doc = json.loads(out_path.read_text()) if out_path.is_file() else {}
