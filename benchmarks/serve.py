@@ -267,6 +267,20 @@ def inductive(args) -> None:
 # ----------------------------------------------------------------------------------------------
 # load
 # ----------------------------------------------------------------------------------------------
+# every wrk script ends with this: per-thread last answer time, and one BENCH JSON line at the end
+WRK_SUMMARY = r'''
+function setup(thread) threads = threads or {}; threads[#threads + 1] = thread end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local active = 0
+  for _, t in ipairs(threads or {}) do active = math.max(active, tonumber(t:get("last_us")) or 0) end
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "active_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, active, latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+'''
+
 WRK_SCRIPT = r'''
 -- closed loop: each connection sends its next request when the answer arrives; ids drawn
 -- uniformly from BENCH_IDS; stops after BENCH_MAX_REQUESTS answers (per wrk thread) or -d
@@ -293,17 +307,7 @@ function response(status, headers, body)
   last_us = math.floor((now_ms() - t_start) * 1000)
   if maxreq > 0 and count >= maxreq then wrk.thread:stop() end
 end
-function setup(thread) threads = threads or {}; threads[#threads + 1] = thread end
-function done(summary, latency, requests)
-  local e = summary.errors
-  local active = 0
-  for _, t in ipairs(threads or {}) do active = math.max(active, tonumber(t:get("last_us")) or 0) end
-  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "active_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"max_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
-    summary.requests, summary.duration, active, latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-'''
+''' + WRK_SUMMARY
 
 
 def cpu_seconds(pid: int) -> float:
@@ -414,17 +418,7 @@ function response(status, headers, body)
   end
   if total > 0 and answered >= total then wrk.thread:stop() end
 end
-function setup(thread) threads = threads or {}; threads[#threads + 1] = thread end
-function done(summary, latency, requests)
-  local e = summary.errors
-  local active = 0
-  for _, t in ipairs(threads or {}) do active = math.max(active, tonumber(t:get("last_us")) or 0) end
-  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "active_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"max_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
-    summary.requests, summary.duration, active, latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-'''
+''' + WRK_SUMMARY
 
 
 def load(args) -> None:
