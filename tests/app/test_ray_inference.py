@@ -1,7 +1,7 @@
 """Layer-wise inference on Ray Data equals the single-process layer-wise path (same neighbourhoods).
 
-Needs the optional extra ``.[ray]``; skipped with the reason when Ray is not installed (CI installs
-``.[text,dev]``). Marked ``ray`` (deselect with ``-m "not ray"``) and ``slow`` (a local cluster
+Needs Ray (the ``.[ray]`` extra, also in ``.[dev]``, so CI runs it); skipped with the reason when
+Ray is not installed. Marked ``ray`` (deselect with ``-m "not ray"``) and ``slow`` (a local cluster
 takes ~30 s to start on 2 cores).
 """
 
