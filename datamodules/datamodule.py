@@ -179,6 +179,9 @@ class PinSageDataModule(pl.LightningDataModule):
         self.recency_in_training = bool(recency_in_training)
         if user_queries not in ("leave_one_out", "before"):
             raise ValueError(f"user_queries={user_queries!r} is not valid; choose leave_one_out or before")
+        if user_queries == "before" and queries != "users":
+            raise ValueError("user_queries='before' needs queries='users' (it says what a user query pools); "
+                             f"got queries={queries!r}")
         self.user_queries = user_queries
         self.user_query_window = _int("user_query_window", user_query_window, 1)
         if dataset not in DATASET_NAMES:
@@ -256,6 +259,10 @@ class PinSageDataModule(pl.LightningDataModule):
         if self.dataset is not None:
             return
         ds = self._load()
+        if self.user_queries == "before" and ds.interactions.timestamps is None:
+            raise ValueError(f"user_queries='before' needs a log with timestamps (the items before a positive "
+                             f"must be earlier in time); dataset {self.dataset_name!r} has none: use "
+                             "user_queries='leave_one_out'")
         g = ds.train_graph
         if self.sampler == "pinsage":
             nbr = PinSageSampler(g, num_walks=self.num_walks, walk_length=self.walk_length,

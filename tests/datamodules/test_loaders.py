@@ -248,3 +248,10 @@ def test_datamodule_causal_queries_leave_out_each_users_first_item(tmp_path):
         assert int(b.pos[n]) == items[e]
     with pytest.raises(ValueError, match="user_queries='next' is not valid"):
         PinSageDataModule(user_queries="next", **kw)
+    with pytest.raises(ValueError, match="user_queries='before' needs queries='users'"):
+        PinSageDataModule(user_queries="before", **{**kw, "queries": "items"})
+    untimed = PinSageDataModule(user_queries="before", cache_dir=str(tmp_path / "untimed"),
+                                **{k: v for k, v in kw.items() if k not in ("cache_dir", "reader_args")},
+                                reader_args={**kw["reader_args"], "timestamps": False})
+    with pytest.raises(ValueError, match="needs a log with timestamps"):
+        untimed.setup("fit")
