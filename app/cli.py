@@ -125,7 +125,8 @@ def _lightning_cli_class():
             hp, dm = self.model.hparams, self.datamodule
             self.model.evaluator = module_evaluator(
                 dm, {"val": hp.val_protocols, "test": hp.test_protocols}, ks=hp.eval_ks,
-                baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0))
+                baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0),
+                embed_with=self.model.embed_with if getattr(dm, "full_graph", False) else None)
 
         def before_fit(self) -> None:
             _checkpoints_under_root(self.trainer)

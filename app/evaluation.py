@@ -58,6 +58,7 @@ from models.baselines import (
 from models.item_item import ITEM_ITEM_BASELINES, item_item_scorer, item_item_user_scorer
 from models.metrics import hit_rate_at_k, ndcg_at_k
 
+from .cold import cold_metrics, cold_variants
 from .item_item_baselines import build_matrix, resolve_params
 
 PROTOCOLS = ("item", "ncf", "full")
@@ -380,10 +381,13 @@ def recency_weights(ds: RecDataset, part: str, half_life: Optional[float]) -> Op
 
 def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Sequence[int] = (10, 100, 500),
                      full_ks: Sequence[int] = (20,), baselines: Sequence[str] = ("popularity", "cooccurrence"),
-                     batch_size: int = 512, seed: int = 0):
+                     batch_size: int = 512, seed: int = 0, embed_with: Optional[Callable] = None):
     """The evaluator a :class:`models.module.PinSageModule` calls at validation / test: this
     module's :func:`evaluate` over ``dm.dataset`` (the one code path predict's metrics.json
-    uses too), with the module's user representation and the datamodule's history weights."""
+    uses too), with the module's user representation and the datamodule's history weights.
+    At test, a dataset with cold items (``data.cold_items``) adds the cold-item protocol
+    (:mod:`app.cold`; ``embed_with(nbr, no_id)`` re-embeds the catalogue, as
+    ``PinSageModule.embed_with``)."""
 
     def weights(part: str) -> Optional[np.ndarray]:
         return recency_weights(dm.dataset, part, getattr(dm, "user_recency_half_life", None))
@@ -391,8 +395,13 @@ def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Seque
     def run(stage: str, item_emb: Tensor, user_fn, with_baselines: bool) -> Dict[str, float]:
         part = "val" if stage == "val" else "test"
         ks_ok = [k for k in ks if k < dm.dataset.num_items] or [min(dm.dataset.num_items - 1, 1)]
-        return evaluate(dm.dataset, item_emb, part=part, protocols=list(protocols_by_stage[stage]), ks=ks_ok,
-                        baselines=list(baselines) if with_baselines else [], full_ks=full_ks, seed=seed,
-                        batch_size=batch_size, user_fn=user_fn, history_weights=weights)
+        out = evaluate(dm.dataset, item_emb, part=part, protocols=list(protocols_by_stage[stage]), ks=ks_ok,
+                       baselines=list(baselines) if with_baselines else [], full_ks=full_ks, seed=seed,
+                       batch_size=batch_size, user_fn=user_fn, history_weights=weights)
+        cold = dm.cold_data() if stage == "test" and embed_with is not None and hasattr(dm, "cold_data") else None
+        if cold is not None:
+            out.update(cold_metrics(dm.dataset, cold, cold_variants(cold, embed_with), history_csr(dm.dataset, "test"),
+                                    user_fn, weights("test"), seed=seed, batch_size=batch_size))
+        return out
 
     return run

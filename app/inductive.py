@@ -266,7 +266,9 @@ class FeatureEncoder:
                 out[b, year_col[name]] = 1.0
             if "log_degree" in self.names:
                 c = self.names.index("log_degree")
-                out[b, c] = self.standardise(np.array([[math.log1p(degrees[b])]]), [c])[0, 0]
+                # no engagement yet: the neutral (mean) degree, as training gave its new items
+                raw = math.log1p(degrees[b]) if degrees[b] > 0 else self.mean[c]
+                out[b, c] = self.standardise(np.array([[raw]]), [c])[0, 0]
             table = ItemTable(ids=np.array([it.id]), titles=np.array([it.title or ""], dtype=object),
                               category_names=self.category_names, categories=cats[None, :])
             texts.append(item_texts(SimpleNamespace(item_table=table, num_items=1))[0])

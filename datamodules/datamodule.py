@@ -25,7 +25,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from .cold import check_cold
 from .datasets import DATASET_NAMES, RecDataset, load_dataset
+from .graph import InteractionGraph
 from .loaders import (EpochBatchSampler, EvalChunkDataset, EvalChunkSampler, HistoryBefore, IdBatchDataset,
                       TrainBatchDataset, make_loader, resolve_rank)
 from .minibatch import ComputationGraphBuilder
@@ -122,6 +124,11 @@ class PinSageDataModule(pl.LightningDataModule):
             positive, weighted by ``user_recency_half_life`` counted from the positive; a
             user's first item is then never a positive).
         user_query_window: how many earlier items a ``before`` query pools.
+        cold_items, cold_engagements, cold_retrain: the cold-item protocol
+            (:mod:`datamodules.cold`): hold this share of the items out of training entirely,
+            keeping ``cold_engagements`` early engagements of each for the evaluator (which then
+            embeds them from content alone and from those engagements); ``cold_retrain`` trains
+            on the early engagements instead (the retrained reference).
     """
 
     def __init__(
@@ -164,8 +171,12 @@ class PinSageDataModule(pl.LightningDataModule):
         recency_in_training: bool = False,
         user_queries: Literal["leave_one_out", "before"] = "leave_one_out",
         user_query_window: int = 50,
+        cold_items: float = 0.0,
+        cold_engagements: int = 3,
+        cold_retrain: bool = False,
     ):
         super().__init__()
+        self.cold = check_cold(cold_items, cold_engagements) + (bool(cold_retrain),)
         if queries not in ("items", "users"):
             raise ValueError(f"queries={queries!r} is not valid; choose items or users")
         if queries == "users" and full_graph is False:
@@ -247,7 +258,8 @@ class PinSageDataModule(pl.LightningDataModule):
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> RecDataset:
         return load_dataset(self.dataset_name, root=self.root, cache_dir=self.cache_dir, features=self.features,
-                            split=self.split, reader_args=self.reader_args, split_seed=self.split_seed)
+                            split=self.split, reader_args=self.reader_args, split_seed=self.split_seed,
+                            cold_items=self.cold[0], cold_engagements=self.cold[1], cold_retrain=self.cold[2])
 
     def prepare_data(self) -> None:
         """Parse and cache the dataset (Lightning runs this on local rank 0 of every node, or only on
@@ -359,6 +371,36 @@ class PinSageDataModule(pl.LightningDataModule):
                 "num_users": int(uptr.size - 1),
             }
         return self._full_data
+
+    def cold_data(self) -> Optional[Dict[str, Any]]:
+        """The cold-item protocol's inputs (``None`` without ``cold_items``): ``items`` (the cold
+        ids), ``cases`` (``int64 [C, 2]`` user, item), ``retrained`` (whether training saw the
+        early engagements), ``engaged_nbr``: every item's neighbourhood as in
+        :meth:`full_graph_data`, but the cold items' from walks over the training graph plus
+        their early engagements (what a new item has after its first engagements)."""
+        ds = self._require()
+        if "cold_items" not in ds.extras:
+            return None
+        inter, cold = ds.interactions, np.asarray(ds.extras["cold_items"], dtype=np.int64)
+        case_rows = np.asarray(ds.extras["cold_case_rows"], dtype=np.int64)
+        rows = np.union1d(np.asarray(ds.split.train), np.asarray(ds.extras["cold_early_rows"]))
+        g = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
+                                        timestamps=inter.timestamps, weights=inter.weights, rows=rows)
+        walks = PinSageSampler(g, num_walks=self.num_walks, walk_length=self.walk_length,
+                               restart_prob=self.restart_prob, top_t=self.num_neighbors, seed=self.seed,
+                               weighted=self.weighted_walks)
+        cptr, citems, cw = walks.sample(cold, epoch=0)
+        ptr, items, w = self.full_graph_data()["nbr"]
+        lens = np.diff(ptr)
+        lens[cold] = np.diff(cptr)
+        rows_of = [(items[ptr[i]:ptr[i + 1]], w[ptr[i]:ptr[i + 1]]) for i in range(ds.num_items)]
+        for j, c in enumerate(cold):
+            rows_of[c] = (citems[cptr[j]:cptr[j + 1]], cw[cptr[j]:cptr[j + 1]])
+        new_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        return {"items": cold, "retrained": self.cold[2],
+                "cases": np.stack([inter.users[case_rows], inter.items[case_rows]], axis=1).astype(np.int64),
+                "engaged_nbr": (new_ptr, np.concatenate([r[0] for r in rows_of]).astype(np.int64),
+                                np.concatenate([r[1] for r in rows_of]).astype(np.float32))}
 
     def train_dataset(self):
         ds = self._require()

@@ -45,13 +45,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import chunks
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
+from .cold import check_cold, cold_holdout
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
 
 #: format version of the cache folder (1 was a single ``.npz``); a cache of another version is rebuilt
@@ -511,6 +512,9 @@ def load_dataset(
     use_cache: bool = True,
     progress: bool = False,
     split_seed: int = 0,
+    cold_items: float = 0.0,
+    cold_engagements: int = 3,
+    cold_retrain: bool = False,
 ) -> RecDataset:
     """Load a named dataset (see module docstring), from cache when possible.
 
@@ -528,6 +532,9 @@ def load_dataset(
         use_cache: read and write the cache.
         progress: report progress on stderr.
         split_seed: seed of the random split / random validation rows / held-out queries.
+        cold_items: the share of items held out of training entirely for the cold-item protocol
+            (:mod:`datamodules.cold`; 0 = none); ``cold_engagements`` early engagements per cold
+            item are kept for the evaluator (and, with ``cold_retrain``, trained on).
     """
     # every argument that shapes the data enters the cache key (new ones automatically)
     key_parts: Dict[str, Any] = {k: v for k, v in locals().items() if k not in _NOT_IN_KEY}
@@ -539,6 +546,10 @@ def load_dataset(
     check_split(split)
     split_seed = check_split_seed(split_seed)
     key_parts["split_seed"] = split_seed
+    cold = check_cold(cold_items, cold_engagements) + (bool(cold_retrain),)
+    if not cold[0]:  # no cold items: the key stays what it was before the option existed
+        for k in ("cold_items", "cold_engagements", "cold_retrain"):
+            key_parts.pop(k)
     folder = None
     if dataset != "synthetic":
         spec = _specs()[dataset]
@@ -594,7 +605,7 @@ def load_dataset(
         ds = build_dataset(dataset, inter, split=split, split_seed=split_seed,
                            features=features if features is not None else default_features,
                            external=external, cache_dir=cdir, extras=extras,
-                           store=None if writer is None else writer.put, log=log)
+                           store=None if writer is None else writer.put, log=log, cold=cold)
         del inter, external
         if use_cache:
             ds.save(cache_path, writer)
@@ -635,12 +646,15 @@ def build_dataset(
     split_seed: int = 0,
     store: Optional[Callable[[str, np.ndarray], np.ndarray]] = None,
     log: Optional[Callable[[str], None]] = None,
+    cold: Tuple[float, int, bool] = (0.0, 3, False),
 ) -> RecDataset:
     """Split an :class:`Interactions` log and build graph, pairs and features (no caching).
 
     ``store(name, array) -> array`` (the cache's :meth:`CacheWriter.put`), when given, receives
     every large array as soon as it exists, under its cache name, and the build goes on with what
     it returns (a memory map of the written file): the build's RAM then holds one stage at a time.
+    ``cold = (fraction, engagements, retrain)``: the cold-item holdout (:mod:`datamodules.cold`),
+    stored as ``extras["cold_items"]``, ``["cold_early_rows"]``, ``["cold_case_rows"]``.
     """
     from .features import build_item_features
 
@@ -651,7 +665,16 @@ def build_dataset(
         for k in ("timestamps", "weights", "is_test"):
             if getattr(inter, k) is not None:
                 setattr(inter, k, keep(k, getattr(inter, k)))
-    sp, train_pairs, val_pairs, test_pairs = split_and_pairs(inter, split, split_seed, store=store)
+    extras = dict(extras or {})
+    exclude = train_extra = None
+    if cold[0] > 0:
+        c_items, early, cases = cold_holdout(inter, cold[0], cold[1], split_seed)
+        extras.update(cold_items=c_items, cold_early_rows=early, cold_case_rows=cases)
+        exclude, train_extra = np.union1d(early, cases), (early if cold[2] else None)
+        log(f"cold items: {c_items.size} held out ({early.size} early engagements"
+            f"{' trained on' if cold[2] else ''}, {cases.size} cases)")
+    sp, train_pairs, val_pairs, test_pairs = split_and_pairs(inter, split, split_seed, store=store,
+                                                             exclude=exclude, train_extra=train_extra)
     log(f"split {sp.sizes()}, {train_pairs.shape[0]} training pairs; building the graph")
     graph = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
                                         timestamps=inter.timestamps, weights=inter.weights, rows=sp.train)
@@ -665,7 +688,7 @@ def build_dataset(
     x = keep("item_features", np.ascontiguousarray(x, dtype=np.float32))
     return RecDataset(name=name, interactions=inter, split=sp, train_graph=graph, train_pairs=train_pairs,
                       val_pairs=val_pairs, test_pairs=test_pairs, item_features=x,
-                      feature_names=names, has_content=has_content, extras=dict(extras or {}))
+                      feature_names=names, has_content=has_content, extras=extras)
 
 
 class _Progress:

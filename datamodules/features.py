@@ -49,7 +49,9 @@ def build_item_features(
             so held-out interactions do not leak into the features).
         features: names from :data:`FEATURES` (order of ``features`` does not matter; columns
             follow :data:`FEATURES` order):
-            ``log_degree`` (log1p of the training degree), ``categories`` (multi-hot),
+            ``log_degree`` (log1p of the training degree; items without training engagements
+            get the mean of the others: they are new, their popularity unknown, so they do not
+            form a cluster of their own), ``categories`` (multi-hot),
             ``year`` (one-hot release decade + an "unknown" column), ``text`` (384-d MiniLM
             sentence embedding of "title. genres"), ``external`` (the ``external`` matrix, e.g.
             from :func:`datamodules.readers.read_item_features`).
@@ -90,7 +92,11 @@ def build_item_features(
     if "log_degree" in feats:
         if (deg < 0).any():
             raise DataError("item_degree has negative entries; pass the training graph's item_degree()")
-        add(np.log1p(deg.astype(np.float64)), ["log_degree"], False)
+        ld = np.log1p(deg.astype(np.float64))
+        new = deg == 0  # never engaged in training: a new item, whose popularity is unknown, not zero
+        if new.any() and not new.all():
+            ld[new] = ld[~new].mean()
+        add(ld, ["log_degree"], False)
     if "categories" in feats:
         if table is None or table.categories is None:
             raise DataError("feature 'categories' needs item categories, but this dataset has none "

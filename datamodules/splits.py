@@ -189,6 +189,15 @@ def make_split(inter: Interactions, split: str = "auto", seed: int = 0) -> Split
     return fixed_split(inter, seed=seed)
 
 
+def _without(sp: Split, exclude: np.ndarray, train_extra, n: int) -> Split:
+    out = np.zeros(n, dtype=bool)
+    out[exclude] = True
+    train = sp.train[~out[sp.train]]
+    if train_extra is not None and train_extra.size:
+        train = np.union1d(train, train_extra)
+    return Split(train, sp.val[~out[sp.val]], sp.test[~out[sp.test]])
+
+
 def consecutive_pairs(inter: Interactions, rows: np.ndarray) -> np.ndarray:
     """``int64 [P, 2]`` pairs (q, i) of consecutive interactions of one user within ``rows``."""
     order = user_time_order(inter, rows)
@@ -288,8 +297,13 @@ def random_heldout_pairs(inter: Interactions, context_rows: np.ndarray, heldout_
     return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
-def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, store=None):
+def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, store=None,
+                    exclude: np.ndarray | None = None, train_extra: np.ndarray | None = None):
     """``(Split, train_pairs, val_pairs, test_pairs)`` of ``inter`` (see module docstring).
+
+    ``exclude`` (row indices) leaves rows out of every part and every pair's context;
+    ``train_extra`` (a subset of ``exclude``) puts rows back into the training part only (the
+    cold-item protocol, :mod:`datamodules.cold`).
 
     ``store(name, array) -> array``, when given, receives each result as soon as it exists (the
     dataset cache writes it to disk and hands back a memory map, so the build does not hold them
@@ -298,6 +312,8 @@ def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, sto
     keep = store or (lambda name, arr: arr)
     kind = resolve_split(split, inter)
     sp = make_split(inter, kind, seed)
+    if exclude is not None and exclude.size:
+        sp = _without(sp, exclude, train_extra, inter.num_interactions)
     sp = Split(keep("split_train", sp.train), keep("split_val", sp.val), keep("split_test", sp.test))
     chunks.release(inter.users, inter.timestamps)
     # (chunks.release: the passes' pages of memory-mapped inputs stop counting in this process)
@@ -307,6 +323,10 @@ def split_and_pairs(inter: Interactions, split: str = "auto", seed: int = 0, sto
     # an already grouped log needs no sort of it
     test_ctx = np.ones(inter.num_interactions, dtype=bool)
     test_ctx[sp.test] = False
+    if exclude is not None:
+        test_ctx[exclude] = False
+        if train_extra is not None:
+            test_ctx[train_extra] = True
     test_ctx = np.flatnonzero(test_ctx)
     if is_ordered(kind, inter):
         val_pairs = keep("val_pairs", heldout_pairs(inter, sp.train, sp.val))

@@ -78,6 +78,10 @@ class PinSageModule(pl.LightningModule):
         val_protocols: evaluation protocols during ``fit``'s validation (``item``, ``ncf``,
             ``full``); ``test``/``validate`` run ``test_protocols``.
         skip: the head's skip connection from the encoded input (see :class:`PinSage`).
+        cold_dropout: share of items that, at each whole-catalogue training step, are embedded
+            as a new item would be (no ID term, no neighbourhood: content alone), so the content
+            path learns to stand alone and new items land among the items they resemble
+            (DropoutNet-style; 0 = off).
     """
 
     def __init__(
@@ -108,8 +112,11 @@ class PinSageModule(pl.LightningModule):
         val_protocols: List[str] = ["item"],  # noqa: B006
         test_protocols: List[str] = ["item", "ncf", "full"],  # noqa: B006
         skip: bool = False,
+        cold_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(cold_dropout) < 1.0:
+            raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
         if loss not in ("max_margin", "softmax"):
             raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
         if user_encoder not in ("linear", "mean"):
@@ -154,9 +161,34 @@ class PinSageModule(pl.LightningModule):
         return self._full
 
     def embed_all(self) -> Tensor:
-        """``[I, out]``: every item in one pass over the neighbourhood matrix (differentiable)."""
+        """``[I, out]``: every item in one pass over the neighbourhood matrix (differentiable);
+        in training, ``cold_dropout`` of the items are embedded from their content alone."""
         g = self._full_graph()
-        return self.model(g["x"], g["ids"], [g["nbr"]] * self.model.num_layers)
+        ids, nbr = g["ids"], g["nbr"]
+        p = float(self.hparams.get("cold_dropout", 0.0))
+        if self.training and p > 0:
+            cold = torch.rand(ids.numel(), device=ids.device) < p
+            ids = torch.where(cold, torch.full_like(ids, -1), ids)
+            keep = (~cold).cpu().to(nbr.weight.dtype)[nbr.row]
+            nbr = SparseAdjacency(nbr.ptr, nbr.col, nbr.weight * keep, num_src=nbr.num_src)
+        return self.model(g["x"], ids, [nbr] * self.model.num_layers)
+
+    @torch.no_grad()
+    def embed_with(self, nbr=None, no_id=None) -> Tensor:
+        """``[I, out]`` in eval mode with another neighbourhood ``nbr = (ptr, items, weights)``
+        (default: the datamodule's) and without the ID term of the items ``no_id`` (new items):
+        the cold-item protocol's embeddings."""
+        g = self._full_graph()
+        adj = g["nbr"] if nbr is None else SparseAdjacency(*nbr, num_src=g["ids"].numel())
+        ids = g["ids"].clone()
+        if no_id is not None:
+            ids[torch.as_tensor(no_id, dtype=torch.long, device=ids.device)] = -1
+        was = self.training
+        self.eval()
+        try:
+            return self.model(g["x"], ids, [adj] * self.model.num_layers).float().cpu()
+        finally:
+            self.train(was)
 
     def user_vectors(self, item_emb: Tensor, history_ptr, history_items, history_weights=None) -> Tensor:
         """``[U, d]``: each user's query vector from their history (``UserEncoder``)."""

@@ -143,7 +143,8 @@ class PinSage(torch.nn.Module):
 
     def encode(self, x: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
         r"""Input encoder :math:`\mathbf{h}^{(0)}`: ``x [n, F]``, ``node_ids [n]`` (global
-        item ids; needed with the ID embedding) -> ``[n, hidden]``."""
+        item ids; needed with the ID embedding; ``-1``: an item without an ID row, e.g. a new
+        item, whose ID term is left out) -> ``[n, hidden]``."""
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}: expected [num_nodes, {self.in_channels}]")
@@ -153,7 +154,9 @@ class PinSage(torch.nn.Module):
                 raise ValueError(
                     f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
                     f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
-            e = self.emb(node_ids)
+            e = self.emb(node_ids.clamp(min=0))
+            if bool((node_ids < 0).any()):
+                e = e * (node_ids >= 0).unsqueeze(-1).to(e.dtype)
             h = e if h is None else h + e
         return h
 

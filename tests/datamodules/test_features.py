@@ -30,11 +30,19 @@ def make(titles=None, years=None, cats=None, names=("Comedy", "Drama")):
 
 def test_log_degree_standardised():
     inter = make(years=[1990, 1995, 2001, -1])
-    x, names, has = build_item_features(inter, np.array([0, 1, 3, 7]), ["log_degree"])
+    x, names, has = build_item_features(inter, np.array([1, 2, 3, 7]), ["log_degree"])
     assert names == ["log_degree"] and x.dtype == np.float32 and x.shape == (4, 1)
     assert abs(x.mean()) < 1e-6 and abs(x.std() - 1) < 1e-5
     assert np.all(np.diff(x[:, 0]) > 0)
     assert not has.any()  # degree is not content
+
+
+def test_items_without_training_engagements_get_the_mean_degree():
+    """A new item's popularity is unknown, not zero: its standardised degree is the mean (0), so
+    new items do not form a cluster of their own at the bottom of the degree axis."""
+    inter = make(years=[1990, 1995, 2001, -1])
+    x, _, _ = build_item_features(inter, np.array([0, 1, 3, 7]), ["log_degree"])
+    assert abs(x[0, 0]) < 1e-6 and x[1, 0] < 0 < x[3, 0]
 
 
 def test_constant_column_becomes_zero():

@@ -39,3 +39,12 @@ def test_checkpoint_of_another_shape_is_rejected_clearly():
     with pytest.raises(ValueError, match="hidden_channels: checkpoint 8 vs config 16"):
         b.on_load_checkpoint(ckpt)
     a.on_load_checkpoint(ckpt)  # same shape: fine
+
+
+def test_cold_dropout_must_be_a_share():
+    import pytest
+
+    from models.module import PinSageModule
+
+    with pytest.raises(ValueError, match=r"cold_dropout=1\.0 is not valid.*\[0, 1\)"):
+        PinSageModule(in_channels=4, num_items=10, cold_dropout=1.0)

@@ -208,3 +208,14 @@ def test_consumes_the_datamodules_batch_contract():
     z = model(batch.x, batch.node_ids, batch.blocks)
     assert z.shape == (batch.num_targets, 6)
     torch.testing.assert_close(z, model(batch.x, node_ids, blocks))
+
+
+def test_negative_node_id_leaves_the_id_term_out():
+    """``-1``: an item without an ID row (a new item) is encoded from its content alone."""
+    torch.manual_seed(0)
+    m = PinSage(4, 8, 8, num_layers=1, num_items=5, id_embedding=True)
+    x = torch.randn(3, 4)
+    h = m.encode(x, torch.tensor([0, -1, 2]))
+    content = torch.relu(m.lin_in(x))
+    torch.testing.assert_close(h[1], content[1])
+    torch.testing.assert_close(h[0], content[0] + m.emb.weight[0])
