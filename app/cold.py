@@ -8,6 +8,8 @@ theirs is in the training graph, the pairs or the validation/test parts. Each co
 model's user representation and history weights as in the ``full`` protocol) ranks the cold
 items (``candidates`` = all cold items but those already in ``u``'s history), and the case is a
 hit at ``k`` when ``c`` is among the top ``k``: "which of the new items should this user get?".
+The cases are split by user (a seeded half each): ``cold-val`` rows choose settings, ``cold``
+rows report them.
 
 Rows (``<model>/cold/hit@k``), one per way of embedding the cold items, all on the same cases:
 
@@ -17,7 +19,8 @@ Rows (``<model>/cold/hit@k``), one per way of embedding the cold items, all on t
   training graph plus its early engagements (no retraining);
 * ``pinsage-retrained``: a model trained *with* the early engagements (``data.cold_retrain``);
 * ``popularity``: the cold items by what is known of their popularity when they are new (the
-  early-engagement counts: equal, so a seeded random order: the chance level);
+  early-engagement counts: equal for all, so the expected hit-rate of a random order, the
+  chance level ``k / candidates``);
   ``popularity-oracle``: by their engagement counts in the whole log (future included; an upper
   reference no deployed system has).
 """
@@ -58,29 +61,38 @@ def cold_metrics(ds, cold: Dict, variants: Dict[str, Tensor], history, user_fn: 
     keep = np.diff(hptr)[users] > 0  # a case needs a history to query with
     users, targets = users[keep], targets[keep]
     masked = [np.flatnonzero(np.isin(cand, hitems[hptr[u]:hptr[u + 1]])) for u in users]
-    out: Dict[str, float] = {"cold/num_cases": float(users.size), "cold/num_items": float(cand.size)}
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xC01D, 1]))
+    is_val = (rng.random(ds.num_users) < 0.5)[users]
+    out: Dict[str, float] = {"cold/num_cases": float((~is_val).sum()), "cold-val/num_cases": float(is_val.sum()),
+                             "cold/num_items": float(cand.size)}
     if not users.size:
         return out
     ks = [k for k in ks if k < cand.size] or [1]
 
     def record(name: str, score_fn: Callable[[np.ndarray], Tensor]) -> None:
-        hits = {k: 0 for k in ks}
+        hits = {k: np.zeros(users.size, dtype=bool) for k in ks}
         for a in range(0, users.size, batch_size):
             b = slice(a, a + batch_size)
-            r = cold_ranks(score_fn(users[b]), cand, targets[b], masked[b])
+            r = cold_ranks(score_fn(users[b]), cand, targets[b], masked[b]).numpy()
             for k in ks:
-                hits[k] += int((r <= k).sum())
+                hits[k][b] = r <= k
         for k in ks:
-            out[f"{name}/cold/hit@{k}"] = hits[k] / users.size
+            for proto, sel in (("cold", ~is_val), ("cold-val", is_val)):
+                if sel.any():
+                    out[f"{name}/{proto}/hit@{k}"] = float(hits[k][sel].mean())
 
     for name, emb in variants.items():
         emb = torch.as_tensor(emb).float()
         prof = (user_fn(emb, hptr, hitems, weights) if user_fn is not None
                 else torch.nn.functional.normalize(_mean_rows(emb, hptr, hitems), dim=-1)).float()
         record(name, lambda u, p=prof, e=emb[torch.as_tensor(cand)]: p[torch.as_tensor(u)] @ e.t())
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xC01D, 1]))
-    known = torch.as_tensor(rng.permutation(cand.size), dtype=torch.float32)  # equal early counts: chance
-    record("popularity", lambda u: known.expand(len(u), -1))
+    # what is known of a new item's popularity is the same for all (its early engagements): the
+    # expected hit-rate of a random order among the case's candidates, k / n
+    n = cand.size - np.array([m.size for m in masked])
+    for k in ks:
+        for proto, sel in (("cold", ~is_val), ("cold-val", is_val)):
+            if sel.any():
+                out[f"popularity/{proto}/hit@{k}"] = float(np.minimum(k / n[sel], 1.0).mean())
     full = np.bincount(ds.interactions.items, minlength=ds.num_items)[cand]
     oracle = torch.as_tensor(full + rng.random(cand.size) * 0.5, dtype=torch.float32)
     record("popularity-oracle", lambda u: oracle.expand(len(u), -1))
