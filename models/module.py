@@ -82,6 +82,10 @@ class PinSageModule(pl.LightningModule):
             as a new item would be (no ID term, no neighbourhood: content alone), so the content
             path learns to stand alone and new items land among the items they resemble
             (DropoutNet-style; 0 = off).
+        cold_loss: weight of a second loss term in whole-catalogue steps: the same queries (held
+            fixed) rank the *content-only* embeddings of the same positives and negatives (no
+            neighbourhood, no ID term: a new item), so the content path learns to land a new item
+            where the users who will engage it look, without changing the warm objective (0 = off).
     """
 
     def __init__(
@@ -113,10 +117,13 @@ class PinSageModule(pl.LightningModule):
         test_protocols: List[str] = ["item", "ncf", "full"],  # noqa: B006
         skip: bool = False,
         cold_dropout: float = 0.0,
+        cold_loss: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(cold_dropout) < 1.0:
             raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
+        if not float(cold_loss) >= 0.0:
+            raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
         if loss not in ("max_margin", "softmax"):
             raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
         if user_encoder not in ("linear", "mean"):
@@ -214,8 +221,24 @@ class PinSageModule(pl.LightningModule):
         z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
         return zq, z[batch.pos], z_easy, z_hard
 
+    def content_only(self) -> Tensor:
+        """``[I, out]``: every item as a new item (content alone: no neighbourhood, no ID term)."""
+        g = self._full_graph()
+        n = g["ids"].numel()
+        empty = SparseAdjacency(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                num_src=n)
+        return self.model(g["x"], torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, stats = self.loss_fn(*self._training_embeddings(batch))
+        zq, zp, z_easy, z_hard = self._training_embeddings(batch)
+        loss, stats = self.loss_fn(zq, zp, z_easy, z_hard)
+        w = float(self.hparams.get("cold_loss", 0.0))
+        if w > 0 and not hasattr(batch, "blocks"):
+            zc = self.content_only()
+            cold, _ = self.loss_fn(zq.detach(), zc[batch.pos], zc[batch.easy_neg] if z_easy is not None else None,
+                                   zc[batch.hard_neg] if z_hard is not None else None)
+            self.log("train/cold_loss", cold, batch_size=int(batch.query.numel()))
+            loss = loss + w * cold
         bs = int(batch.query.numel())
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train/violated", stats["violated"], batch_size=bs)
