@@ -86,6 +86,9 @@ class PinSageModule(pl.LightningModule):
             fixed) rank the *content-only* embeddings of the same positives and negatives (no
             neighbourhood, no ID term: a new item), so the content path learns to land a new item
             where the users who will engage it look, without changing the warm objective (0 = off).
+        item_loss: with user queries, weight of an item-to-item term: each positive is also ranked
+            by one random other training item of the same user (a co-engagement pair, as the
+            ``item`` protocol and "similar items" ask), against the same negatives (0 = off).
     """
 
     def __init__(
@@ -118,10 +121,13 @@ class PinSageModule(pl.LightningModule):
         skip: bool = False,
         cold_dropout: float = 0.0,
         cold_loss: float = 0.0,
+        item_loss: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(cold_dropout) < 1.0:
             raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
+        if not float(item_loss) >= 0.0:
+            raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
         if not float(cold_loss) >= 0.0:
             raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
         if loss not in ("max_margin", "softmax"):
@@ -203,7 +209,8 @@ class PinSageModule(pl.LightningModule):
         return self.user_encoder.profiles(item_emb, hist)
 
     def _training_embeddings(self, batch):
-        """``(z_query [B, d], z_pos [B, d], z_easy [N, d] | None, z_hard [B, H, d] | None)``."""
+        """``(z_query [B, d], z_pos [B, d], z_easy [N, d] | None, z_hard [B, H, d] | None, z)``
+        (``z``: the embeddings the rows were taken from)."""
         if hasattr(batch, "blocks"):  # sampled minibatch computation graph: local positions
             z = self(batch)
             zq = z[batch.query]
@@ -219,7 +226,15 @@ class PinSageModule(pl.LightningModule):
                 zq = z[batch.query]
         z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
         z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
-        return zq, z[batch.pos], z_easy, z_hard
+        return zq, z[batch.pos], z_easy, z_hard, z
+
+    def _coengaged(self, users: Tensor) -> Tensor:
+        """One random training item of each user (``[B]``): an item-query partner of the positive."""
+        hist = self._full_graph()["history"]
+        ptr = hist.ptr.to(users.device)
+        lo, deg = ptr[users], (ptr[users + 1] - ptr[users]).clamp(min=1)
+        pick = lo + (torch.rand(users.numel(), device=users.device) * deg).long().clamp(max=deg - 1)
+        return hist.col.to(users.device)[pick]
 
     def content_only(self) -> Tensor:
         """``[I, out]``: every item as a new item (content alone: no neighbourhood, no ID term)."""
@@ -230,8 +245,13 @@ class PinSageModule(pl.LightningModule):
         return self.model(g["x"], torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        zq, zp, z_easy, z_hard = self._training_embeddings(batch)
+        zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)
         loss, stats = self.loss_fn(zq, zp, z_easy, z_hard)
+        wi = float(self.hparams.get("item_loss", 0.0))
+        if wi > 0 and getattr(batch, "queries", None) == "users":
+            item, _ = self.loss_fn(z[self._coengaged(batch.query)], zp, z_easy, z_hard)
+            self.log("train/item_loss", item, batch_size=int(batch.query.numel()))
+            loss = loss + wi * item
         w = float(self.hparams.get("cold_loss", 0.0))
         if w > 0 and not hasattr(batch, "blocks"):
             zc = self.content_only()
