@@ -233,12 +233,13 @@ def test_neighbour_table_answers_equal_the_index_also_after_inserts(served, arti
         x = [float(v) for v in np.random.default_rng(j).standard_normal(F)]
         assert c.post("/items", json={"id": f"nb-{j}", "features": x}, headers=AUTH).status_code == 201
     check()
-    # a catalogue item whose 10th neighbour scores below a new item has that new item in its answer
-    s = emb @ emb.T
+    # a catalogue item whose 10th neighbour (catalogue and new items alike) scores below a new item
+    # has that new item in its answer
+    new = np.stack([rec.vectors.rows([rec.item_index[f"nb-{j}"]])[0] for j in range(5)])
+    s = np.concatenate([emb @ emb.T, emb @ new.T], axis=1)
     np.fill_diagonal(s, -np.inf)
     tenth = np.sort(s, axis=1)[:, -10]
-    hits = [(i, f"nb-{j}") for j in range(5) for i in
-            np.flatnonzero(emb @ rec.vectors.rows([rec.item_index[f"nb-{j}"]])[0] > tenth + 1e-4)[:3]]
+    hits = [(i, f"nb-{j}") for j in range(5) for i in np.flatnonzero(emb @ new[j] > tenth + 1e-4)[:3]]
     assert hits
     for i, new_id in hits:
         assert new_id in [it["id"] for it in c.get(f"/items/{ids[i]}/similar", params={"k": 10}).json()["items"]]
