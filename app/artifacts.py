@@ -5,8 +5,8 @@ The output folder (``artifacts.output_dir`` in the config, default ``artifacts/<
 * ``embeddings.npy``: ``float32 [num_items, d]``, row i = dense item index i;
 * ``items.csv``: ``index,id,title`` (title empty where the dataset has none), and ``categories``
   (names joined by ``|``) and ``year`` where the dataset has them;
-* ``users.npz``: every user's raw id and the items of their whole log (CSR), for
-  ``pinsage recommend --user`` (seen items are excluded from its answers);
+* ``users.npz``: every user's raw id and the items of their whole log (CSR, each user's in time
+  order), for ``pinsage recommend --user`` (seen items are excluded from its answers);
 * ``index.faiss``: the FAISS index (``artifacts.index``: exact | hnsw | ivfpq | auto);
 * ``metrics.json`` (when ``artifacts.evaluate``): every evaluation protocol on the test split,
   the model and the baselines scored by the same code;
@@ -214,7 +214,9 @@ def write_artifacts(
                 w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))]
                            + ([safe_title(cats[i])] if cats else []) + ([years[i]] if years else []))
         inter = ds.interactions
-        full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items)
+        # each user's items in time order (the explorer's "recent history"; the log's order without timestamps)
+        full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
+                                           timestamps=inter.timestamps)
         enc = module.user_encoder.lin
         encoder = (np.eye(emb.shape[1], dtype=np.float32) if enc is None
                    else enc.weight.detach().cpu().numpy().astype(np.float32))

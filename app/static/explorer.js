@@ -139,12 +139,16 @@ async function runSearch(q) {
 
 async function openItem(id) {
   show("item");
+  $("item-title").textContent = id;  // until the card comes (or the error, without an old card under it)
+  for (const part of ["item-meta", "item-similar", "item-nbr"]) clear($(part));
   const [card, sim] = await Promise.all([api(`/items/${enc(id)}`), api(`/items/${enc(id)}/similar?k=${K}`)]);
   $("item-title").textContent = card.title || "(no title)";
   const meta = clear($("item-meta"));
   meta.append("id " + card.id);
   if (card.year) meta.append(" · " + card.year);
-  if (card.degree !== null && card.degree !== undefined) meta.append(` · ${card.degree} engaged user(s) in training`);
+  if (card.degree !== null && card.degree !== undefined) {
+    meta.append(` · ${card.degree} engaged user(s)` + (card.inserted ? " given" : " in training"));
+  }
   if (card.inserted) meta.append(" · ", el("span", { class: "tag new" }, "added after training"));
   if (card.categories && card.categories.length) {
     meta.append(" · ");
@@ -178,6 +182,7 @@ async function openItem(id) {
 async function openUser(id) {
   show("user");
   $("user-title").textContent = "User " + id;
+  for (const part of ["user-meta", "user-history", "user-recs"]) clear($(part));
   const [card, recs] = await Promise.all([api(`/users/${enc(id)}`), api(`/users/${enc(id)}/recommendations?k=${K}`)]);
   $("user-meta").textContent = `${card.history_size} item(s) in the log`;
   const hist = clear($("user-history"));
@@ -207,6 +212,7 @@ async function addItem(form) {
   if (items.length) body.co_engaged_items = items;
   const res = await api("/items", { body });
   $("add-result").textContent = `added ${res.id} at index ${res.index} (${res.neighbours} walk neighbour(s))`;
+  loadStatus().catch(() => {});
   location.hash = "#/item/" + enc(res.id);
 }
 
@@ -289,7 +295,9 @@ function wireMap() {
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/");
   const arg = parts.length > 1 ? decodeURIComponent(parts.slice(1).join("/")) : "";
-  guarded(async () => {
+  const key = location.hash || "#/";
+  delete document.body.dataset.shown;
+  return guarded(async () => {
     switch (parts[0]) {
       case "item": return openItem(arg);
       case "user": return openUser(arg);
@@ -298,7 +306,7 @@ function route() {
       case "search": return runSearch(arg);
       default: return runSearch("");
     }
-  });
+  }).then(() => { document.body.dataset.shown = key; });  // the view is drawn (tests wait for it)
 }
 
 async function loadStatus() {
