@@ -6,8 +6,8 @@ The page (``app/static/explorer.{html,js,css}``: no build step, no CDN) reads JS
 this module adds the ones it needs beside the API of :mod:`app.serve`:
 
 * ``GET /search?q=star+wars&limit=20`` -> ``{"query", "items": [{"id", "title", "match"}], "more"}``:
-  the item whose id is ``q`` first, then titles starting with ``q``, then titles holding it
-  (case-insensitive, catalogue order), at most ``limit``;
+  the item whose id is ``q`` first, then titles starting with ``q`` (alphabetically), then titles
+  holding it (catalogue order), case-insensitive, at most ``limit``;
 * ``GET /items/{id}`` -> ``{"id", "index", "title", "categories", "year", "degree", "inserted",
   "neighbourhood": [{"id", "title", "weight"}]}``: the item's importance neighbourhood (the
   random-walk neighbours the model aggregated, with their weights; for an inserted item, the walks
@@ -19,8 +19,9 @@ this module adds the ones it needs beside the API of :mod:`app.serve`:
   (:func:`app.report.project_2d`), coordinates in [0, 1], ``label`` = index into ``labels`` (the
   item's first category) or -1; computed once per (n, method) and kept.
 
-Search is a scan of one string of all lowercased titles (``str.find``, C speed, memory ~ the
-titles' size) that stops after ``limit`` matches: ~ms on 1M items (``benchmarks/explorer.py``).
+Search: prefixes by binary search over the titles' sorted order; substrings by a scan of one string
+of all lowercased titles (``str.find``, C speed, memory ~ the titles' size) that stops after
+``limit`` matches; the index is built once at load (``benchmarks/explorer.py``: 1M titles).
 """
 
 from __future__ import annotations
@@ -47,31 +48,52 @@ def _norm(text: str) -> str:
 
 
 class _Chunk:
-    """Titles ``first .. first + n - 1`` as one string ``SEP t0 SEP t1 ... SEP`` and the offset of each."""
+    """Titles ``first .. first + n - 1`` lowercased: one string ``SEP t0 SEP t1 ... SEP`` (substring
+    scans: ``str.find``), the offset of each title in it, and the titles' sorted order (prefixes:
+    binary search, O(log n))."""
 
     def __init__(self, titles: Sequence[str], first: int):
         low = [_norm(t or "") for t in titles]
         lengths = np.fromiter((len(t) + 1 for t in low), dtype=np.int64, count=len(low))
-        self.starts = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]]) if len(low) else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[1], 1 + np.cumsum(lengths)]) if len(low) else np.ones(1, np.int64)
         self.blob = SEP + SEP.join(low) + SEP
+        self.order = np.asarray(sorted(range(len(low)), key=low.__getitem__), dtype=np.int64)
         self.first = first
+
+    def __len__(self) -> int:
+        return self.order.shape[0]
+
+    def title(self, j: int) -> str:
+        return self.blob[int(self.starts[j]):int(self.starts[j + 1]) - 1]
 
     def item_at(self, pos: int) -> int:
         """The local index of the title holding blob position ``pos``."""
         return int(np.searchsorted(self.starts, pos, side="right")) - 1
 
-    def scan(self, needle: str, limit: int, skip: set, prefix: bool) -> List[int]:
-        """Up to ``limit`` global indices whose title starts with (``prefix``) or holds ``needle``."""
+    def prefixed(self, needle: str, limit: int) -> List[int]:
+        """Up to ``limit`` global indices whose title starts with ``needle``, alphabetically."""
+        import bisect
+
+        key = self.title
+        lo = bisect.bisect_left(range(len(self)), needle, key=lambda r: key(int(self.order[r])))
         out: List[int] = []
-        blob, pat = self.blob, (SEP + needle if prefix else needle)
-        pos = blob.find(pat)
+        for r in range(lo, len(self)):
+            j = int(self.order[r])
+            if len(out) >= limit or not key(j).startswith(needle):
+                break
+            out.append(self.first + j)
+        return out
+
+    def holding(self, needle: str, limit: int, skip: set) -> List[int]:
+        """Up to ``limit`` global indices (not in ``skip``) whose title holds ``needle``, in order."""
+        out: List[int] = []
+        blob, n = self.blob, len(self)
+        pos = blob.find(needle)
         while pos >= 0 and len(out) < limit:
-            j = self.item_at(pos + 1 if prefix else pos)
-            g = self.first + j
-            if g not in skip:
-                out.append(g)
-            nxt = j + 1
-            pos = blob.find(pat, int(self.starts[nxt]) - (1 if prefix else 0)) if nxt < len(self.starts) else -1
+            j = self.item_at(pos)
+            if self.first + j not in skip:
+                out.append(self.first + j)
+            pos = blob.find(needle, int(self.starts[j + 1])) if j + 1 < n else -1
         return out
 
 
@@ -92,21 +114,21 @@ class TitleSearch:
             self._extra = _Chunk(self._extra_titles, self.n_base)
 
     def search(self, query: str, limit: int) -> List[tuple]:
-        """``[(index, "prefix" | "substring")]``, prefix matches first, at most ``limit``."""
+        """``[(index, "prefix" | "substring")]``: titles starting with ``query`` (alphabetically),
+        then titles holding it (catalogue order), at most ``limit``."""
         q = _norm(query.strip())
         if not q:
             return []
         chunks = [self.base] + ([self._extra] if self._extra is not None else [])
         found: List[tuple] = []
-        seen: set = set()
-        for prefix in (True, False):
-            for c in chunks:
-                if len(found) >= limit:
-                    return found
-                got = c.scan(q, limit - len(found), seen, prefix)
-                found += [(g, "prefix" if prefix else "substring") for g in got]
-                seen.update(got)
-        return found
+        for c in chunks:
+            found += [(g, "prefix") for g in c.prefixed(q, limit - len(found))]
+        seen = {g for g, _ in found}
+        for c in chunks:
+            if len(found) >= limit:
+                break
+            found += [(g, "substring") for g in c.holding(q, limit - len(found), seen)]
+        return found[:limit]
 
 
 class Explorer:

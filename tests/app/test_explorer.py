@@ -23,10 +23,12 @@ def test_title_search_prefix_first_then_substring_case_insensitive():
     titles = ["The Empire Strikes Back", "Star Wars", "star trek", "Return of the Jedi", "Wars of Stars", "",
               "A STAR is born", "Lone Star"]
     s = TitleSearch(titles)
-    assert s.search("star", 10) == [(1, "prefix"), (2, "prefix"), (4, "substring"), (6, "substring"),
+    # prefixes alphabetically, then substrings in catalogue order
+    assert s.search("star", 10) == [(2, "prefix"), (1, "prefix"), (4, "substring"), (6, "substring"),
                                     (7, "substring")]
     assert s.search("  STAR W ", 10) == [(1, "prefix")]
-    assert s.search("star", 2) == [(1, "prefix"), (2, "prefix")]  # stops at the limit
+    assert s.search("star", 2) == [(2, "prefix"), (1, "prefix")]  # stops at the limit
+    assert s.search("star", 3) == [(2, "prefix"), (1, "prefix"), (4, "substring")]
     assert s.search("", 10) == [] and s.search("zzz", 10) == []
     assert s.search("s", 100).count((1, "prefix")) == 1  # a title with many matches comes once
 
@@ -126,7 +128,8 @@ def test_search_endpoint(client, artifacts):
     assert r.status_code == 200
     body = r.json()
     assert body["query"] == "ITEM 1" and body["more"] is True and len(body["items"]) == 5
-    assert [it["id"] for it in body["items"]] == [x["id"] for x in rows if x["title"].startswith("item 1")][:5]
+    want = sorted((x for x in rows if x["title"].startswith("item 1")), key=lambda x: x["title"])
+    assert [it["id"] for it in body["items"]] == [x["id"] for x in want][:5]
     assert all(it["match"] == "prefix" and it["title"].lower().startswith("item 1") for it in body["items"])
     # an id: the item itself first
     r = client.get("/search", params={"q": rows[7]["id"]}).json()
