@@ -6,7 +6,7 @@
 
 const SNAPSHOT = window.PINSAGE_SNAPSHOT || null;
 const K = 10;
-const MAP_QUERY = "/map?n=2000&method=pca";
+const MAP_QUERY = (SNAPSHOT && SNAPSHOT.map_query) || "/map?n=2000&method=pca";
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------------------------------------
@@ -120,10 +120,15 @@ function bar(value, max) {
   return el("td", { class: "bar" }, el("span", { style: { width: w + "px" } }));
 }
 
+function offlineHint() {
+  return SNAPSHOT ? `offline copy written by pinsage report: the cards of ${SNAPSHOT.items.length} items ` +
+    `(the map's points) and of users ${SNAPSHOT.users.join(", ")}` : "";
+}
+
 async function runSearch(q) {
   show("search");
   $("q").value = q;
-  if (!q) { clear($("results")); $("search-info").textContent = ""; return; }
+  if (!q) { clear($("results")); $("search-info").textContent = offlineHint(); return; }
   const t0 = performance.now();
   const res = await api(`/search?q=${enc(q)}&limit=50`);
   const ms = Math.round(performance.now() - t0);

@@ -223,3 +223,41 @@ def test_reads_need_the_token_off_loopback(artifacts, tmp_path):
         for path in ("/search?q=item", f"/items/{_items(artifacts)[0]['id']}", "/map?n=10"):
             assert c.get(path).status_code == 401, path
             assert c.get(path, headers=AUTH).status_code == 200, path
+
+
+def test_report_writes_the_page_with_a_snapshot_of_the_same_answers(client, artifacts, tmp_path):
+    """`pinsage report` on an artifact folder: explorer.html + static/, whose snapshot holds exactly
+    what the live endpoints answer for the same requests."""
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (tools extra)")
+    from app.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", str(artifacts), "--out", str(out), "--map", "pca", "--max-items", "60", "--quiet"]) == 0
+    for name in ("explorer.html", "static/explorer.js", "static/explorer.css", "static/explorer-snapshot.js"):
+        assert (out / name).is_file(), name
+    html = (out / "explorer.html").read_text()
+    assert '<script src="static/explorer-snapshot.js"></script>' in html
+    assert (out / "static" / "explorer.js").read_bytes() == (STATIC / "explorer.js").read_bytes()
+    assert "href='explorer.html'" in (out / "index.html").read_text()
+    text = (out / "static" / "explorer-snapshot.js").read_text()
+    assert text.startswith("window.PINSAGE_SNAPSHOT = ") and text.endswith(";\n")
+    snap = json.loads(text[len("window.PINSAGE_SNAPSHOT = "):-2])
+    assert snap["map_query"] == "/map?n=60&method=pca" and len(snap["items"]) == 60 and len(snap["users"]) == 20
+    answers = snap["answers"]
+    assert len(answers) == 2 + 2 * 60 + 2 * 20
+    checked = 0
+    for path, want in answers.items():
+        if path.startswith(("/items/", "/users/", "/map")):
+            got = client.get(path).json()
+            if path.startswith("/map"):  # the same sample and projection (coordinates to rounding)
+                assert [p[:2] + p[4:] for p in got.pop("points")] == [p[:2] + p[4:] for p in want["points"]]
+                np.testing.assert_allclose([p[2:4] for p in want.pop("points")],
+                                           [p[2:4] for p in client.get(path).json()["points"]], atol=2e-5)
+            assert got == want, path
+            checked += 1
+    assert checked == len(answers) - 1
+    # without artifacts or with --no-explorer: no page
+    out2 = tmp_path / "r2"
+    assert main(["report", str(artifacts), "--out", str(out2), "--map", "pca", "--max-items", "60", "--quiet",
+                 "--no-explorer"]) == 0
+    assert not (out2 / "explorer.html").exists() and "explorer.html" not in (out2 / "index.html").read_text()

@@ -260,3 +260,34 @@ def test_explorer_in_a_browser(browser, server, ml_artifacts, shots):
     print(json.dumps({"page_load_ms": round(load_ms, 1), "found_on_neighbours": len(found_on),
                       "of": len(neighbours)}))
     page.close()
+
+
+def test_offline_copy_of_pinsage_report(browser, ml_artifacts, tmp_path, shots):
+    """`pinsage report` writes the same page with a snapshot: it opens from the file system."""
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (tools extra)")
+    from app.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", str(ml_artifacts), "--out", str(out), "--map", "pca", "--max-items", "2000",
+                 "--queries", "1", "--quiet"]) == 0
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((out / "explorer.html").as_uri())
+    page.wait_for_function("document.getElementById('status').textContent.includes('offline copy')")
+    assert page.locator("#nav-add").is_hidden() and page.locator("#token").is_hidden()
+    page.fill("#q", "star wars")
+    page.press("#q", "Enter")
+    shown(page, "#/search/star%20wars")
+    page.locator("li.result a.item").first.click()
+    shown(page, "#/item/50")
+    assert page.locator("#item-title").text_content() == "Star Wars (1977)"
+    assert page.locator("tr.similar a.item").count() == 10 and page.locator("tr.neighbour").count() >= 5
+    page.screenshot(path=str(shots / "11-offline-report-item.png"), full_page=True)
+    page.goto((out / "explorer.html").as_uri() + "#/map")
+    page.wait_for_function("document.getElementById('map-info').textContent.includes('PCA of 1682')")
+    page.goto((out / "explorer.html").as_uri() + "#/item/no-such-item")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not in the offline snapshot" in page.locator("#error").text_content()
+    assert errors == []
+    page.close()
