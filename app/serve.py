@@ -17,7 +17,9 @@ Endpoints (JSON in and out; the OpenAPI schema is at ``/openapi.json``, docs at 
 * ``POST /admin/reload`` (token) ``{"artifacts"?: DIR}``: load a new artifacts folder (default:
   the same path, e.g. after a new ``pinsage predict``), replay the item log into it, and swap it in
   atomically; requests in flight finish on the old one;
-* ``GET /healthz``; ``GET /metrics`` (Prometheus text: request counts, latency histogram, index size).
+* ``GET /healthz``; ``GET /metrics`` (Prometheus text: request counts, latency histogram, index size);
+* ``GET /`` the explorer page and its reads ``GET /search``, ``GET /items/{id}``, ``GET /users/{id}``,
+  ``GET /map`` (:mod:`app.explorer`).
 
 Write endpoints need ``Authorization: Bearer $PINSAGE_SERVE_TOKEN``; the server refuses to start
 with write endpoints when the variable is unset (``--read-only`` starts without them).  Read
