@@ -41,6 +41,11 @@ SEP = "\x00"
 MAX_LIMIT = 200
 MAX_MAP_POINTS = 5000
 MAP_METHODS = ("pca", "umap", "tsne", "auto")
+MAP_CACHE = 4
+# the page is served with these: it runs only its own files and sends data nowhere else
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 
 
 def _norm(text: str) -> str:
@@ -218,9 +223,11 @@ class Explorer:
         return {"id": raw_id, "history_size": int(hist.shape[0]), "recent": [self._ref(int(i)) for i in recent]}
 
     def map(self, n: int = 2000, method: str = "pca", seed: int = 0) -> dict:
-        key = (n, method)
-        with self._lock:  # one projection at a time; each (n, method) computed once
+        key = (n, method, seed)
+        with self._lock:  # one projection at a time; the last MAP_CACHE (n, method) kept
             if key not in self._maps:
+                while len(self._maps) >= MAP_CACHE:
+                    self._maps.pop(next(iter(self._maps)))
                 self._maps[key] = self._project(n, method, seed)
             return self._maps[key]
 
@@ -262,7 +269,7 @@ def add_explorer_routes(app, get_state: Callable, reads: list, response_class) -
 
     def static(name: str):
         async def serve_file():
-            return Response(files[name], media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
+            return Response(files[name], media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
         return serve_file
 
     app.add_api_route("/", static("explorer.html"), methods=["GET"], include_in_schema=False)

@@ -178,8 +178,8 @@ def _browser(url: str, args) -> dict:
             ctx = b.new_context()  # cold: no cache
             page = ctx.new_page()
             page.goto(url + "/")
-            page.wait_for_function("performance.getEntriesByName('pinsage-status').length && "
-                                   "performance.getEntriesByName('pinsage-view').length")
+            page.wait_for_selector("body[data-shown]", state="attached")  # selectors: the page's CSP forbids eval
+            page.wait_for_selector("#status:not(:empty)", state="attached")
             # in the page's own clock, from the start of the navigation
             loads.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000)
             ready.append(page.evaluate("""Math.max(performance.getEntriesByName('pinsage-status')[0].startTime,
@@ -188,7 +188,7 @@ def _browser(url: str, args) -> dict:
             q = ["dark river", "zebra", "night of", "no such title"][j % 4]
             page.fill("#q", q)
             page.press("#q", "Enter")
-            page.wait_for_function("h => document.body.dataset.shown === h", arg="#/search/" + q.replace(" ", "%20"))
+            page.wait_for_selector(f"body[data-shown='#/search/{q.replace(' ', '%20')}']", state="attached")
             # from the hash change to the results drawn: the /search request + the list
             searches.append(page.evaluate("performance.getEntriesByName('pinsage-view').at(-1).duration") / 1000)
             ctx.close()

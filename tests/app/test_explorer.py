@@ -104,6 +104,7 @@ def test_page_and_its_files_are_served(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "pinsage explorer" in r.text and "static/explorer.js" in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-cache"
     for name, kind in (("explorer.js", "text/javascript"), ("explorer.css", "text/css")):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
@@ -261,3 +262,15 @@ def test_report_writes_the_page_with_a_snapshot_of_the_same_answers(client, arti
     assert main(["report", str(artifacts), "--out", str(out2), "--map", "pca", "--max-items", "60", "--quiet",
                  "--no-explorer"]) == 0
     assert not (out2 / "explorer.html").exists() and "explorer.html" not in (out2 / "index.html").read_text()
+
+
+def test_after_a_reload_the_explorer_reads_the_new_state(client, artifacts):
+    rows = _items(artifacts)
+    F = json.loads((artifacts / "features.json").read_text())["width"]
+    assert client.post("/items", json={"id": "kept", "title": "Kept Across Reloads", "features": [0.2] * F},
+                       headers=AUTH).status_code == 201
+    assert client.post("/admin/reload", json={}, headers=AUTH).status_code == 200  # replays the item log
+    assert [it["id"] for it in client.get("/search", params={"q": "kept across"}).json()["items"]] == ["kept"]
+    assert client.get("/items/kept").json()["index"] == len(rows)
+    m = client.get("/map", params={"n": 20}).json()
+    assert m["sample"] == 20 and m["total"] == len(rows) + 1
