@@ -844,10 +844,10 @@ def write_report(inp: ReportInputs, out: Path, max_items: int = 3000, num_querie
     if explorer and inp.artifacts is not None:
         from .explorer import write_static
 
-        _log(f"explorer page: the cards of {min(max_items, inp.embeddings.shape[0])} items")
+        n = min(max_items, 2000, inp.embeddings.shape[0])
+        _log(f"explorer page: the cards of {n} items")
         try:
-            paths += write_static(inp.artifacts, out, _atomic_bytes, num_items=min(max_items, 2000),
-                                  map_method=map_method)
+            paths += write_static(inp.artifacts, out, _atomic_bytes, num_items=n, map_method=map_method)
         except (OSError, ValueError, KeyError) as e:  # e.g. an older predict's folder: the report still stands
             inp.notes.append(f"explorer page not written: {type(e).__name__}: {e}")
     index = out / "index.html"
