@@ -174,7 +174,8 @@ class Explorer:
         rec, state = self.rec, self.state
         i = rec.item_index.get(raw_id)
         if i is None:
-            raise UnknownIdError(f"item {raw_id!r} is not in the catalogue ({rec.num_items} items; ids as in items.csv)")
+            raise UnknownIdError(f"item {raw_id!r} is not in the catalogue ({rec.num_items} items; "
+                                 "ids as in items.csv)")
         base = rec.manifest["count"]
         new = getattr(state, "inserted", {}).get(raw_id) if i >= base else None
         cats: Optional[List[str]] = None

@@ -122,7 +122,8 @@ function bar(value, max) {
 
 function offlineHint() {
   return SNAPSHOT ? `offline copy written by pinsage report: the cards of ${SNAPSHOT.items.length} items ` +
-    `(the map's points) and of users ${SNAPSHOT.users.join(", ")}` : "";
+    `(the map's points) and of users ${SNAPSHOT.users.join(", ")}`
+    : "type the start or any part of a title, or an item id; or open the map, or a user by id";
 }
 
 async function runSearch(q) {
@@ -170,7 +171,8 @@ async function openItem(id) {
   });
   const nbrTable = clear($("item-nbr"));
   if (card.neighbourhood === null) {
-    nbrTable.appendChild(el("tr", {}, el("td", { class: "muted" }, "no inductive files in these artifacts: no neighbourhood")));
+    const why = "no inductive files in these artifacts: no neighbourhood";
+    nbrTable.appendChild(el("tr", {}, el("td", { class: "muted" }, why)));
   } else if (!card.neighbourhood.length) {
     nbrTable.appendChild(el("tr", {}, el("td", { class: "muted" }, "empty: no walk reached another item")));
   }
@@ -195,8 +197,8 @@ async function openUser(id) {
   const table = clear($("user-recs"));
   const maxScore = Math.max(0, ...recs.items.map((s) => s.score));
   recs.items.forEach((s, r) => {
-    table.appendChild(el("tr", { class: "rec" }, el("td", { class: "rank" }, r + 1), el("td", {}, itemLink(s.id, s.title)),
-      el("td", { class: "num" }, s.score.toFixed(3)), bar(s.score, maxScore)));
+    table.appendChild(el("tr", { class: "rec" }, el("td", { class: "rank" }, r + 1),
+      el("td", {}, itemLink(s.id, s.title)), el("td", { class: "num" }, s.score.toFixed(3)), bar(s.score, maxScore)));
   });
 }
 
