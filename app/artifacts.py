@@ -3,9 +3,10 @@
 The output folder (``artifacts.output_dir`` in the config, default ``artifacts/<dataset>``) holds:
 
 * ``embeddings.npy``: ``float32 [num_items, d]``, row i = dense item index i;
-* ``items.csv``: ``index,id,title`` (title empty where the dataset has none);
-* ``users.npz``: every user's raw id and the items of their whole log (CSR), for
-  ``pinsage recommend --user`` (seen items are excluded from its answers);
+* ``items.csv``: ``index,id,title`` (title empty where the dataset has none), and ``categories``
+  (names joined by ``|``) and ``year`` where the dataset has them;
+* ``users.npz``: every user's raw id and the items of their whole log (CSR, each user's in time
+  order), for ``pinsage recommend --user`` (seen items are excluded from its answers);
 * ``index.faiss``: the FAISS index (``artifacts.index``: exact | hnsw | ivfpq | auto);
 * ``metrics.json`` (when ``artifacts.evaluate``): every evaluation protocol on the test split,
   the model and the baselines scored by the same code;
@@ -205,13 +206,17 @@ def write_artifacts(
     try:
         np.save(tmp / "embeddings.npy", emb)
         titles = ds.item_titles()
+        cats, years = item_categories_and_years(ds)
         with open(tmp / "items.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", "id", "title"])
+            w.writerow(["index", "id", "title"] + (["categories"] if cats else []) + (["year"] if years else []))
             for i, raw in enumerate(ds.interactions.item_ids.tolist()):
-                w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))])
+                w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))]
+                           + ([safe_title(cats[i])] if cats else []) + ([years[i]] if years else []))
         inter = ds.interactions
-        full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items)
+        # each user's items in time order (the explorer's "recent history"; the log's order without timestamps)
+        full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
+                                           timestamps=inter.timestamps)
         enc = module.user_encoder.lin
         encoder = (np.eye(emb.shape[1], dtype=np.float32) if enc is None
                    else enc.weight.detach().cpu().numpy().astype(np.float32))
@@ -264,6 +269,21 @@ def write_artifacts(
         raise
     log(f"wrote {out}")
     return out
+
+
+def item_categories_and_years(ds):
+    """Per item its categories (names joined by ``|``) and its year (``""`` when unknown), from the
+    dataset's item table; ``None`` for a column the dataset does not have.  They become the optional
+    ``categories`` / ``year`` columns of ``items.csv`` (shown by the explorer's item cards)."""
+    t = ds.interactions.item_table
+    cats = years = None
+    if t is not None and t.categories is not None and len(t.category_names):
+        names = np.asarray([str(c).replace("|", "/") for c in t.category_names], dtype=object)
+        multi = np.asarray(t.categories).astype(bool)
+        cats = ["|".join(names[row]) for row in multi]
+    if t is not None and t.years is not None:
+        years = ["" if int(y) < 0 else str(int(y)) for y in np.asarray(t.years).tolist()]
+    return cats, years
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -110,6 +110,11 @@ class Recommender:
                 rows = list(csv.DictReader(f))
             self.item_ids = [r["id"] for r in rows]
             self.titles = [read_title(r["title"] or "") for r in rows]
+            # optional columns (predict writes them when the dataset has them): the trained catalogue's
+            # categories ("a|b") and years, None when absent (shown by the explorer's item cards)
+            cols = rows[0].keys() if rows else ()
+            self.categories = [read_title(r["categories"] or "") for r in rows] if "categories" in cols else None
+            self.years = [r["year"] or "" for r in rows] if "year" in cols else None
         except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
             raise ArtifactError(f"{self.folder / 'items.csv'} cannot be read ({type(e).__name__}: {e}): "
                                 "re-run `pinsage predict`") from None

@@ -18,8 +18,10 @@ embeddings, t-SNE when umap-learn is not installed, PCA as a last resort; colour
 community, a few titles labelled), ``gallery.png`` (query item -> its top importance neighbours
 and its top-10 recommendations), ``metrics.png`` (model vs baselines per protocol),
 ``sweep_trials.png`` / ``sweep_params.png`` / ``sweep_curves.png`` (metric per trial, per
-parameter, per epoch). Files are written one by one under temporary names and renamed; nothing
-else in ``--out`` is touched.
+parameter, per epoch). For an artifact folder, also ``explorer.html`` (+ ``static/``): the explorer
+page of ``pinsage serve`` reading a snapshot of the server's answers for the map's items and the
+most active users (:func:`app.explorer.write_static`; ``--no-explorer`` leaves it out). Files are
+written one by one under temporary names and renamed; nothing else in ``--out`` is touched.
 
 The same figures go to wandb at the end of fit (:class:`app.callbacks.WandbFigures`, built by
 :func:`fit_report_inputs` + :func:`make_figures`).
@@ -72,6 +74,7 @@ class ReportInputs:
     nbr: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # importance neighbourhoods (CSR)
     metrics: Optional[Dict[str, float]] = None
     metrics_source: str = ""
+    artifacts: Optional[Path] = None  # a predict artifact folder: the report also writes the explorer page
     trials: Any = None  # pandas DataFrame of trials.csv
     sweep: Optional[dict] = None
     sweep_curves: Dict[int, List[float]] = field(default_factory=dict)
@@ -244,6 +247,7 @@ def load_artifacts(folder: Path, inp: ReportInputs, with_dataset: bool = True) -
 
     man = json.loads((folder / "manifest.json").read_text())
     inp.embeddings = np.load(folder / "embeddings.npy")
+    inp.artifacts = folder
     with open(folder / "items.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     titles = np.array([r.get("title") or f"item {r.get('id')}" for r in rows], dtype=object)
@@ -774,7 +778,7 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _html_page(inp: ReportInputs, written: List[str], gallery: List[dict]) -> str:
+def _html_page(inp: ReportInputs, written: List[str], gallery: List[dict], explorer: bool = False) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>pinsage report: {e(inp.name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}"
@@ -788,6 +792,8 @@ def _html_page(inp: ReportInputs, written: List[str], gallery: List[dict]) -> st
             parts.append(f"<li>training curves: {e(inp.history_source)}</li>")
         parts += [f"<li>{e(n)}</li>" for n in inp.notes]
         parts.append("</ul>")
+    if explorer:
+        parts.append("<p><a href='explorer.html'>Explorer</a>: search, item and user cards, the map (offline copy)</p>")
     for name in written:
         parts.append(f"<h2 id='{name}'>{e(FIGURE_CAPTIONS.get(name, name))}</h2>")
         parts.append(f"<img src='{name}.png' alt='{e(FIGURE_CAPTIONS.get(name, name))}'>")
@@ -821,8 +827,10 @@ def _html_page(inp: ReportInputs, written: List[str], gallery: List[dict]) -> st
 
 
 def write_report(inp: ReportInputs, out: Path, max_items: int = 3000, num_queries: int = 4,
-                 map_method: str = "auto") -> List[Path]:
-    """Write ``<out>/<figure>.png`` and ``<out>/index.html``; returns the written paths."""
+                 map_method: str = "auto", explorer: bool = True) -> List[Path]:
+    """Write ``<out>/<figure>.png`` and ``<out>/index.html``, and for an artifact folder the offline
+    explorer (``explorer.html`` + ``static/``, :func:`app.explorer.write_static`); returns the
+    written paths."""
     out.mkdir(parents=True, exist_ok=True)
     gallery = gallery_rows(inp, num_queries) if inp.embeddings is not None else []
     figs = make_figures(inp, max_items=max_items, num_queries=num_queries, gallery=gallery, map_method=map_method)
@@ -833,8 +841,17 @@ def write_report(inp: ReportInputs, out: Path, max_items: int = 3000, num_querie
         _atomic_bytes(p, _fig_png(fig))
         plt.close(fig)
         paths.append(p)
+    if explorer and inp.artifacts is not None:
+        from .explorer import write_static
+
+        n = min(max_items, 2000, inp.embeddings.shape[0])
+        _log(f"explorer page: the cards of {n} items")
+        try:
+            paths += write_static(inp.artifacts, out, _atomic_bytes, num_items=n, map_method=map_method)
+        except (OSError, ValueError, KeyError) as e:  # e.g. an older predict's folder: the report still stands
+            inp.notes.append(f"explorer page not written: {type(e).__name__}: {e}")
     index = out / "index.html"
-    _atomic_bytes(index, _html_page(inp, list(figs), gallery).encode())
+    _atomic_bytes(index, _html_page(inp, list(figs), gallery, any(p.name == "explorer.html" for p in paths)).encode())
     return paths + [index]
 
 
@@ -848,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=4, help="query items in the gallery (default 4)")
     p.add_argument("--map", default="auto", choices=MAP_METHODS,
                    help="2-D projection of the map: auto (UMAP if umap-learn is installed, else t-SNE), umap, tsne, pca")
+    p.add_argument("--no-explorer", dest="explorer", action="store_false",
+                   help="without the offline explorer page (explorer.html: item/user cards of the map's items)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -867,7 +886,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ReportError("matplotlib is not installed: pip install -e '.[tools]'") from None
         inp = load_inputs(args.paths)
         paths = write_report(inp, Path(args.out), max_items=args.max_items, num_queries=args.queries,
-                             map_method=args.map)
+                             map_method=args.map, explorer=args.explorer)
     except (ReportError, FileNotFoundError) as e:
         print(f"pinsage report: error: {e}", file=sys.stderr)
         return 2

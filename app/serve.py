@@ -17,7 +17,9 @@ Endpoints (JSON in and out; the OpenAPI schema is at ``/openapi.json``, docs at 
 * ``POST /admin/reload`` (token) ``{"artifacts"?: DIR}``: load a new artifacts folder (default:
   the same path, e.g. after a new ``pinsage predict``), replay the item log into it, and swap it in
   atomically; requests in flight finish on the old one;
-* ``GET /healthz``; ``GET /metrics`` (Prometheus text: request counts, latency histogram, index size).
+* ``GET /healthz``; ``GET /metrics`` (Prometheus text: request counts, latency histogram, index size);
+* ``GET /`` the explorer page and its reads ``GET /search``, ``GET /items/{id}``, ``GET /users/{id}``,
+  ``GET /map`` (:mod:`app.explorer`).
 
 Write endpoints need ``Authorization: Bearer $PINSAGE_SERVE_TOKEN``; the server refuses to start
 with write endpoints when the variable is unset (``--read-only`` starts without them).  Read
@@ -151,6 +153,7 @@ class ServiceState:
                 self.inductive_error = str(e)
         self.log = ItemLog(log_path or default_log_path(self.folder))
         self.replayed = {"stored": 0, "recomputed": 0, "skipped": 0}
+        self.inserted: Dict[str, NewItem] = {}  # items added after training, by id (the explorer's cards)
         self._replay()
         self.load_seconds = time.perf_counter() - t0
 
@@ -220,6 +223,7 @@ class ServiceState:
         i = self.rec.add_item(item.id, item.title, z)
         if self.embedder is not None:
             self.embedder.add(layers)
+        self.inserted[item.id] = item
         return i
 
     def insert(self, item: NewItem) -> dict:
@@ -446,6 +450,9 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
             return {"status": "reloaded", "artifacts": str(new.folder), "items": new.num_items,
                     "replayed": new.replayed, "seconds": round(new.load_seconds, 3)}
 
+    from .explorer import add_explorer_routes  # GET / (the explorer page) and its read endpoints
+
+    add_explorer_routes(app, lambda: holder["state"], reads, ORJSONResponse)
     app.add_middleware(_MetricsMiddleware, requests_total=requests_total, latency=latency)
     return app
 
