@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from datamodules.minibatch import ComputationGraphBuilder
+from models.convolve import linear_into
 from models.pinsage import PinSage
+from models.sparse import pool_rows
 
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -246,12 +248,19 @@ def layerwise_embeddings(
     :math:`\mathbf{h}^{(0)} = \mathrm{encode}(\mathbf{x}, [0, I))` for all items (in chunks); for
     ``k = 1 .. K``, for every chunk of ``chunk_size`` target items ``u``:
     :math:`\mathbf{h}^{(k)}_u = \mathrm{layer}_{k-1}(\mathbf{h}^{(k-1)}_{\mathcal{N}(u)},
-    \mathbf{h}^{(k-1)}_u)` over a bipartite message graph whose sources are the distinct
-    neighbours of the chunk (their rows of :math:`\mathbf{h}^{(k-1)}` gathered); finally
+    \mathbf{h}^{(k-1)}_u)`; finally
     :math:`\mathbf{z} = \mathrm{head}(\mathbf{h}^{(K)})`.
 
-    Memory: two ``[I, hidden]`` float32 tables on the host plus, per chunk, at most
-    ``chunk_size * (1 + T)`` gathered rows and ``chunk_size * T`` edges (on ``device``).  The model
+    Each layer runs in stages over fixed buffers (no per-chunk allocation): the neighbour
+    transform (``Q`` of PinSage's CONVOLVE, ``W_pool`` of the pooling aggregators) is applied
+    once per layer to every item into a reused ``[I, hidden]`` table; per chunk, the neighbours'
+    rows are pooled straight from that table by a CSR row-slice kernel
+    (:func:`models.sparse.pool_rows`: no per-edge messages), and the layer's ``W`` is applied as
+    its self and neighbour halves (no concatenation).  The LSTM aggregator, which has no CSR
+    form, runs per chunk on the chunk's message graph (:func:`convolve_chunk`).
+
+    Memory: three ``[I, hidden]`` float32 tables (``K + 2`` with ``return_layers``) and
+    ``chunk_size`` scratch rows, all on ``device``.  The model
     runs in eval mode under ``torch.no_grad()`` (its training flag is restored afterwards) and is
     moved to ``device``.
 
@@ -284,46 +293,89 @@ def layerwise_embeddings(
     was_training = model.training
     model.eval()
     model.to(device)
-    K = model.num_layers
-    bar = _progress_bar(progress, num_items * (K + 1), "layer-wise inference")
+    bar = _progress_bar(progress, num_items * (model.num_layers + 1), "layer-wise inference")
     try:
-        # layer 0: encode every item
-        h = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
-        for s in range(0, num_items, chunk_size):
-            e = min(s + chunk_size, num_items)
-            h[s:e] = encode_chunk(model, x[s:e], torch.arange(s, e), device)
-            if bar is not None:
-                bar.update(e - s)
-        h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
-        items_t = torch.from_numpy(items)
-        weights_t = torch.from_numpy(weights)
-        deg_t = torch.from_numpy(np.diff(ptr))
-        g2l = torch.full((num_items,), -1, dtype=torch.int64)  # global -> local source id
-        layers = []
-        # layers 1 .. K: every item once, from the previous layer of every item
-        for k in range(K):
-            if return_layers:
-                layers.append(h)
-            h_next = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
-            gather = lambda idx, h=h: h if idx is None else h.index_select(0, idx)  # noqa: E731
-            for s in range(0, num_items, chunk_size):
-                e = min(s + chunk_size, num_items)
-                ps, pe = int(ptr[s]), int(ptr[e])
-                h_next[s:e] = convolve_chunk(model, k, gather, h[s:e], items_t[ps:pe], deg_t[s:e],
-                                             weights_t[ps:pe], g2l, device)
-                if bar is not None:
-                    bar.update(e - s)
-            h = h_next
-        # head
-        z = torch.empty(num_items, model.out_channels, dtype=torch.float32)
-        for s in range(0, num_items, chunk_size):
-            e = min(s + chunk_size, num_items)
-            z[s:e] = model.head(h[s:e].to(device), None if h0 is None else h0[s:e].to(device)).float().cpu()
-        return (z, layers) if return_layers else z
+        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
+
+
+def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: torch.device, bar,
+               return_layers: bool):
+    """The body of :func:`layerwise_embeddings` (arguments validated, model in eval mode).
+
+    Every table is allocated once on ``device``: ``h`` (the previous layer), ``h_next``, ``msg``
+    (the sources transformed once per layer, for the layers that transform them) and the chunk's
+    ``pooled`` / head scratch rows; without ``return_layers`` and the skip connection the two
+    layer tables swap roles instead of being reallocated.
+    """
+    num_items, d = x.size(0), model.hidden_channels
+    ptr_t, items_t, weights_t = (torch.from_numpy(a) for a in nbr)
+    deg_t = ptr_t[1:] - ptr_t[:-1]
+    on_cpu = device.type == "cpu"
+    if not on_cpu:  # the CSR table lives on the device beside the layer tables
+        ptr_t, items_t, weights_t, deg_t = (t.to(device) for t in (ptr_t, items_t, weights_t, deg_t))
+    new = lambda rows, cols=d: torch.empty(rows, cols, dtype=torch.float32, device=device)  # noqa: E731
+    cs = min(chunk_size, max(num_items, 1))
+    chunks = [(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
+
+    def tick(n):
+        if bar is not None:
+            bar.update(n)
+
+    h = new(num_items)  # layer 0: encode every item
+    for s, e in chunks:
+        model.encode(x[s:e].to(device, non_blocking=True), torch.arange(s, e, device=device), out=h[s:e])
+        tick(e - s)
+    h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
+    need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
+    msg = new(num_items) if need_msg else None
+    pooled = new(cs)
+    layers, spare = [], None
+    for k, conv in enumerate(model.convs):
+        if return_layers:
+            layers.append(h if on_cpu else h.cpu())
+        h_next = spare if spare is not None else new(num_items)
+        if conv.pool is None:  # no CSR form (LSTM): the per-chunk message graph
+            _convolve_chunks(model, k, h, h_next, nbr, chunks, device, tick)
+        else:
+            table = h
+            if conv.source_linear is not None:  # Q once per layer for every item
+                for s, e in chunks:
+                    linear_into(conv.source_linear, h[s:e], msg[s:e]).relu_()
+                table = msg
+            for s, e in chunks:
+                buf = pooled[:e - s]
+                pool_rows(ptr_t, items_t, weights_t, table, buf, s, conv.pool)
+                conv.combine(h[s:e], buf, out=h_next[s:e], deg=deg_t[s:e])
+                tick(e - s)
+        spare = None if (return_layers or h is h0) else h
+        h = h_next
+    z = torch.empty(num_items, model.out_channels, dtype=torch.float32)
+    z_dev = z if on_cpu else new(cs, model.out_channels)
+    for s, e in chunks:
+        zs = z[s:e] if on_cpu else z_dev[:e - s]
+        model.head(h[s:e], None if h0 is None else h0[s:e], out=zs, buf=pooled[:e - s])
+        if not on_cpu:
+            z[s:e].copy_(zs)
+    return (z, layers) if return_layers else z
+
+
+def _convolve_chunks(model: PinSage, k: int, h: Tensor, h_next: Tensor, nbr: Ragged, chunks, device, tick) -> None:
+    """Layer ``k`` through :func:`convolve_chunk` (the message-graph path every engine shares)."""
+    ptr, items, weights = nbr
+    items_t, weights_t = torch.from_numpy(items), torch.from_numpy(weights)
+    deg_t = torch.from_numpy(np.diff(ptr))
+    h_host = h.cpu()
+    g2l = torch.full((h.size(0),), -1, dtype=torch.int64)  # global -> local source id
+    gather = lambda idx: h_host if idx is None else h_host.index_select(0, idx)  # noqa: E731
+    for s, e in chunks:
+        ps, pe = int(ptr[s]), int(ptr[e])
+        h_next[s:e] = convolve_chunk(model, k, gather, h_host[s:e], items_t[ps:pe], deg_t[s:e],
+                                     weights_t[ps:pe], g2l, device).to(h_next.device)
+        tick(e - s)
 
 
 # ----------------------------------------------------------------------------------------------

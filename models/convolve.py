@@ -48,6 +48,30 @@ def _check_edges(x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
             f"[num_nodes, channels] tensors")
 
 
+def linear_into(lin: torch.nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``lin(x)`` (``x @ W^T + b``) written into ``out`` (allocated when ``None``): one GEMM."""
+    w, b = lin.weight, lin.bias
+    return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
+
+
+def split_linear_into(lin: torch.nn.Module, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``lin(concat(a, b))`` without the concatenation: ``a @ W_a^T + b @ W_b^T + bias`` with
+    ``W`` split column-wise into its ``a`` and ``b`` halves (two GEMMs into ``out``)."""
+    w, da = lin.weight, a.size(-1)
+    out = (torch.mm(a, w[:, :da].t(), out=out) if lin.bias is None
+           else torch.addmm(lin.bias, a, w[:, :da].t(), out=out))
+    return out.addmm_(b, w[:, da:].t())
+
+
+def relu_normalize_(out: Tensor, normalize: bool = True) -> Tensor:
+    """``out <- ReLU(out)``, then each row divided by ``max(||row||_2, 1e-12)`` (as
+    ``F.normalize``), in place."""
+    out.relu_()
+    if normalize:
+        out.div_(torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min_(1e-12))
+    return out
+
+
 class Convolve(MessagePassing):
     r"""PinSage's CONVOLVE operator (Ying et al., 2018, Algorithm 1):
 
@@ -131,6 +155,22 @@ class Convolve(MessagePassing):
 
         out = F.relu(self.lin_w(torch.cat([x_dst, n_u], dim=-1)))
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    # -- layer-wise inference protocol (see app/inference.py): the same function, in stages ------
+    @property
+    def source_linear(self) -> torch.nn.Module:
+        """The row-wise source transform ``ReLU(Q h + q)`` (applied once to every item)."""
+        return self.lin_q
+
+    @property
+    def pool(self) -> str:
+        """How the transformed sources are pooled (a :data:`models.sparse.POOLS` mode)."""
+        return "weighted_mean" if self.use_weights else "mean"
+
+    def combine(self, h_dst: Tensor, pooled: Tensor, out: Optional[Tensor] = None,
+                deg: Optional[Tensor] = None) -> Tensor:
+        """``norm(ReLU(W_self h_dst + W_nbr pooled + w))`` into ``out`` (``W`` split, no concat)."""
+        return relu_normalize_(split_linear_into(self.lin_w, h_dst, pooled, out), self.normalize)
 
     def _pool(self, msg: Tensor, n_dst: int, edge_index: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
         """Importance pooling over an edge list: weighted mean of the sources' messages."""

@@ -8,11 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.convolve import Convolve
+from models.convolve import Convolve, linear_into
 from models.sage import AGGREGATORS, SAGEConvolve
 from models.sparse import SparseAdjacency
 
 CONVS = ("pinsage",) + tuple(f"sage-{a}" for a in AGGREGATORS)
+
+
+def _normalize_(out: Tensor) -> Tensor:
+    """Rows divided by ``max(||row||_2, 1e-12)`` in place (``F.normalize``)."""
+    return out.div_(torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min_(1e-12))
 
 
 def _int_at_least(name: str, value: int, low: int) -> int:
@@ -141,18 +146,24 @@ class PinSage(torch.nn.Module):
         if self.lin_skip is not None:
             self.lin_skip.reset_parameters()
 
-    def encode(self, x: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, node_ids: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
         r"""Input encoder :math:`\mathbf{h}^{(0)}`: ``x [n, F]``, ``node_ids [n]`` (global
-        item ids; needed with the ID embedding) -> ``[n, hidden]``."""
+        item ids; needed with the ID embedding) -> ``[n, hidden]`` (written into ``out`` when
+        given: no allocation, for inference)."""
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}: expected [num_nodes, {self.in_channels}]")
+        if self.emb is not None and (node_ids is None or node_ids.shape != (x.size(0),)):
+            raise ValueError(
+                f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
+                f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
+        if out is not None:
+            if self.lin_in is not None:
+                linear_into(self.lin_in, x, out).relu_()
+                return out if self.emb is None else out.add_(self.emb.weight[node_ids])
+            return torch.index_select(self.emb.weight, 0, node_ids, out=out)
         h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
         if self.emb is not None:
-            if node_ids is None or node_ids.shape != (x.size(0),):
-                raise ValueError(
-                    f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
-                    f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
             e = self.emb(node_ids)
             h = e if h is None else h + e
         return h
@@ -166,15 +177,22 @@ class PinSage(torch.nn.Module):
             raise ValueError(f"k={k!r} is invalid: expected an int in [0, {self.num_layers})")
         return self.convs[k]((h_src, h_dst), edge_index, edge_weight)
 
-    def head(self, h: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+    def head(self, h: Tensor, h0: Optional[Tensor] = None, out: Optional[Tensor] = None,
+             buf: Optional[Tensor] = None) -> Tensor:
         r"""Output head :math:`\mathbf{z} = \mathrm{norm}(\mathbf{G}_2\,\mathrm{ReLU}(
         \mathbf{G}_1\mathbf{h}) [+ \mathbf{h}^{(0)}])`: ``h [n, hidden]`` (and, with ``skip``,
-        the same rows' layer-0 ``h0 [n, hidden]``) -> ``[n, out]``."""
+        the same rows' layer-0 ``h0 [n, hidden]``) -> ``[n, out]``.  With ``out`` (and a
+        ``[n, hidden]`` scratch ``buf``) nothing is allocated (inference; no autograd)."""
+        if self.skip and (h0 is None or h0.shape != h.shape):
+            raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
+                             f"expected the layer-0 rows {tuple(h.shape)}")
+        if out is not None:
+            linear_into(self.lin_g2, linear_into(self.lin_g1, h, buf).relu_(), out)
+            if self.skip:
+                out.add_(h0) if self.lin_skip is None else out.addmm_(h0, self.lin_skip.weight.t())
+            return _normalize_(out)
         out = self.lin_g2(F.relu(self.lin_g1(h)))
         if self.skip:
-            if h0 is None or h0.shape != h.shape:
-                raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
-                                 f"expected the layer-0 rows {tuple(h.shape)}")
             out = out + (h0 if self.lin_skip is None else self.lin_skip(h0))
         return F.normalize(out, p=2.0, dim=-1)
 

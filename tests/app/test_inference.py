@@ -87,9 +87,11 @@ def test_layerwise_equals_minibatch_forward(dataset, table, num_layers, conv):
     torch.testing.assert_close(z_mb, z[torch.from_numpy(items)], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("conv", ["sage-lstm", "sage-max_pool"])
-def test_layerwise_equals_minibatch_forward_other_aggregators(dataset, table, conv):
-    model = _model(dataset, conv, 2)
+@pytest.mark.parametrize("conv,kw", [("sage-lstm", {}), ("sage-max_pool", {}), ("sage-mean_pool", {}),
+                                     ("pinsage", {"importance_pooling": False}), ("pinsage", {"skip": True}),
+                                     ("sage-mean", {"skip": True})])
+def test_layerwise_equals_minibatch_forward_other_aggregators(dataset, table, conv, kw):
+    model = _model(dataset, conv, 2, **kw)
     z = layerwise_embeddings(model, dataset.item_features, table, chunk_size=50)
     z_mb = naive_embeddings(model, dataset.item_features, FixedNeighbourhoods(*table), batch_size=33)
     torch.testing.assert_close(z_mb, z, atol=1e-5, rtol=0)
@@ -111,6 +113,20 @@ def test_chunk_size_does_not_change_the_result(dataset, table):
     for cs in (1, 7, 199):
         torch.testing.assert_close(layerwise_embeddings(model, dataset.item_features, table, chunk_size=cs),
                                    ref, atol=1e-6, rtol=0)
+
+
+def test_return_layers_are_the_naive_lower_layers(dataset, table):
+    """The returned per-layer tables are distinct and are the layer-k vectors."""
+    model = _model(dataset, "pinsage", 2)
+    z, layers = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, return_layers=True)
+    assert len(layers) == 2 and layers[0].data_ptr() != layers[1].data_ptr()
+    torch.testing.assert_close(layers[0], model.encode(torch.as_tensor(dataset.item_features)).detach())
+    from models.sparse import SparseAdjacency
+
+    with torch.no_grad():  # layer 1 by the whole-catalogue CSR product (an independent code path)
+        h1 = model.layer(0, layers[0], layers[0], SparseAdjacency(*table, num_src=dataset.num_items))
+    torch.testing.assert_close(layers[1], h1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layerwise_embeddings(model, dataset.item_features, table), z)
 
 
 def test_neighbourhoods_matter(dataset, sampler, table):

@@ -92,3 +92,75 @@ def test_pinsage_full_pass_equals_layerwise_inference(conv, skip):
     nbr = (adj.ptr.numpy(), adj.col.numpy(), adj.weight.numpy().astype(np.float32))
     z_lw = layerwise_embeddings(model, x, nbr, chunk_size=17)
     assert torch.allclose(z_full, z_lw, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# pool_rows: CSR row-slice pooling into a caller's buffer (layer-wise inference)
+# ----------------------------------------------------------------------------------------------
+def _pool_reference(ptr, col, w, table, start, n, mode):
+    out = torch.zeros(n, table.size(1))
+    for r in range(n):
+        a, b = int(ptr[start + r]), int(ptr[start + r + 1])
+        if b == a:
+            continue
+        rows = table[col[a:b]]
+        if mode == "max":
+            out[r] = rows.max(0).values.clamp(min=0)
+        elif mode == "sum":
+            out[r] = rows.sum(0)
+        elif mode == "mean":
+            out[r] = rows.mean(0)
+        else:
+            out[r] = (w[a:b, None] * rows).sum(0) / w[a:b].sum()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["weighted_mean", "mean", "sum", "max"])
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_pool_rows_equals_the_per_row_definition(mode, path):
+    from models.sparse import _torch_pool_rows, pool_rows
+
+    adj, _, _ = _graph(n_dst=50, n_src=40, seed=3)
+    ptr, col, w = adj.ptr, adj.col, adj.weight
+    table = torch.rand(40, 16)  # >= 0 (ReLU outputs), as "max" requires
+    start, n = 7, 30
+    out = torch.full((n, 16), float("nan"))  # every row must be written, empty ones with zeros
+    if path == "numba":
+        got = pool_rows(ptr, col, w, table, out, start, mode)
+        assert got is out
+    else:
+        got = _torch_pool_rows(ptr, col, w, table, out, start, mode)
+    assert (ptr[start + 1:start + n + 1] == ptr[start:start + n]).any()  # some rows are empty
+    torch.testing.assert_close(got, _pool_reference(ptr, col, w, table, start, n, mode), atol=1e-6, rtol=1e-6)
+
+
+def test_pool_rows_rejects_bad_arguments():
+    from models.sparse import pool_rows
+
+    adj, _, _ = _graph()
+    with pytest.raises(ValueError, match="mode='median' is invalid"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(3, 4), 0, "median")
+    with pytest.raises(ValueError, match=r"rows \[28, 33\) are out of the table's 30 rows"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(5, 4), 28, "sum")
+    with pytest.raises(ValueError, match="must be"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(5, 3), 0, "sum")
+
+
+@pytest.mark.parametrize("conv", ["pinsage", "pinsage-mean", "sage-mean", "sage-gcn", "sage-mean_pool",
+                                  "sage-max_pool"])
+def test_staged_layer_equals_forward(conv):
+    """source_linear -> pool_rows -> combine (W split, in place) == the layer's forward."""
+    from models.convolve import linear_into
+    from models.sparse import pool_rows
+
+    torch.manual_seed(0)
+    layer = (Convolve(16, 8, 12, use_weights=conv == "pinsage") if conv.startswith("pinsage")
+             else SAGEConvolve(16, 8, 12, aggregator=conv[5:]))
+    adj, ei, w = _graph(n_dst=30, n_src=40)
+    xs, xd = torch.randn(40, 16), torch.randn(30, 16)
+    with torch.no_grad():
+        ref = layer((xs, xd), ei, w)
+        table = xs if layer.source_linear is None else linear_into(layer.source_linear, xs).relu_()
+        pooled = pool_rows(adj.ptr, adj.col, adj.weight, table, torch.empty(30, table.size(1)), 0, layer.pool)
+        out = layer.combine(xd, pooled, out=torch.empty(30, 12), deg=adj.ptr[1:] - adj.ptr[:-1])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
