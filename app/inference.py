@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from datamodules.minibatch import ComputationGraphBuilder
-from models.convolve import linear_into
+from models.convolve import linear_relu_into
 from models.pinsage import PinSage
 from models.sparse import pool_rows
 
@@ -317,7 +317,7 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
     on_cpu = device.type == "cpu"
     if not on_cpu:  # the CSR table lives on the device beside the layer tables
         ptr_t, items_t, weights_t, deg_t = (t.to(device) for t in (ptr_t, items_t, weights_t, deg_t))
-    new = lambda rows, cols=d: torch.empty(rows, cols, dtype=torch.float32, device=device)  # noqa: E731
+    new = lambda rows, cols=d: _table(rows, cols, device)  # noqa: E731
     cs = min(chunk_size, max(num_items, 1))
     chunks = [(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
 
@@ -327,7 +327,8 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
 
     h = new(num_items)  # layer 0: encode every item
     for s, e in chunks:
-        model.encode(x[s:e].to(device, non_blocking=True), torch.arange(s, e, device=device), out=h[s:e])
+        ids = torch.arange(s, e, device=device) if model.id_embedding else None
+        model.encode(x[s:e].to(device, non_blocking=True), ids, out=h[s:e])
         tick(e - s)
     h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
     need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
@@ -344,7 +345,7 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
             table = h
             if conv.source_linear is not None:  # Q once per layer for every item
                 for s, e in chunks:
-                    linear_into(conv.source_linear, h[s:e], msg[s:e]).relu_()
+                    linear_relu_into(conv.source_linear, h[s:e], msg[s:e])
                 table = msg
             for s, e in chunks:
                 buf = pooled[:e - s]
@@ -353,7 +354,7 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
                 tick(e - s)
         spare = None if (return_layers or h is h0) else h
         h = h_next
-    z = torch.empty(num_items, model.out_channels, dtype=torch.float32)
+    z = _table(num_items, model.out_channels, torch.device("cpu"))
     z_dev = z if on_cpu else new(cs, model.out_channels)
     for s, e in chunks:
         zs = z[s:e] if on_cpu else z_dev[:e - s]
@@ -361,6 +362,10 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
         if not on_cpu:
             z[s:e].copy_(zs)
     return (z, layers) if return_layers else z
+
+
+def _table(rows: int, cols: int, device: torch.device) -> Tensor:
+    return torch.empty(rows, cols, dtype=torch.float32, device=device)
 
 
 def _convolve_chunks(model: PinSage, k: int, h: Tensor, h_next: Tensor, nbr: Ragged, chunks, device, tick) -> None:

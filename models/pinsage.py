@@ -8,16 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.convolve import Convolve, linear_into
+from models.convolve import Convolve, epilogue_, linear_into, linear_relu_into
 from models.sage import AGGREGATORS, SAGEConvolve
 from models.sparse import SparseAdjacency
 
 CONVS = ("pinsage",) + tuple(f"sage-{a}" for a in AGGREGATORS)
-
-
-def _normalize_(out: Tensor) -> Tensor:
-    """Rows divided by ``max(||row||_2, 1e-12)`` in place (``F.normalize``)."""
-    return out.div_(torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min_(1e-12))
 
 
 def _int_at_least(name: str, value: int, low: int) -> int:
@@ -159,7 +154,7 @@ class PinSage(torch.nn.Module):
                 f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
         if out is not None:
             if self.lin_in is not None:
-                linear_into(self.lin_in, x, out).relu_()
+                linear_relu_into(self.lin_in, x, out)
                 return out if self.emb is None else out.add_(self.emb.weight[node_ids])
             return torch.index_select(self.emb.weight, 0, node_ids, out=out)
         h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
@@ -187,10 +182,10 @@ class PinSage(torch.nn.Module):
             raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
                              f"expected the layer-0 rows {tuple(h.shape)}")
         if out is not None:
-            linear_into(self.lin_g2, linear_into(self.lin_g1, h, buf).relu_(), out)
+            linear_into(self.lin_g2, linear_relu_into(self.lin_g1, h, buf), out)
             if self.skip:
                 out.add_(h0) if self.lin_skip is None else out.addmm_(h0, self.lin_skip.weight.t())
-            return _normalize_(out)
+            return epilogue_(out, relu=False, normalize=True)
         out = self.lin_g2(F.relu(self.lin_g1(h)))
         if self.skip:
             out = out + (h0 if self.lin_skip is None else self.lin_skip(h0))

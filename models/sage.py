@@ -11,7 +11,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter, to_dense_batch
 
-from models.convolve import PairTensor, _check_edges, _pair, _positive, linear_into, relu_normalize_, split_linear_into
+from models.convolve import PairTensor, _check_edges, _pair, _positive, epilogue_
 from models.sparse import SparseAdjacency
 
 AGGREGATORS = ("mean", "gcn", "max_pool", "mean_pool", "lstm")
@@ -172,10 +172,11 @@ class SAGEConvolve(MessagePassing):
             if deg is None:
                 raise ValueError("deg is needed by aggregator='gcn' (self and neighbours are averaged)")
             pooled = pooled.add_(h_dst).div_(deg.to(pooled.dtype).add(1).unsqueeze(-1))
-            out = linear_into(self.lin, pooled, out)
+            out = torch.mm(pooled, self.lin.weight.t(), out=out)
         else:
-            out = split_linear_into(self.lin, h_dst, pooled, out)
-        return relu_normalize_(out, self.normalize)
+            w, da = self.lin.weight, h_dst.size(-1)
+            out = torch.mm(h_dst, w[:, :da].t(), out=out).addmm_(pooled, w[:, da:].t())
+        return epilogue_(out, self.lin.bias, relu=True, normalize=self.normalize)
 
     def _lstm_order(self, edge_index: Tensor) -> Tensor:
         """Edges grouped by target (stable), in a random neighbour order when training."""

@@ -119,7 +119,7 @@ class SparseAdjacency:
 POOLS = ("weighted_mean", "mean", "sum", "max")
 
 
-@njit(parallel=True, nogil=True, fastmath=False, cache=True)
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
 def _csr_pool_rows(ptr, col, weight, table, out, start, mode):  # pragma: no cover - numba
     """``out[r] = pool_{e in row start+r} weight[e] * table[col[e]]``; modes: 0 weighted mean
     (weights re-normalised per row), 1 mean, 2 sum, 3 max (initial 0: inputs are >= 0)."""
