@@ -113,6 +113,8 @@ class PinSage(torch.nn.Module):
         self.importance_pooling = importance_pooling
         self.dropout = dropout
         self.skip = bool(skip)
+        #: minibatch blocks run as CSR products (see :meth:`_csr_block`); ``False``: PyG's edge list
+        self.fused_blocks = True
 
         d = hidden_channels
         self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
@@ -206,11 +208,23 @@ class PinSage(torch.nn.Module):
                     f"blocks[{k}].size={tuple(block.size)} is invalid: expected n_dst <= "
                     f"n_src <= {h.size(0)} (nested prefix layout)")
             h = F.dropout(h, p=self.dropout, training=self.training)
-            if isinstance(block, SparseAdjacency):
-                h = self.layer(k, h[:n_src], h[:n_dst], block)
+            adj = block if isinstance(block, SparseAdjacency) else self._csr_block(k, block)
+            if adj is not None:
+                h = self.layer(k, h[:n_src], h[:n_dst], adj)
             else:
                 h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
         return self.head(h, h0[:h.size(0)] if self.skip else None)
+
+    def _csr_block(self, k: int, block) -> Optional[SparseAdjacency]:
+        """A minibatch block as a CSR matrix (its edges are grouped by target, as
+        ``datamodules.minibatch`` builds them): pooling is then one CSR product forward and one
+        with the transpose backward, instead of PyG's per-edge gather / multiply / scatter.
+        ``None`` (keep the edge list) when ``fused_blocks`` is off, the aggregator has no CSR
+        form (max pooling, LSTM) or the edges are not grouped."""
+        if not self.fused_blocks or self.convs[k].pool not in ("weighted_mean", "mean", "sum"):
+            return None
+        n_src, n_dst = block.size
+        return SparseAdjacency.from_sorted_edges(block.edge_index, block.edge_weight, n_src, n_dst)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
