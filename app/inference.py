@@ -20,6 +20,7 @@ float32 [E])``: the neighbours of item ``u`` are ``items[ptr[u]:ptr[u+1]]`` with
 
 from __future__ import annotations
 
+import mmap
 import sys
 from typing import Optional, Sequence, Tuple, Union
 
@@ -94,6 +95,13 @@ def _as_features(x, num_items: Optional[int], model: PinSage) -> Tensor:
             f"x has {x.size(0)} rows: the model's ID embedding only covers num_items="
             f"{model.num_items} items")
     return x.to(torch.float32)
+
+
+def _check_out(name: str, a, shape) -> None:
+    if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != np.float32 or not a.flags.writeable \
+            or not a.flags.c_contiguous:
+        raise ValueError(f"{name} is invalid: expected a writable C-contiguous float32 array of shape {shape}, got "
+                         f"{type(a).__name__} {getattr(a, 'shape', None)} {getattr(a, 'dtype', None)}")
 
 
 def _slice_ragged(nbr: Ragged, seeds: np.ndarray) -> Ragged:
@@ -242,6 +250,8 @@ def layerwise_embeddings(
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
     return_layers: bool = False,
+    layers_out: Optional[Sequence[np.ndarray]] = None,
+    out: Optional[np.ndarray] = None,
 ):
     r"""Embeddings of the whole catalogue, layer by layer, every ``h^{(k)}_u`` computed once.
 
@@ -275,6 +285,14 @@ def layerwise_embeddings(
         return_layers: also return the per-layer vectors ``[h^(0), ..., h^(K-1)]`` (each
             ``[I, hidden]``): what the inductive path (``app/inductive.py``) needs to embed a new
             item from its neighbours' stored vectors.
+        layers_out: ``K`` writable ``float32 [I, hidden]`` host arrays that receive
+            ``h^(0) .. h^(K-1)`` -- e.g. ``np.lib.format.open_memmap`` files: on the CPU they *are*
+            the layer tables, and the rows of a memory-mapped one are handed back to the page cache
+            as soon as a chunk has used them, so resident memory is bounded by one ``[I, hidden]``
+            table (the transformed sources, which every chunk gathers from at random) plus the
+            chunk, not by the ``K + 1`` tables.  (Aggregators without a source transform --
+            ``sage-mean``, ``sage-gcn`` -- gather from the previous layer itself.)
+        out: a writable ``float32 [I, out_channels]`` host array (e.g. a memmap) for ``z``.
 
     Returns:
         ``FloatTensor [I, out_channels]`` on the CPU, row ``u`` = item ``u``; with
@@ -289,13 +307,20 @@ def layerwise_embeddings(
     x = _as_features(x, num_items, model)
     ptr, items, weights = _check_ragged(nbr, num_items)
     device = torch.device(device)
+    if layers_out is not None:
+        if len(layers_out) != model.num_layers:
+            raise ValueError(f"layers_out has {len(layers_out)} arrays: expected num_layers={model.num_layers}")
+        for k, a in enumerate(layers_out):
+            _check_out(f"layers_out[{k}]", a, (num_items, model.hidden_channels))
+    if out is not None:
+        _check_out("out", out, (num_items, model.out_channels))
 
     was_training = model.training
     model.eval()
     model.to(device)
     bar = _progress_bar(progress, num_items * (model.num_layers + 1), "layer-wise inference")
     try:
-        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers)
+        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers, layers_out, out)
     finally:
         if bar is not None:
             bar.close()
@@ -303,65 +328,118 @@ def layerwise_embeddings(
 
 
 def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: torch.device, bar,
-               return_layers: bool):
+               return_layers: bool, layers_out=None, out=None):
     """The body of :func:`layerwise_embeddings` (arguments validated, model in eval mode).
 
-    Every table is allocated once on ``device``: ``h`` (the previous layer), ``h_next``, ``msg``
-    (the sources transformed once per layer, for the layers that transform them) and the chunk's
-    ``pooled`` / head scratch rows; without ``return_layers`` and the skip connection the two
-    layer tables swap roles instead of being reallocated.
+    Tables are allocated once: the layer tables ``h^(0..K-1)`` (two that swap roles when no layer
+    is kept; the caller's ``layers_out`` arrays when given, on the CPU), ``msg`` (the sources
+    transformed once per layer) and the chunk's scratch rows. The last layer never has a table:
+    each chunk of ``h^(K)`` goes straight through the head into ``z``.
     """
-    num_items, d = x.size(0), model.hidden_channels
-    ptr_t, items_t, weights_t = (torch.from_numpy(a) for a in nbr)
-    deg_t = ptr_t[1:] - ptr_t[:-1]
+    num_items, d, K = x.size(0), model.hidden_channels, model.num_layers
+    csr = _csr_on(nbr, device)
     on_cpu = device.type == "cpu"
-    if not on_cpu:  # the CSR table lives on the device beside the layer tables
-        ptr_t, items_t, weights_t, deg_t = (t.to(device) for t in (ptr_t, items_t, weights_t, deg_t))
-    new = lambda rows, cols=d: _table(rows, cols, device)  # noqa: E731
+    mapped = layers_out is not None and on_cpu  # the caller's arrays are the layer tables
+    keep = return_layers or layers_out is not None
     cs = min(chunk_size, max(num_items, 1))
     chunks = [(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
+    tick = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)  # noqa: E731
 
-    def tick(n):
-        if bar is not None:
-            bar.update(n)
+    def layer_table(k):
+        return torch.from_numpy(layers_out[k]) if mapped else _table(num_items, d, device)
 
-    h = new(num_items)  # layer 0: encode every item
-    for s, e in chunks:
+    def written(k, table, s, e):  # rows [s, e) of layer k are final
+        if layers_out is not None:
+            if not mapped:
+                layers_out[k][s:e] = table[s:e].cpu().numpy()
+            _release(layers_out[k], s, e)
+
+    def release(k, s, e):  # rows [s, e) of layer k read for now (pages left to the page cache)
+        if mapped:
+            _release(layers_out[k], s, e)
+
+    h = layer_table(0)
+    for s, e in chunks:  # layer 0: encode every item
         ids = torch.arange(s, e, device=device) if model.id_embedding else None
         model.encode(x[s:e].to(device, non_blocking=True), ids, out=h[s:e])
+        written(0, h, s, e)
         tick(e - s)
     h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
     need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
-    msg = new(num_items) if need_msg else None
-    pooled = new(cs)
-    layers, spare = [], None
-    for k, conv in enumerate(model.convs):
-        if return_layers:
-            layers.append(h if on_cpu else h.cpu())
-        h_next = spare if spare is not None else new(num_items)
-        if conv.pool is None:  # no CSR form (LSTM): the per-chunk message graph
-            _convolve_chunks(model, k, h, h_next, nbr, chunks, device, tick)
-        else:
-            table = h
-            if conv.source_linear is not None:  # Q once per layer for every item
-                for s, e in chunks:
-                    linear_relu_into(conv.source_linear, h[s:e], msg[s:e])
-                table = msg
-            for s, e in chunks:
-                buf = pooled[:e - s]
-                pool_rows(ptr_t, items_t, weights_t, table, buf, s, conv.pool)
-                conv.combine(h[s:e], buf, out=h_next[s:e], deg=deg_t[s:e])
-                tick(e - s)
-        spare = None if (return_layers or h is h0) else h
-        h = h_next
-    z = _table(num_items, model.out_channels, torch.device("cpu"))
-    z_dev = z if on_cpu else new(cs, model.out_channels)
-    for s, e in chunks:
+    msg = _table(num_items, d, device) if need_msg else None
+    pooled, rows = _table(cs, d, device), _table(cs, d, device)
+    z = torch.from_numpy(out) if out is not None else _table(num_items, model.out_channels, torch.device("cpu"))
+    z_dev = None if on_cpu else _table(cs, model.out_channels, device)
+
+    def head(h_rows, s, e):
         zs = z[s:e] if on_cpu else z_dev[:e - s]
-        model.head(h[s:e], None if h0 is None else h0[s:e], out=zs, buf=pooled[:e - s])
+        model.head(h_rows, None if h0 is None else h0[s:e], out=zs, buf=pooled[:e - s])
+        release(0, s, e)
         if not on_cpu:
             z[s:e].copy_(zs)
-    return (z, layers) if return_layers else z
+        if out is not None:
+            _release(out, s, e)
+
+    layers, spare = [h], None
+    for k, conv in enumerate(model.convs):
+        last = k == K - 1
+        dst = None if last else (layer_table(k + 1) if keep else spare if spare is not None else _table(num_items, d, device))
+        if conv.pool is None:  # no CSR form (LSTM): the per-chunk message graph, into a full table
+            full = dst if dst is not None else _table(num_items, d, device)
+            _convolve_chunks(model, k, h, full, nbr, chunks, device, tick)
+        else:
+            table = h if conv.source_linear is None else _transform_sources(conv, h, msg, chunks, lambda s, e: release(k, s, e))
+        for s, e in chunks:
+            if conv.pool is None:
+                h_rows = full[s:e]
+            else:
+                h_rows = rows[:e - s] if last else dst[s:e]
+                pool_rows(csr[0], csr[1], csr[2], table, pooled[:e - s], s, conv.pool)
+                conv.combine(h[s:e], pooled[:e - s], out=h_rows, deg=csr[3][s:e])
+                release(k, s, e)
+                tick(e - s)
+            if last:
+                head(h_rows, s, e)
+            else:
+                written(k + 1, dst, s, e)
+        if not last:
+            spare = None if (keep or h is h0) else h
+            h = dst
+            layers.append(h)
+    if return_layers:
+        return z, [t if t.device.type == "cpu" else t.cpu() for t in layers[:K]]
+    return z
+
+
+def _csr_on(nbr: Ragged, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(ptr, items, weights, degree)`` tensors (moved to ``device`` unless it is the CPU)."""
+    ptr_t, items_t, weights_t = (torch.from_numpy(a) for a in nbr)
+    out = (ptr_t, items_t, weights_t, ptr_t[1:] - ptr_t[:-1])
+    return out if device.type == "cpu" else tuple(t.to(device) for t in out)
+
+
+def _transform_sources(conv, h: Tensor, msg: Tensor, chunks, done) -> Tensor:
+    """``msg = ReLU(conv.source_linear(h))`` for every item, chunk by chunk (Q once per layer)."""
+    for s, e in chunks:
+        linear_relu_into(conv.source_linear, h[s:e], msg[s:e])
+        done(s, e)
+    return msg
+
+
+def _release(arr, start: int, end: int) -> None:
+    """Let the kernel unmap rows ``[start, end)`` of a memory-mapped ``.npy`` array
+    (``np.lib.format.open_memmap``): they stay in the file / page cache and fault back in when
+    read again, but stop counting in this process's resident memory. No-op for other arrays."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not isinstance(arr, np.memmap) or not hasattr(mmap, "MADV_DONTNEED") or end <= start:
+        return
+    row = arr.strides[0]
+    base = arr.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts inside the mapping
+    lo = base + start * row
+    lo -= lo % mmap.PAGESIZE
+    hi = min(base + end * row, len(mm))
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _table(rows: int, cols: int, device: torch.device) -> Tensor:

@@ -204,3 +204,30 @@ def test_naive_rejects_bad_input(dataset, sampler):
         naive_embeddings(model, x, sampler, num_layers=3)
     with pytest.raises(ValueError, match=r"items hold ids in \[0, 200\]"):
         naive_embeddings(model, x, sampler, items=[0, 200])
+
+
+@pytest.mark.parametrize("conv,kw", [("pinsage", {"skip": True}), ("sage-mean", {}), ("sage-lstm", {})])
+def test_layers_and_embeddings_streamed_into_memmaps(dataset, table, tmp_path, conv, kw):
+    """layers_out / out (open_memmap files) receive exactly what return_layers gives."""
+    model = _model(dataset, conv, 2, **kw)
+    z, layers = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, return_layers=True)
+    files = [np.lib.format.open_memmap(tmp_path / f"layer_{k}.npy", mode="w+", dtype=np.float32, shape=(200, 16))
+             for k in range(2)]
+    zf = np.lib.format.open_memmap(tmp_path / "z.npy", mode="w+", dtype=np.float32, shape=(200, 8))
+    z2 = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, layers_out=files, out=zf)
+    del files, zf
+    torch.testing.assert_close(z2, z)
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), z.numpy())
+    for k in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"layer_{k}.npy"), layers[k].numpy())
+
+
+def test_layers_out_rejects_bad_arrays(dataset, table):
+    model = _model(dataset, "pinsage", 2)
+    with pytest.raises(ValueError, match="layers_out has 1 arrays: expected num_layers=2"):
+        layerwise_embeddings(model, dataset.item_features, table, layers_out=[np.zeros((200, 16), np.float32)])
+    with pytest.raises(ValueError, match=r"layers_out\[1\] is invalid"):
+        layerwise_embeddings(model, dataset.item_features, table,
+                             layers_out=[np.zeros((200, 16), np.float32), np.zeros((200, 16))])
+    with pytest.raises(ValueError, match="out is invalid"):
+        layerwise_embeddings(model, dataset.item_features, table, out=np.zeros((200, 7), np.float32))
