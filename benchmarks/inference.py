@@ -73,7 +73,6 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__,
         "numba": numba.__version__,
-        "device": "cpu",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "numba_threading_layer": numba.config.THREADING_LAYER,
     }
@@ -119,10 +118,23 @@ def roofline(num_items: int, num_edges: int, in_channels: int, hidden: int, out:
             "roofline_cpu_s": round(cpu_s, 2), "roofline_wall_s_all_cores": round(cpu_s / os.cpu_count(), 2)}
 
 
+def synthetic_args(num_items: int) -> dict:
+    """The synthetic catalogue's generator arguments, scaled from the 1M-item setting."""
+    f = num_items / SYNTHETIC_1M["num_items"]
+    return dict(SYNTHETIC_1M, num_items=num_items, num_users=max(10, int(SYNTHETIC_1M["num_users"] * f)),
+                num_interactions=max(100, int(SYNTHETIC_1M["num_interactions"] * f)),
+                num_communities=max(2, min(SYNTHETIC_1M["num_communities"], num_items // 100)))
+
+
 def _load(name: str, args):
     if name == "gowalla":
         return load_dataset("gowalla", root=args.data_root, features=["log_degree"], progress=True)
-    return load_dataset("synthetic", reader_args=SYNTHETIC_1M, progress=True)
+    return load_dataset("synthetic", reader_args=synthetic_args(args.synthetic_items), progress=True)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def bench_dataset(name: str, args, rates: dict) -> dict:
@@ -142,7 +154,8 @@ def bench_dataset(name: str, args, rates: dict) -> dict:
     items = rng.permutation(items)
 
     # warm-up: numba kernels, PyG's generated propagate, allocator
-    naive_embeddings(model, x, sampler, items[:256], batch_size=args.batch_size)
+    naive_embeddings(model, x, sampler, items[:256], batch_size=args.batch_size, device=args.device)
+    _sync(args.device)
 
     lw_times, nbr_times, naive_times, lw_cpu, naive_cpu = [], [], [], [], []
     model_cpu, model_wall, nbr_cpu = [], [], []
@@ -152,7 +165,9 @@ def bench_dataset(name: str, args, rates: dict) -> dict:
         nbr = neighbourhoods_for_all(sampler, ds.num_items, chunk_size=args.chunk_size)
         t_nbr = time.perf_counter() - t
         c_nbr = time.process_time() - c
-        z_lw = layerwise_embeddings(model, x, nbr, chunk_size=args.chunk_size, progress=args.progress)
+        z_lw = layerwise_embeddings(model, x, nbr, chunk_size=args.chunk_size, progress=args.progress,
+                                    device=args.device)
+        _sync(args.device)
         lw_times.append(time.perf_counter() - t)
         lw_cpu.append(time.process_time() - c)
         nbr_cpu.append(c_nbr)
@@ -166,7 +181,9 @@ def bench_dataset(name: str, args, rates: dict) -> dict:
         print(f"[{name}] run {r}: layer-wise {lw_times[-1]:.2f}s ({t_nbr:.2f}s neighbourhoods) "
               f"= {ds.num_items / lw_times[-1]:.0f} items/s", flush=True)
         t, c = time.perf_counter(), time.process_time()
-        z_naive = naive_embeddings(model, x, sampler, items, batch_size=args.batch_size, progress=args.progress)
+        z_naive = naive_embeddings(model, x, sampler, items, batch_size=args.batch_size, progress=args.progress,
+                                   device=args.device)
+        _sync(args.device)
         naive_times.append(time.perf_counter() - t)
         naive_cpu.append(time.process_time() - c)
         print(f"[{name}] run {r}: naive {naive_times[-1]:.2f}s on {n_naive} items "
@@ -176,7 +193,9 @@ def bench_dataset(name: str, args, rates: dict) -> dict:
     lw_ips, naive_ips = ds.num_items / best_lw, n_naive / best_naive
     roof = roofline(ds.num_items, num_edges, int(x.size(1)), args.hidden, args.out_dim, args.num_layers, rates)
     row = {
-        "dataset": name if name == "gowalla" else "synthetic-1M",
+        "dataset": name if name == "gowalla" else (
+            "synthetic-1M" if args.synthetic_items == 1_000_000 else f"synthetic-{args.synthetic_items}"),
+        "device": str(args.device),
         "items": int(ds.num_items),
         "num_items": int(ds.num_items),
         "num_neighbourhood_edges": num_edges,
@@ -231,6 +250,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: all cores)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the model runs (e.g. cuda)")
+    p.add_argument("--synthetic-items", type=int, default=1_000_000,
+                   help="catalogue size of the synthetic dataset (users and interactions scale with it)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -238,6 +260,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     machine = machine_info()
+    machine["device"] = args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(args.device)
     machine["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
     rates = measured_rates()
     print(f"rates: {rates} (load {os.getloadavg()[0]:.2f})", flush=True)

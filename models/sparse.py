@@ -25,14 +25,19 @@ from torch import Tensor
 class _SpMM(torch.autograd.Function):
     """``Y = A @ X`` with ``dX = A^T @ dY`` from a precomputed transpose (no gradient for A)."""
 
+    # float32 always, also under bf16 / fp16 autocast: a sum of weighted rows is where low
+    # precision loses most, and the CPU's CSR kernel has no bfloat16 form
+
     @staticmethod
     def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sparse.mm(a, x.float())
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.a_t, grad.contiguous())
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, None, torch.sparse.mm(ctx.a_t, grad.float().contiguous())
 
 
 @njit(nogil=True, cache=True)

@@ -224,3 +224,14 @@ def test_csr_transpose_counting_sort():
     rows = torch.repeat_interleave(torch.arange(40), torch.from_numpy(np.diff(t_ptr)))
     dense_t = torch.zeros(40, 30).index_put_((rows, torch.from_numpy(t_col)), torch.from_numpy(t_w), accumulate=True)
     torch.testing.assert_close(dense_t, dense.t())
+
+
+def test_csr_product_runs_in_float32_under_bf16_autocast():
+    """bf16-mixed training: the fused pooling stays float32 (the CPU CSR kernel has no bf16 form)."""
+    adj, ei, w = _graph()
+    layer = Convolve(16, 8, 12)
+    xs = torch.randn(40, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer((xs, torch.randn(30, 16)), adj)
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and xs.grad is not None and torch.isfinite(xs.grad).all()
