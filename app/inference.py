@@ -359,11 +359,7 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
             _release(layers_out[k], s, e)
 
     h = layer_table(0)
-    for s, e in chunks:  # layer 0: encode every item
-        ids = torch.arange(s, e, device=device) if model.id_embedding else None
-        model.encode(x[s:e].to(device, non_blocking=True), ids, out=h[s:e])
-        written(0, h, s, e)
-        tick(e - s)
+    _encode_all(model, x, h, chunks, device, lambda s, e: (written(0, h, s, e), tick(e - s)))
     h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
     need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
     msg = _table(num_items, d, device) if need_msg else None
@@ -409,6 +405,15 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
     if return_layers:
         return z, [t if t.device.type == "cpu" else t.cpu() for t in layers[:K]]
     return z
+
+
+def _encode_all(model: PinSage, x: Tensor, h: Tensor, chunks, device, done) -> Tensor:
+    """Layer 0 of every item into ``h``, chunk by chunk (``done(s, e)`` after each)."""
+    for s, e in chunks:
+        ids = torch.arange(s, e, device=device) if model.id_embedding else None
+        model.encode(x[s:e].to(device, non_blocking=True), ids, out=h[s:e])
+        done(s, e)
+    return h
 
 
 def _csr_on(nbr: Ragged, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
