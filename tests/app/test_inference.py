@@ -231,3 +231,27 @@ def test_layers_out_rejects_bad_arrays(dataset, table):
                              layers_out=[np.zeros((200, 16), np.float32), np.zeros((200, 16))])
     with pytest.raises(ValueError, match="out is invalid"):
         layerwise_embeddings(model, dataset.item_features, table, out=np.zeros((200, 7), np.float32))
+
+
+def _rss_file_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    return None
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_release_hands_memmap_rows_back(tmp_path):
+    """Rows of an open_memmap table stop counting in the process's resident memory once released,
+    and keep their values (they are in the file / page cache)."""
+    from app.inference import _release
+
+    a = np.lib.format.open_memmap(tmp_path / "t.npy", mode="w+", dtype=np.float32, shape=(65536, 128))  # 32 MB
+    a[:] = 1.5
+    before = _rss_file_kb()
+    if before is None:
+        pytest.skip("no RssFile in /proc/self/status")
+    _release(a, 0, a.shape[0])
+    assert before - _rss_file_kb() > 24 * 1024
+    assert float(a[12345, 7]) == 1.5 and float(a[-1, -1]) == 1.5
+    _release(np.zeros((4, 4), np.float32), 0, 4)  # not a memmap: nothing to do
