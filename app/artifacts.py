@@ -175,7 +175,7 @@ def write_artifacts(
     from .evaluation import evaluate as run_evaluation
     from .evaluation import recency_weights
     from .inductive import write_inductive_files
-    from .inference import layerwise_embeddings, neighbourhoods_for_all
+    from .inference import neighbourhoods_for_all
     from .retrieval import build_index, neighbour_table, save_index
 
     log = (lambda m: print(f"[pinsage predict] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
@@ -189,22 +189,21 @@ def write_artifacts(
     module.eval()
     nbr = neighbourhoods_for_all(datamodule.neighbour_sampler(), ds.num_items, chunk_size=chunk_size, progress=progress)
     log(f"neighbourhoods of {ds.num_items} items in {time.perf_counter() - t0:.1f}s")
-    if engine == "ray":
-        from .ray_inference import ray_layerwise_embeddings
-
-        emb, layers = ray_layerwise_embeddings(module.model, ds.item_features, datamodule.neighbour_sampler(),
-                                               partition_size=chunk_size, address=ray_address), None
-        emb = np.asarray(emb, dtype=np.float32)
-    else:
-        emb, layers = layerwise_embeddings(module.model, ds.item_features, nbr, chunk_size=chunk_size,
-                                           progress=progress, return_layers=True)
-        emb = emb.detach().cpu().numpy().astype(np.float32)
-    log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
-        np.save(tmp / "embeddings.npy", emb)
+        if engine == "ray":
+            from .ray_inference import ray_layerwise_embeddings
+
+            emb, layers = ray_layerwise_embeddings(module.model, ds.item_features, datamodule.neighbour_sampler(),
+                                                   partition_size=chunk_size, address=ray_address), None
+            np.save(tmp / "embeddings.npy", np.asarray(emb, dtype=np.float32))
+        else:
+            layers = _stream_embeddings(module.model, ds, nbr, tmp, chunk_size, progress)
+        # read back from the file the model streamed it into (memory: the table, not the tables)
+        emb = np.load(tmp / "embeddings.npy")
+        log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
         titles = ds.item_titles()
         cats, years = item_categories_and_years(ds)
         with open(tmp / "items.csv", "w", newline="") as f:
@@ -284,6 +283,27 @@ def item_categories_and_years(ds):
     if t is not None and t.years is not None:
         years = ["" if int(y) < 0 else str(int(y)) for y in np.asarray(t.years).tolist()]
     return cats, years
+
+
+def _stream_embeddings(model, ds, nbr, tmp: Path, chunk_size: int, progress: bool) -> list:
+    """Layer-wise inference straight into ``tmp``: the layer tables ``layer_k.npy`` (the
+    inductive files) and ``embeddings.npy``, created with ``np.lib.format.open_memmap`` so that
+    the model's tables are those files and resident memory stays bounded by one table and a chunk
+    (see :func:`app.inference.layerwise_embeddings`). Returns ``[None] * K``: the layers are
+    written (what :func:`app.inductive.write_inductive_files` expects of layers it must not write)."""
+    from .inference import layerwise_embeddings
+
+    def npy(name, cols):
+        return np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float32, shape=(ds.num_items, cols))
+
+    layers = [npy(f"layer_{k}.npy", model.hidden_channels) for k in range(model.num_layers)]
+    emb = npy("embeddings.npy", model.out_channels)
+    layerwise_embeddings(model, ds.item_features, nbr, chunk_size=chunk_size, progress=progress,
+                         layers_out=layers, out=emb)
+    for a in layers + [emb]:
+        a.flush()
+    del layers, emb  # unmapped: the files hold them
+    return [None] * model.num_layers
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

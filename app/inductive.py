@@ -162,14 +162,16 @@ def feature_spec(ds, cache_dir=None) -> dict:
 
 
 def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers: Sequence[torch.Tensor]) -> dict:
-    """Write the inductive files into the (temporary) artifact ``folder``; return the manifest block."""
+    """Write the inductive files into the (temporary) artifact ``folder``; return the manifest block.
+    ``layers[k] is None``: ``layer_k.npy`` is already there (streamed by the layer-wise pass)."""
     folder = Path(folder)
     ds = datamodule.dataset
     hparams = {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)}
     torch.save({"hparams": hparams, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
                folder / "model.pt")
-    for k, h in enumerate(layers):
-        np.save(folder / f"layer_{k}.npy", h.detach().cpu().numpy().astype(np.float32))
+    for k, h in enumerate(layers):  # None: layer_k.npy is already in folder (streamed there)
+        if h is not None:
+            np.save(folder / f"layer_{k}.npy", h.detach().cpu().numpy().astype(np.float32))
     sampler = datamodule.neighbour_sampler()
     item_ptr, item_users, user_ptr, user_items = getattr(sampler, "arrays", None) or (
         ds.train_graph.item_ptr, ds.train_graph.item_users, ds.train_graph.user_ptr, ds.train_graph.user_items)

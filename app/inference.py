@@ -20,6 +20,7 @@ float32 [E])``: the neighbours of item ``u`` are ``items[ptr[u]:ptr[u+1]]`` with
 
 from __future__ import annotations
 
+import mmap
 import sys
 from typing import Optional, Sequence, Tuple, Union
 
@@ -28,7 +29,9 @@ import torch
 from torch import Tensor
 
 from datamodules.minibatch import ComputationGraphBuilder
+from models.convolve import linear_relu_into
 from models.pinsage import PinSage
+from models.sparse import pool_rows
 
 Ragged = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -92,6 +95,13 @@ def _as_features(x, num_items: Optional[int], model: PinSage) -> Tensor:
             f"x has {x.size(0)} rows: the model's ID embedding only covers num_items="
             f"{model.num_items} items")
     return x.to(torch.float32)
+
+
+def _check_out(name: str, a, shape) -> None:
+    if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != np.float32 or not a.flags.writeable \
+            or not a.flags.c_contiguous:
+        raise ValueError(f"{name} is invalid: expected a writable C-contiguous float32 array of shape {shape}, got "
+                         f"{type(a).__name__} {getattr(a, 'shape', None)} {getattr(a, 'dtype', None)}")
 
 
 def _slice_ragged(nbr: Ragged, seeds: np.ndarray) -> Ragged:
@@ -240,18 +250,27 @@ def layerwise_embeddings(
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
     return_layers: bool = False,
+    layers_out: Optional[Sequence[np.ndarray]] = None,
+    out: Optional[np.ndarray] = None,
 ):
     r"""Embeddings of the whole catalogue, layer by layer, every ``h^{(k)}_u`` computed once.
 
     :math:`\mathbf{h}^{(0)} = \mathrm{encode}(\mathbf{x}, [0, I))` for all items (in chunks); for
     ``k = 1 .. K``, for every chunk of ``chunk_size`` target items ``u``:
     :math:`\mathbf{h}^{(k)}_u = \mathrm{layer}_{k-1}(\mathbf{h}^{(k-1)}_{\mathcal{N}(u)},
-    \mathbf{h}^{(k-1)}_u)` over a bipartite message graph whose sources are the distinct
-    neighbours of the chunk (their rows of :math:`\mathbf{h}^{(k-1)}` gathered); finally
+    \mathbf{h}^{(k-1)}_u)`; finally
     :math:`\mathbf{z} = \mathrm{head}(\mathbf{h}^{(K)})`.
 
-    Memory: two ``[I, hidden]`` float32 tables on the host plus, per chunk, at most
-    ``chunk_size * (1 + T)`` gathered rows and ``chunk_size * T`` edges (on ``device``).  The model
+    Each layer runs in stages over fixed buffers (no per-chunk allocation): the neighbour
+    transform (``Q`` of PinSage's CONVOLVE, ``W_pool`` of the pooling aggregators) is applied
+    once per layer to every item into a reused ``[I, hidden]`` table; per chunk, the neighbours'
+    rows are pooled straight from that table by a CSR row-slice kernel
+    (:func:`models.sparse.pool_rows`: no per-edge messages), and the layer's ``W`` is applied as
+    its self and neighbour halves (no concatenation).  The LSTM aggregator, which has no CSR
+    form, runs per chunk on the chunk's message graph (:func:`convolve_chunk`).
+
+    Memory: three ``[I, hidden]`` float32 tables (``K + 2`` with ``return_layers``) and
+    ``chunk_size`` scratch rows, all on ``device``.  The model
     runs in eval mode under ``torch.no_grad()`` (its training flag is restored afterwards) and is
     moved to ``device``.
 
@@ -266,6 +285,14 @@ def layerwise_embeddings(
         return_layers: also return the per-layer vectors ``[h^(0), ..., h^(K-1)]`` (each
             ``[I, hidden]``): what the inductive path (``app/inductive.py``) needs to embed a new
             item from its neighbours' stored vectors.
+        layers_out: ``K`` writable ``float32 [I, hidden]`` host arrays that receive
+            ``h^(0) .. h^(K-1)`` -- e.g. ``np.lib.format.open_memmap`` files: on the CPU they *are*
+            the layer tables, and the rows of a memory-mapped one are handed back to the page cache
+            as soon as a chunk has used them, so resident memory is bounded by one ``[I, hidden]``
+            table (the transformed sources, which every chunk gathers from at random) plus the
+            chunk, not by the ``K + 1`` tables.  (Aggregators without a source transform --
+            ``sage-mean``, ``sage-gcn`` -- gather from the previous layer itself.)
+        out: a writable ``float32 [I, out_channels]`` host array (e.g. a memmap) for ``z``.
 
     Returns:
         ``FloatTensor [I, out_channels]`` on the CPU, row ``u`` = item ``u``; with
@@ -280,50 +307,163 @@ def layerwise_embeddings(
     x = _as_features(x, num_items, model)
     ptr, items, weights = _check_ragged(nbr, num_items)
     device = torch.device(device)
+    if layers_out is not None:
+        if len(layers_out) != model.num_layers:
+            raise ValueError(f"layers_out has {len(layers_out)} arrays: expected num_layers={model.num_layers}")
+        for k, a in enumerate(layers_out):
+            _check_out(f"layers_out[{k}]", a, (num_items, model.hidden_channels))
+    if out is not None:
+        _check_out("out", out, (num_items, model.out_channels))
 
     was_training = model.training
     model.eval()
     model.to(device)
-    K = model.num_layers
-    bar = _progress_bar(progress, num_items * (K + 1), "layer-wise inference")
+    bar = _progress_bar(progress, num_items * (model.num_layers + 1), "layer-wise inference")
     try:
-        # layer 0: encode every item
-        h = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
-        for s in range(0, num_items, chunk_size):
-            e = min(s + chunk_size, num_items)
-            h[s:e] = encode_chunk(model, x[s:e], torch.arange(s, e), device)
-            if bar is not None:
-                bar.update(e - s)
-        h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
-        items_t = torch.from_numpy(items)
-        weights_t = torch.from_numpy(weights)
-        deg_t = torch.from_numpy(np.diff(ptr))
-        g2l = torch.full((num_items,), -1, dtype=torch.int64)  # global -> local source id
-        layers = []
-        # layers 1 .. K: every item once, from the previous layer of every item
-        for k in range(K):
-            if return_layers:
-                layers.append(h)
-            h_next = torch.empty(num_items, model.hidden_channels, dtype=torch.float32)
-            gather = lambda idx, h=h: h if idx is None else h.index_select(0, idx)  # noqa: E731
-            for s in range(0, num_items, chunk_size):
-                e = min(s + chunk_size, num_items)
-                ps, pe = int(ptr[s]), int(ptr[e])
-                h_next[s:e] = convolve_chunk(model, k, gather, h[s:e], items_t[ps:pe], deg_t[s:e],
-                                             weights_t[ps:pe], g2l, device)
-                if bar is not None:
-                    bar.update(e - s)
-            h = h_next
-        # head
-        z = torch.empty(num_items, model.out_channels, dtype=torch.float32)
-        for s in range(0, num_items, chunk_size):
-            e = min(s + chunk_size, num_items)
-            z[s:e] = model.head(h[s:e].to(device), None if h0 is None else h0[s:e].to(device)).float().cpu()
-        return (z, layers) if return_layers else z
+        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers, layers_out, out)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
+
+
+def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: torch.device, bar,
+               return_layers: bool, layers_out=None, out=None):
+    """The body of :func:`layerwise_embeddings` (arguments validated, model in eval mode).
+
+    Tables are allocated once: the layer tables ``h^(0..K-1)`` (two that swap roles when no layer
+    is kept; the caller's ``layers_out`` arrays when given, on the CPU), ``msg`` (the sources
+    transformed once per layer) and the chunk's scratch rows. The last layer never has a table:
+    each chunk of ``h^(K)`` goes straight through the head into ``z``.
+    """
+    num_items, d, K = x.size(0), model.hidden_channels, model.num_layers
+    csr = _csr_on(nbr, device)
+    on_cpu = device.type == "cpu"
+    mapped = layers_out is not None and on_cpu  # the caller's arrays are the layer tables
+    keep = return_layers or layers_out is not None
+    cs = min(chunk_size, max(num_items, 1))
+    chunks = [(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
+    tick = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)  # noqa: E731
+
+    def layer_table(k):
+        return torch.from_numpy(layers_out[k]) if mapped else _table(num_items, d, device)
+
+    def written(k, table, s, e):  # rows [s, e) of layer k are final
+        if layers_out is not None:
+            if not mapped:
+                layers_out[k][s:e] = table[s:e].cpu().numpy()
+            _release(layers_out[k], s, e)
+
+    def release(k, s, e):  # rows [s, e) of layer k read for now (pages left to the page cache)
+        if mapped:
+            _release(layers_out[k], s, e)
+
+    h = layer_table(0)
+    _encode_all(model, x, h, chunks, device, lambda s, e: (written(0, h, s, e), tick(e - s)))
+    h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
+    need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
+    msg = _table(num_items, d, device) if need_msg else None
+    pooled, rows = _table(cs, d, device), _table(cs, d, device)
+    z = torch.from_numpy(out) if out is not None else _table(num_items, model.out_channels, torch.device("cpu"))
+    z_dev = None if on_cpu else _table(cs, model.out_channels, device)
+
+    def head(h_rows, s, e):
+        zs = z[s:e] if on_cpu else z_dev[:e - s]
+        model.head(h_rows, None if h0 is None else h0[s:e], out=zs, buf=pooled[:e - s])
+        release(0, s, e)
+        if not on_cpu:
+            z[s:e].copy_(zs)
+        if out is not None:
+            _release(out, s, e)
+
+    layers, spare = [h], None
+    for k, conv in enumerate(model.convs):
+        last = k == K - 1
+        dst = None if last else (layer_table(k + 1) if keep else spare if spare is not None else _table(num_items, d, device))
+        if conv.pool is None:  # no CSR form (LSTM): the per-chunk message graph, into a full table
+            full = dst if dst is not None else _table(num_items, d, device)
+            _convolve_chunks(model, k, h, full, nbr, chunks, device, tick)
+        else:
+            table = h if conv.source_linear is None else _transform_sources(conv, h, msg, chunks, lambda s, e: release(k, s, e))
+        for s, e in chunks:
+            if conv.pool is None:
+                h_rows = full[s:e]
+            else:
+                h_rows = rows[:e - s] if last else dst[s:e]
+                pool_rows(csr[0], csr[1], csr[2], table, pooled[:e - s], s, conv.pool)
+                conv.combine(h[s:e], pooled[:e - s], out=h_rows, deg=csr[3][s:e])
+                release(k, s, e)
+                tick(e - s)
+            if last:
+                head(h_rows, s, e)
+            else:
+                written(k + 1, dst, s, e)
+        if not last:
+            spare = None if (keep or h is h0) else h
+            h = dst
+            layers.append(h)
+    if return_layers:
+        return z, [t if t.device.type == "cpu" else t.cpu() for t in layers[:K]]
+    return z
+
+
+def _encode_all(model: PinSage, x: Tensor, h: Tensor, chunks, device, done) -> Tensor:
+    """Layer 0 of every item into ``h``, chunk by chunk (``done(s, e)`` after each)."""
+    for s, e in chunks:
+        ids = torch.arange(s, e, device=device) if model.id_embedding else None
+        model.encode(x[s:e].to(device, non_blocking=True), ids, out=h[s:e])
+        done(s, e)
+    return h
+
+
+def _csr_on(nbr: Ragged, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(ptr, items, weights, degree)`` tensors (moved to ``device`` unless it is the CPU)."""
+    ptr_t, items_t, weights_t = (torch.from_numpy(a) for a in nbr)
+    out = (ptr_t, items_t, weights_t, ptr_t[1:] - ptr_t[:-1])
+    return out if device.type == "cpu" else tuple(t.to(device) for t in out)
+
+
+def _transform_sources(conv, h: Tensor, msg: Tensor, chunks, done) -> Tensor:
+    """``msg = ReLU(conv.source_linear(h))`` for every item, chunk by chunk (Q once per layer)."""
+    for s, e in chunks:
+        linear_relu_into(conv.source_linear, h[s:e], msg[s:e])
+        done(s, e)
+    return msg
+
+
+def _release(arr, start: int, end: int) -> None:
+    """Let the kernel unmap rows ``[start, end)`` of a memory-mapped ``.npy`` array
+    (``np.lib.format.open_memmap``): they stay in the file / page cache and fault back in when
+    read again, but stop counting in this process's resident memory. No-op for other arrays."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not isinstance(arr, np.memmap) or not hasattr(mmap, "MADV_DONTNEED") or end <= start:
+        return
+    row = arr.strides[0]
+    base = arr.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts inside the mapping
+    lo = base + start * row
+    lo -= lo % mmap.PAGESIZE
+    hi = min(base + end * row, len(mm))
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def _table(rows: int, cols: int, device: torch.device) -> Tensor:
+    return torch.empty(rows, cols, dtype=torch.float32, device=device)
+
+
+def _convolve_chunks(model: PinSage, k: int, h: Tensor, h_next: Tensor, nbr: Ragged, chunks, device, tick) -> None:
+    """Layer ``k`` through :func:`convolve_chunk` (the message-graph path every engine shares)."""
+    ptr, items, weights = nbr
+    items_t, weights_t = torch.from_numpy(items), torch.from_numpy(weights)
+    deg_t = torch.from_numpy(np.diff(ptr))
+    h_host = h.cpu()
+    g2l = torch.full((h.size(0),), -1, dtype=torch.int64)  # global -> local source id
+    gather = lambda idx: h_host if idx is None else h_host.index_select(0, idx)  # noqa: E731
+    for s, e in chunks:
+        ps, pe = int(ptr[s]), int(ptr[e])
+        h_next[s:e] = convolve_chunk(model, k, gather, h_host[s:e], items_t[ps:pe], deg_t[s:e],
+                                     weights_t[ps:pe], g2l, device).to(h_next.device)
+        tick(e - s)
 
 
 # ----------------------------------------------------------------------------------------------

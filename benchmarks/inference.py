@@ -34,6 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+# Idle OpenMP threads sleep rather than spin: torch's and numba's thread pools alternate here (GEMMs,
+# then the CSR pooling kernel), and on a shared machine a spinning idle pool burns CPU the other
+# needs (~20% of the layer-wise CPU time measured on 2 loaded cores). Read when the libraries
+# load, hence before the imports; set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -67,17 +73,71 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__,
         "numba": numba.__version__,
-        "device": "cpu",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "numba_threading_layer": numba.config.THREADING_LAYER,
     }
+
+
+def measured_rates(num_rows: int = 1_000_000, dim: int = 128, repeats: int = 3) -> dict:
+    """This machine's rates, measured now (best of ``repeats``, process CPU time): a 4096^3
+    float32 GEMM (GFLOP per CPU-second) and a random row gather ``index_select`` of ``dim``
+    float32 rows from a ``[num_rows, dim]`` table into a reused buffer (GB per CPU-second)."""
+    a = torch.randn(4096, 4096)
+    c = torch.empty(4096, 4096)
+    torch.mm(a, a, out=c)
+    gemm = []
+    for _ in range(repeats):
+        t = time.process_time()
+        torch.mm(a, a, out=c)
+        gemm.append(2 * 4096 ** 3 / (time.process_time() - t) / 1e9)
+    del a, c
+    table = torch.randn(num_rows, dim)
+    idx = torch.randint(0, num_rows, (655_360,))
+    buf = torch.empty(idx.numel(), dim)
+    torch.index_select(table, 0, idx, out=buf)
+    gather = []
+    for _ in range(repeats):
+        t = time.process_time()
+        for _ in range(8):
+            torch.index_select(table, 0, idx, out=buf)
+        gather.append(8 * buf.numel() * 4 / (time.process_time() - t) / 1e9)
+    return {"gemm_gflop_per_cpu_s": round(max(gemm), 1), "gather_gb_per_cpu_s": round(max(gather), 2)}
+
+
+def roofline(num_items: int, num_edges: int, in_channels: int, hidden: int, out: int, num_layers: int,
+             rates: dict) -> dict:
+    """The dense-work + gather floor of layer-wise inference with ``conv="pinsage"``: encoder
+    ``2 I F d``, per layer ``Q`` (``2 I d^2``) and ``W`` (``2 I 2d d``), the head (``2 I d^2 + 2 I d
+    out``) FLOPs at the measured GEMM rate, plus one ``d``-float row read per neighbour per layer
+    at the measured gather rate (the issue's model; table streaming and pooling adds are not
+    counted)."""
+    flop = 2 * num_items * (in_channels * hidden + num_layers * 3 * hidden * hidden + hidden * hidden + hidden * out)
+    gather_bytes = num_layers * num_edges * hidden * 4
+    cpu_s = flop / 1e9 / rates["gemm_gflop_per_cpu_s"] + gather_bytes / 1e9 / rates["gather_gb_per_cpu_s"]
+    return {"dense_gflop": round(flop / 1e9, 1), "gather_gb": round(gather_bytes / 1e9, 2),
+            "roofline_cpu_s": round(cpu_s, 2), "roofline_wall_s_all_cores": round(cpu_s / os.cpu_count(), 2)}
+
+
+def synthetic_args(num_items: int) -> dict:
+    """The synthetic catalogue's generator arguments, scaled from the 1M-item setting."""
+    f = num_items / SYNTHETIC_1M["num_items"]
+    return dict(SYNTHETIC_1M, num_items=num_items, num_users=max(10, int(SYNTHETIC_1M["num_users"] * f)),
+                num_interactions=max(100, int(SYNTHETIC_1M["num_interactions"] * f)),
+                num_communities=max(2, min(SYNTHETIC_1M["num_communities"], num_items // 100)))
 
 
 def _load(name: str, args):
     if name == "gowalla":
         return load_dataset("gowalla", root=args.data_root, features=["log_degree"], progress=True)
-    return load_dataset("synthetic", reader_args=SYNTHETIC_1M, progress=True)
+    return load_dataset("synthetic", reader_args=synthetic_args(args.synthetic_items), progress=True)
 
 
-def bench_dataset(name: str, args) -> dict:
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_dataset(name: str, args, rates: dict) -> dict:
     t0 = time.perf_counter()
     ds = _load(name, args)
     print(f"[{name}] loaded {ds.num_items} items, {ds.train_graph.num_edges} train edges, "
@@ -94,23 +154,36 @@ def bench_dataset(name: str, args) -> dict:
     items = rng.permutation(items)
 
     # warm-up: numba kernels, PyG's generated propagate, allocator
-    naive_embeddings(model, x, sampler, items[:256], batch_size=args.batch_size)
+    naive_embeddings(model, x, sampler, items[:256], batch_size=args.batch_size, device=args.device)
+    _sync(args.device)
 
     lw_times, nbr_times, naive_times, lw_cpu, naive_cpu = [], [], [], [], []
+    model_cpu, model_wall, nbr_cpu = [], [], []
     z_lw = z_naive = None
     for r in range(args.repeats):
         t, c = time.perf_counter(), time.process_time()
         nbr = neighbourhoods_for_all(sampler, ds.num_items, chunk_size=args.chunk_size)
         t_nbr = time.perf_counter() - t
-        z_lw = layerwise_embeddings(model, x, nbr, chunk_size=args.chunk_size, progress=args.progress)
+        c_nbr = time.process_time() - c
+        z_lw = layerwise_embeddings(model, x, nbr, chunk_size=args.chunk_size, progress=args.progress,
+                                    device=args.device)
+        _sync(args.device)
         lw_times.append(time.perf_counter() - t)
         lw_cpu.append(time.process_time() - c)
+        nbr_cpu.append(c_nbr)
+        model_cpu.append(lw_cpu[-1] - c_nbr)
+        model_wall.append(lw_times[-1] - t_nbr)
+        num_edges = int(nbr[1].shape[0])
         nbr_times.append(t_nbr)
         del nbr
+        print(f"[{name}] run {r}: layer-wise model {model_cpu[-1]:.2f} CPU-s, {model_wall[-1]:.2f}s wall "
+              f"(load {os.getloadavg()[0]:.2f}); ", flush=True)
         print(f"[{name}] run {r}: layer-wise {lw_times[-1]:.2f}s ({t_nbr:.2f}s neighbourhoods) "
               f"= {ds.num_items / lw_times[-1]:.0f} items/s", flush=True)
         t, c = time.perf_counter(), time.process_time()
-        z_naive = naive_embeddings(model, x, sampler, items, batch_size=args.batch_size, progress=args.progress)
+        z_naive = naive_embeddings(model, x, sampler, items, batch_size=args.batch_size, progress=args.progress,
+                                   device=args.device)
+        _sync(args.device)
         naive_times.append(time.perf_counter() - t)
         naive_cpu.append(time.process_time() - c)
         print(f"[{name}] run {r}: naive {naive_times[-1]:.2f}s on {n_naive} items "
@@ -118,9 +191,23 @@ def bench_dataset(name: str, args) -> dict:
     diff = float((z_lw[torch.from_numpy(items)] - z_naive).abs().max())
     best_lw, best_naive = min(lw_times), min(naive_times)
     lw_ips, naive_ips = ds.num_items / best_lw, n_naive / best_naive
+    roof = roofline(ds.num_items, num_edges, int(x.size(1)), args.hidden, args.out_dim, args.num_layers, rates)
     row = {
-        "dataset": name if name == "gowalla" else "synthetic-1M",
+        "dataset": name if name == "gowalla" else (
+            "synthetic-1M" if args.synthetic_items == 1_000_000 else f"synthetic-{args.synthetic_items}"),
+        "device": str(args.device),
+        "items": int(ds.num_items),
         "num_items": int(ds.num_items),
+        "num_neighbourhood_edges": num_edges,
+        # the model part of layer-wise inference (layerwise_embeddings, neighbourhoods excluded):
+        # process CPU time (all threads) of the best run, and its wall time
+        "layerwise_cpu_s": round(min(model_cpu), 2),
+        "layerwise_wall_s": round(model_wall[model_cpu.index(min(model_cpu))], 2),
+        "layerwise_cpu_s_runs": [round(v, 2) for v in model_cpu],
+        "neighbourhoods_cpu_s": round(min(nbr_cpu), 2),
+        **roof,
+        "ratio_to_roofline_cpu": round(min(model_cpu) / roof["roofline_cpu_s"], 2),
+        "rates": rates,
         "num_train_edges": int(ds.train_graph.num_edges),
         "layerwise_items_per_s": round(lw_ips, 1),
         "naive_items_per_s": round(naive_ips, 1),
@@ -163,6 +250,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: all cores)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the model runs (e.g. cuda)")
+    p.add_argument("--synthetic-items", type=int, default=1_000_000,
+                   help="catalogue size of the synthetic dataset (users and interactions scale with it)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -170,8 +260,12 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     machine = machine_info()
+    machine["device"] = args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(args.device)
     machine["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
-    rows = [bench_dataset(name, args) for name in args.datasets]
+    rates = measured_rates()
+    print(f"rates: {rates} (load {os.getloadavg()[0]:.2f})", flush=True)
+    rows = [bench_dataset(name, args, rates) for name in args.datasets]
+    machine["rates_end"] = measured_rates()
     machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     result = {"machine": machine, "rows": rows, "total_seconds": round(time.perf_counter() - t0, 1),
               "command": "PYTHONPATH=. python benchmarks/inference.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -180,11 +274,12 @@ def main(argv=None) -> None:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, out)
-    print("\n| dataset | items | layer-wise items/s | naive items/s | ratio | ratio (CPU time) |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print("\n| dataset | items | layer-wise items/s | naive items/s | ratio | ratio (CPU time) | "
+          "layer-wise CPU-s | wall s | roofline CPU-s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['dataset']} | {r['num_items']:,} | {r['layerwise_items_per_s']:,.0f} | "
-              f"{r['naive_items_per_s']:,.0f} | {r['ratio']:.1f}x | {r['ratio_cpu_time']:.1f}x |")
+              f"{r['naive_items_per_s']:,.0f} | {r['ratio']:.1f}x | {r['ratio_cpu_time']:.1f}x | "
+              f"{r['layerwise_cpu_s']} | {r['layerwise_wall_s']} | {r['roofline_cpu_s']} |")
     print(f"\nwrote {out} in {result['total_seconds']:.0f}s")
 
 

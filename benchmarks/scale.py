@@ -114,14 +114,15 @@ def _evict(path: Path) -> int:
     return 1
 
 
-def run_stage(name: str, argv, log: Path, limit: MemoryLimit = None) -> dict:
-    """Run one stage; ``{"seconds", "peak_rss_gb", "stdout"}`` (raises when it fails)."""
+def run_stage(name: str, argv, log: Path, limit: MemoryLimit = None, src: Path = ROOT) -> dict:
+    """Run one stage with the code of ``src`` (default: this tree); ``{"seconds", "peak_rss_gb",
+    "stdout"}`` (raises when it fails)."""
     print(f"[scale] {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(src), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(log, "w") as err, open(str(log) + ".out", "w") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT,
+        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=src,
                              preexec_fn=limit.preexec if limit else _nice)
         done = threading.Event()
         if limit is not None:
@@ -155,6 +156,10 @@ def main() -> None:
                     help="cgroup limit of the limited stage (default: half the cache's arrays)")
     ap.add_argument("--stages", default="generate,data,fit,predict,limited")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--baseline-src", default=None,
+                    help="a source tree of older code (e.g. `git archive <commit>` unpacked): its predict "
+                         "runs first, on the same data and checkpoint, as a 'predict (baseline: ...)' row")
+    ap.add_argument("--baseline-label", default=None, help="the baseline row's label (default: its path)")
     ap.add_argument("--nice", type=int, default=10, help="niceness of every stage (a shared machine)")
     args = ap.parse_args()
     global NICE
@@ -228,6 +233,12 @@ def main() -> None:
     if "fit" in stages:
         add(f"fit ({args.max_steps} steps)", run_stage("fit", fit, work / "fit.log"))
     if "predict" in stages:
+        if args.baseline_src:  # the same stage with older code first: before / after in one run
+            base = Path(args.baseline_src).resolve()
+            shutil.rmtree(work / "artifacts", ignore_errors=True)
+            add(f"predict (baseline: {args.baseline_label or base})",
+                run_stage("predict-baseline", predict, work / "predict-baseline.log", src=base))
+            shutil.rmtree(work / "artifacts", ignore_errors=True)
         add("predict", run_stage("predict", predict, work / "predict.log"))
     if "limited" in stages:
         caches = [c for c in cache.glob("synthetic-*") if (c / "manifest.json").is_file()]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
+import math
+
 import torch
 import torch.nn.functional as F
+from numba import njit, prange
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
@@ -46,6 +49,52 @@ def _check_edges(x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
         raise ValueError(
             f"x has shapes {tuple(x_src.shape)}, {tuple(x_dst.shape)}: expected 2-D "
             f"[num_nodes, channels] tensors")
+
+
+def linear_into(lin: torch.nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``lin(x)`` (``x @ W^T + b``) written into ``out`` (allocated when ``None``): one GEMM."""
+    w, b = lin.weight, lin.bias
+    return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _epilogue_rows(out, bias, has_bias, relu, normalize):  # pragma: no cover - numba
+    n, d = out.shape
+    for r in prange(n):
+        o = out[r]
+        ss = 0.0
+        for j in range(d):
+            v = o[j] + bias[j] if has_bias else o[j]
+            if relu and v < 0.0:
+                v = 0.0
+            o[j] = v
+            ss += v * v
+        if normalize:
+            scale = 1.0 / max(math.sqrt(ss), 1e-12)
+            for j in range(d):
+                o[j] *= scale
+
+
+def epilogue_(out: Tensor, bias: Optional[Tensor] = None, relu: bool = True, normalize: bool = True) -> Tensor:
+    """``out <- out + bias``, ``ReLU``, then each row divided by ``max(||row||_2, 1e-12)`` (as
+    ``F.normalize``), in place and in one pass over ``out`` (a numba kernel for contiguous CPU
+    float32; torch ops elsewhere). No autograd: inference only."""
+    if out.device.type == "cpu" and out.dtype == torch.float32 and out.dim() == 2 and out.is_contiguous():
+        b = bias.detach() if bias is not None else out.new_empty(0)
+        _epilogue_rows(out.numpy(), b.numpy(), bias is not None, relu, normalize)
+        return out
+    if bias is not None:
+        out.add_(bias)
+    if relu:
+        out.relu_()
+    if normalize:
+        out.div_(torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min_(1e-12))
+    return out
+
+
+def linear_relu_into(lin: torch.nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    """``ReLU(lin(x))`` into ``out``: the GEMM, then bias and ReLU in one pass."""
+    return epilogue_(torch.mm(x, lin.weight.t(), out=out), lin.bias, relu=True, normalize=False)
 
 
 class Convolve(MessagePassing):
@@ -131,6 +180,24 @@ class Convolve(MessagePassing):
 
         out = F.relu(self.lin_w(torch.cat([x_dst, n_u], dim=-1)))
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    # -- layer-wise inference protocol (see app/inference.py): the same function, in stages ------
+    @property
+    def source_linear(self) -> torch.nn.Module:
+        """The row-wise source transform ``ReLU(Q h + q)`` (applied once to every item)."""
+        return self.lin_q
+
+    @property
+    def pool(self) -> str:
+        """How the transformed sources are pooled (a :data:`models.sparse.POOLS` mode)."""
+        return "weighted_mean" if self.use_weights else "mean"
+
+    def combine(self, h_dst: Tensor, pooled: Tensor, out: Optional[Tensor] = None,
+                deg: Optional[Tensor] = None) -> Tensor:
+        """``norm(ReLU(W_self h_dst + W_nbr pooled + w))`` into ``out`` (``W`` split, no concat)."""
+        w, da = self.lin_w.weight, h_dst.size(-1)
+        out = torch.mm(h_dst, w[:, :da].t(), out=out).addmm_(pooled, w[:, da:].t())
+        return epilogue_(out, self.lin_w.bias, relu=True, normalize=self.normalize)
 
     def _pool(self, msg: Tensor, n_dst: int, edge_index: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
         """Importance pooling over an edge list: weighted mean of the sources' messages."""

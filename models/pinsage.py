@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.convolve import Convolve
+from models.convolve import Convolve, epilogue_, linear_into, linear_relu_into
 from models.sage import AGGREGATORS, SAGEConvolve
 from models.sparse import SparseAdjacency
 
@@ -113,6 +113,8 @@ class PinSage(torch.nn.Module):
         self.importance_pooling = importance_pooling
         self.dropout = dropout
         self.skip = bool(skip)
+        #: minibatch blocks run as CSR products (see :meth:`_csr_block`); ``False``: PyG's edge list
+        self.fused_blocks = True
 
         d = hidden_channels
         self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
@@ -141,19 +143,25 @@ class PinSage(torch.nn.Module):
         if self.lin_skip is not None:
             self.lin_skip.reset_parameters()
 
-    def encode(self, x: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, node_ids: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
         r"""Input encoder :math:`\mathbf{h}^{(0)}`: ``x [n, F]``, ``node_ids [n]`` (global
         item ids; needed with the ID embedding; ``-1``: an item without an ID row, e.g. a new
-        item, whose ID term is left out) -> ``[n, hidden]``."""
+        item, whose ID term is left out; not with ``out``) -> ``[n, hidden]`` (written into
+        ``out`` when given: no allocation, for inference)."""
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}: expected [num_nodes, {self.in_channels}]")
+        if self.emb is not None and (node_ids is None or node_ids.shape != (x.size(0),)):
+            raise ValueError(
+                f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
+                f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
+        if out is not None:
+            if self.lin_in is not None:
+                linear_relu_into(self.lin_in, x, out)
+                return out if self.emb is None else out.add_(self.emb.weight[node_ids])
+            return torch.index_select(self.emb.weight, 0, node_ids, out=out)
         h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
         if self.emb is not None:
-            if node_ids is None or node_ids.shape != (x.size(0),):
-                raise ValueError(
-                    f"node_ids={None if node_ids is None else tuple(node_ids.shape)} is "
-                    f"invalid with id_embedding=True: expected a LongTensor [{x.size(0)}]")
             e = self.emb(node_ids.clamp(min=0))
             if bool((node_ids < 0).any()):
                 e = e * (node_ids >= 0).unsqueeze(-1).to(e.dtype)
@@ -169,15 +177,22 @@ class PinSage(torch.nn.Module):
             raise ValueError(f"k={k!r} is invalid: expected an int in [0, {self.num_layers})")
         return self.convs[k]((h_src, h_dst), edge_index, edge_weight)
 
-    def head(self, h: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+    def head(self, h: Tensor, h0: Optional[Tensor] = None, out: Optional[Tensor] = None,
+             buf: Optional[Tensor] = None) -> Tensor:
         r"""Output head :math:`\mathbf{z} = \mathrm{norm}(\mathbf{G}_2\,\mathrm{ReLU}(
         \mathbf{G}_1\mathbf{h}) [+ \mathbf{h}^{(0)}])`: ``h [n, hidden]`` (and, with ``skip``,
-        the same rows' layer-0 ``h0 [n, hidden]``) -> ``[n, out]``."""
+        the same rows' layer-0 ``h0 [n, hidden]``) -> ``[n, out]``.  With ``out`` (and a
+        ``[n, hidden]`` scratch ``buf``) nothing is allocated (inference; no autograd)."""
+        if self.skip and (h0 is None or h0.shape != h.shape):
+            raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
+                             f"expected the layer-0 rows {tuple(h.shape)}")
+        if out is not None:
+            linear_into(self.lin_g2, linear_relu_into(self.lin_g1, h, buf), out)
+            if self.skip:
+                out.add_(h0) if self.lin_skip is None else out.addmm_(h0, self.lin_skip.weight.t())
+            return epilogue_(out, relu=False, normalize=True)
         out = self.lin_g2(F.relu(self.lin_g1(h)))
         if self.skip:
-            if h0 is None or h0.shape != h.shape:
-                raise ValueError(f"h0={None if h0 is None else tuple(h0.shape)} is invalid with skip=True: "
-                                 f"expected the layer-0 rows {tuple(h.shape)}")
             out = out + (h0 if self.lin_skip is None else self.lin_skip(h0))
         return F.normalize(out, p=2.0, dim=-1)
 
@@ -196,11 +211,23 @@ class PinSage(torch.nn.Module):
                     f"blocks[{k}].size={tuple(block.size)} is invalid: expected n_dst <= "
                     f"n_src <= {h.size(0)} (nested prefix layout)")
             h = F.dropout(h, p=self.dropout, training=self.training)
-            if isinstance(block, SparseAdjacency):
-                h = self.layer(k, h[:n_src], h[:n_dst], block)
+            adj = block if isinstance(block, SparseAdjacency) else self._csr_block(k, block)
+            if adj is not None:
+                h = self.layer(k, h[:n_src], h[:n_dst], adj)
             else:
                 h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
         return self.head(h, h0[:h.size(0)] if self.skip else None)
+
+    def _csr_block(self, k: int, block) -> Optional[SparseAdjacency]:
+        """A minibatch block as a CSR matrix (its edges are grouped by target, as
+        ``datamodules.minibatch`` builds them): pooling is then one CSR product forward and one
+        with the transpose backward, instead of PyG's per-edge gather / multiply / scatter.
+        ``None`` (keep the edge list) when ``fused_blocks`` is off, the aggregator has no CSR
+        form (max pooling, LSTM) or the edges are not grouped."""
+        if not self.fused_blocks or self.convs[k].pool not in ("weighted_mean", "mean", "sum"):
+            return None
+        n_src, n_dst = block.size
+        return SparseAdjacency.from_sorted_edges(block.edge_index, block.edge_weight, n_src, n_dst)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

@@ -11,7 +11,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter, to_dense_batch
 
-from models.convolve import PairTensor, _check_edges, _pair, _positive
+from models.convolve import PairTensor, _check_edges, _pair, _positive, epilogue_
 from models.sparse import SparseAdjacency
 
 AGGREGATORS = ("mean", "gcn", "max_pool", "mean_pool", "lstm")
@@ -152,6 +152,31 @@ class SAGEConvolve(MessagePassing):
             out = self.lin(torch.cat([x_dst, adj.matmul(x_src, weighted=False)], dim=-1))
         out = F.relu(out)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    # -- layer-wise inference protocol (see app/inference.py) -------------------------------------
+    @property
+    def source_linear(self) -> Optional[torch.nn.Module]:
+        """The row-wise source transform ``ReLU(W_pool h + b)`` (pooling aggregators), else ``None``."""
+        return self.lin_pool
+
+    @property
+    def pool(self) -> Optional[str]:
+        """The :data:`models.sparse.POOLS` mode of the aggregator; ``None`` (LSTM): no CSR form."""
+        return {"mean": "mean", "mean_pool": "mean", "max_pool": "max", "gcn": "sum", "lstm": None}[self.aggregator]
+
+    def combine(self, h_dst: Tensor, pooled: Tensor, out: Optional[Tensor] = None,
+                deg: Optional[Tensor] = None) -> Tensor:
+        """The layer's output from the targets' rows and their pooled neighbours, into ``out``.
+        ``"gcn"``: ``pooled`` holds the neighbour *sums* and is overwritten; ``deg`` is needed."""
+        if self.aggregator == "gcn":
+            if deg is None:
+                raise ValueError("deg is needed by aggregator='gcn' (self and neighbours are averaged)")
+            pooled = pooled.add_(h_dst).div_(deg.to(pooled.dtype).add(1).unsqueeze(-1))
+            out = torch.mm(pooled, self.lin.weight.t(), out=out)
+        else:
+            w, da = self.lin.weight, h_dst.size(-1)
+            out = torch.mm(h_dst, w[:, :da].t(), out=out).addmm_(pooled, w[:, da:].t())
+        return epilogue_(out, self.lin.bias, relu=True, normalize=self.normalize)
 
     def _lstm_order(self, edge_index: Tensor) -> Tensor:
         """Edges grouped by target (stable), in a random neighbour order when training."""

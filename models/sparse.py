@@ -18,20 +18,47 @@ from typing import Optional
 
 import numpy as np
 import torch
+from numba import njit, prange
 from torch import Tensor
 
 
 class _SpMM(torch.autograd.Function):
     """``Y = A @ X`` with ``dX = A^T @ dY`` from a precomputed transpose (no gradient for A)."""
 
+    # float32 always, also under bf16 / fp16 autocast: a sum of weighted rows is where low
+    # precision loses most, and the CPU's CSR kernel has no bfloat16 form
+
     @staticmethod
     def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sparse.mm(a, x.float())
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.a_t, grad.contiguous())
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, None, torch.sparse.mm(ctx.a_t, grad.float().contiguous())
+
+
+@njit(nogil=True, cache=True)
+def _csr_transpose(ptr, col, w, num_src):  # pragma: no cover - numba
+    """CSR ``[n_dst, n_src]`` -> CSR of its transpose ``[n_src, n_dst]`` (stable counting sort)."""
+    n_dst = ptr.shape[0] - 1
+    t_ptr = np.zeros(num_src + 1, dtype=np.int64)
+    for e in range(col.shape[0]):
+        t_ptr[col[e] + 1] += 1
+    for i in range(num_src):
+        t_ptr[i + 1] += t_ptr[i]
+    fill = t_ptr[:-1].copy()
+    t_col = np.empty(col.shape[0], dtype=np.int64)
+    t_w = np.empty(col.shape[0], dtype=w.dtype)
+    for r in range(n_dst):
+        for e in range(ptr[r], ptr[r + 1]):
+            c = col[e]
+            t_col[fill[c]] = r
+            t_w[fill[c]] = w[e]
+            fill[c] += 1
+    return t_ptr, t_col, t_w
 
 
 def _csr(ptr: Tensor, col: Tensor, val: Tensor, shape) -> Tensor:
@@ -68,6 +95,26 @@ class SparseAdjacency:
         self.row = torch.repeat_interleave(torch.arange(self.num_dst), ptr[1:] - ptr[:-1])
         self._mats: dict = {}
 
+    @classmethod
+    def from_sorted_edges(cls, edge_index: Tensor, edge_weight: Optional[Tensor], num_src: int,
+                          num_dst: int) -> Optional["SparseAdjacency"]:
+        """The CSR form of a minibatch block whose edges are grouped by target in ascending order
+        (``datamodules.minibatch`` builds them so), on the edges' device; ``None`` when they are
+        not (the caller keeps the edge list)."""
+        src, dst = edge_index[0], edge_index[1]
+        if dst.numel() and (bool((dst[1:] < dst[:-1]).any()) or int(dst[-1]) >= num_dst):
+            return None
+        self = cls.__new__(cls)
+        counts = torch.bincount(dst, minlength=num_dst)
+        self.ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.col = src
+        self.weight = (torch.ones(src.numel(), device=src.device) if edge_weight is None
+                       else edge_weight.to(torch.float32))
+        self.num_dst, self.num_src = int(num_dst), int(num_src)
+        self.row = dst
+        self._mats = {}
+        return self
+
     @property
     def size(self) -> tuple:
         """``(n_src, n_dst)``, as the minibatch blocks' ``size``."""
@@ -80,7 +127,7 @@ class SparseAdjacency:
     def degree(self, weighted: bool = True) -> Tensor:
         """``[n_dst]`` row sums of the (weighted or unit) matrix."""
         w = self.weight if weighted else torch.ones_like(self.weight)
-        return torch.zeros(self.num_dst).index_add_(0, self.row, w)
+        return torch.zeros(self.num_dst, dtype=w.dtype, device=w.device).index_add_(0, self.row, w)
 
     def _pair(self, weighted: bool, normalize: bool, device) -> tuple:
         key = (weighted, normalize, str(device))
@@ -90,7 +137,12 @@ class SparseAdjacency:
                 deg = self.degree(weighted)
                 w = w / deg.clamp(min=torch.finfo(w.dtype).tiny)[self.row]
             a = _csr(self.ptr, self.col, w, (self.num_dst, self.num_src))
-            a_t = a.t().to_sparse_csr()
+            if self.ptr.device.type == "cpu":  # counting sort, O(nnz + n): no comparison sort
+                t_ptr, t_col, t_w = _csr_transpose(self.ptr.numpy(), self.col.numpy(), w.numpy(), self.num_src)
+                a_t = _csr(torch.from_numpy(t_ptr), torch.from_numpy(t_col), torch.from_numpy(t_w),
+                           (self.num_src, self.num_dst))
+            else:
+                a_t = a.t().to_sparse_csr()
             self._mats[key] = (a.to(device), a_t.to(device))
         return self._mats[key]
 
@@ -110,3 +162,96 @@ class SparseAdjacency:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_dst={self.num_dst}, num_src={self.num_src}, nnz={self.nnz})"
+
+
+# ----------------------------------------------------------------------------------------------
+# row-slice pooling over a fixed CSR table, into a caller's buffer (whole-catalogue inference)
+# ----------------------------------------------------------------------------------------------
+POOLS = ("weighted_mean", "mean", "sum", "max")
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _csr_pool_rows(ptr, col, weight, table, out, start, mode):  # pragma: no cover - numba
+    """``out[r] = pool_{e in row start+r} weight[e] * table[col[e]]``; modes: 0 weighted mean
+    (weights re-normalised per row), 1 mean, 2 sum, 3 max (initial 0: inputs are >= 0)."""
+    n, d = out.shape
+    for r in prange(n):
+        a, b = ptr[start + r], ptr[start + r + 1]
+        o = out[r]
+        o[:] = 0.0
+        total = 0.0
+        for e in range(a, b):
+            src = table[col[e]]
+            if mode == 0:
+                w = weight[e]
+                total += w
+                for j in range(d):
+                    o[j] += w * src[j]
+            elif mode == 3:
+                for j in range(d):
+                    if src[j] > o[j]:
+                        o[j] = src[j]
+            else:
+                for j in range(d):
+                    o[j] += src[j]
+        if mode == 1 and b > a:
+            total = b - a
+        if (mode == 0 or mode == 1) and total > 0.0:
+            for j in range(d):
+                o[j] /= total
+
+
+def _torch_pool_rows(ptr: Tensor, col: Tensor, weight: Tensor, table: Tensor, out: Tensor, start: int,
+                     mode: str) -> Tensor:
+    """The same pooling with torch ops on ``table.device`` (e.g. CUDA: cuSPARSE CSR product)."""
+    n = out.size(0)
+    p = ptr[start:start + n + 1]
+    ps, pe = int(p[0]), int(p[-1])
+    crow = (p - ps).to(table.device, non_blocking=True)
+    c = col[ps:pe].to(table.device, non_blocking=True)
+    deg = (crow[1:] - crow[:-1]).to(table.dtype)
+    if mode == "max":
+        rows = table.index_select(0, c)
+        out.copy_(torch.segment_reduce(rows, "max", offsets=crow, axis=0, initial=0.0))
+        return out
+    w = weight[ps:pe].to(table.device, non_blocking=True) if mode == "weighted_mean" else \
+        torch.ones(pe - ps, dtype=table.dtype, device=table.device)
+    row = torch.repeat_interleave(torch.arange(n, device=table.device), crow[1:] - crow[:-1])
+    if mode in ("weighted_mean", "mean"):
+        total = deg if mode == "mean" else torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, row, w)
+        w = w / total.clamp(min=torch.finfo(w.dtype).tiny)[row]
+    a = torch.sparse_csr_tensor(crow, c, w.to(table.dtype), size=(n, table.size(0)), check_invariants=False)
+    return torch.mm(a, table, out=out)
+
+
+def pool_rows(ptr: Tensor, col: Tensor, weight: Optional[Tensor], table: Tensor, out: Tensor, start: int,
+              mode: str) -> Tensor:
+    r"""Pool the rows ``start .. start + len(out)`` of a CSR neighbourhood table into ``out``.
+
+    ``out[r] = pool_{e \in [ptr[start+r], ptr[start+r+1])} weight[e] * table[col[e]]`` with
+    ``mode`` one of :data:`POOLS`: ``"weighted_mean"`` (the weights re-normalised per row, as
+    :class:`~models.convolve.Convolve`'s importance pooling), ``"mean"`` / ``"sum"`` (unit
+    weights), ``"max"`` (elementwise, with 0 as the initial value: the table must be ``>= 0``, as
+    ReLU outputs are). Rows without neighbours give zeros.  No per-edge message is materialised:
+    on the CPU a parallel numba kernel reads each neighbour row once and accumulates in ``out``;
+    elsewhere a CSR product on ``table``'s device.
+
+    Args:
+        ptr: ``int64 [n_rows + 1]`` CSR offsets (host).
+        col: ``int64 [nnz]`` row ids of ``table`` (host).
+        weight: ``float32 [nnz]`` (host; only read by ``"weighted_mean"``).
+        table: ``float32 [n_src, d]`` (contiguous).
+        out: ``float32 [n, d]`` written in place (same device as ``table``) and returned.
+    """
+    if mode not in POOLS:
+        raise ValueError(f"mode={mode!r} is invalid: expected one of {list(POOLS)}")
+    if out.dim() != 2 or table.dim() != 2 or out.size(1) != table.size(1):
+        raise ValueError(f"out {tuple(out.shape)} and table {tuple(table.shape)} must be [n, d] and [n_src, d]")
+    if start < 0 or start + out.size(0) + 1 > ptr.numel():
+        raise ValueError(f"rows [{start}, {start + out.size(0)}) are out of the table's {ptr.numel() - 1} rows")
+    if table.device.type == "cpu" and table.dtype == torch.float32 and out.is_contiguous() and table.is_contiguous():
+        w = weight if weight is not None else col.new_empty(0, dtype=torch.float32)
+        _csr_pool_rows(ptr.numpy(), col.numpy(), w.numpy(), table.numpy(), out.numpy(), int(start),
+                       POOLS.index(mode))
+        return out
+    return _torch_pool_rows(ptr, col, weight, table, out, int(start), mode)

@@ -87,9 +87,11 @@ def test_layerwise_equals_minibatch_forward(dataset, table, num_layers, conv):
     torch.testing.assert_close(z_mb, z[torch.from_numpy(items)], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("conv", ["sage-lstm", "sage-max_pool"])
-def test_layerwise_equals_minibatch_forward_other_aggregators(dataset, table, conv):
-    model = _model(dataset, conv, 2)
+@pytest.mark.parametrize("conv,kw", [("sage-lstm", {}), ("sage-max_pool", {}), ("sage-mean_pool", {}),
+                                     ("pinsage", {"importance_pooling": False}), ("pinsage", {"skip": True}),
+                                     ("sage-mean", {"skip": True})])
+def test_layerwise_equals_minibatch_forward_other_aggregators(dataset, table, conv, kw):
+    model = _model(dataset, conv, 2, **kw)
     z = layerwise_embeddings(model, dataset.item_features, table, chunk_size=50)
     z_mb = naive_embeddings(model, dataset.item_features, FixedNeighbourhoods(*table), batch_size=33)
     torch.testing.assert_close(z_mb, z, atol=1e-5, rtol=0)
@@ -111,6 +113,20 @@ def test_chunk_size_does_not_change_the_result(dataset, table):
     for cs in (1, 7, 199):
         torch.testing.assert_close(layerwise_embeddings(model, dataset.item_features, table, chunk_size=cs),
                                    ref, atol=1e-6, rtol=0)
+
+
+def test_return_layers_are_the_naive_lower_layers(dataset, table):
+    """The returned per-layer tables are distinct and are the layer-k vectors."""
+    model = _model(dataset, "pinsage", 2)
+    z, layers = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, return_layers=True)
+    assert len(layers) == 2 and layers[0].data_ptr() != layers[1].data_ptr()
+    torch.testing.assert_close(layers[0], model.encode(torch.as_tensor(dataset.item_features)).detach())
+    from models.sparse import SparseAdjacency
+
+    with torch.no_grad():  # layer 1 by the whole-catalogue CSR product (an independent code path)
+        h1 = model.layer(0, layers[0], layers[0], SparseAdjacency(*table, num_src=dataset.num_items))
+    torch.testing.assert_close(layers[1], h1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layerwise_embeddings(model, dataset.item_features, table), z)
 
 
 def test_neighbourhoods_matter(dataset, sampler, table):
@@ -188,3 +204,54 @@ def test_naive_rejects_bad_input(dataset, sampler):
         naive_embeddings(model, x, sampler, num_layers=3)
     with pytest.raises(ValueError, match=r"items hold ids in \[0, 200\]"):
         naive_embeddings(model, x, sampler, items=[0, 200])
+
+
+@pytest.mark.parametrize("conv,kw", [("pinsage", {"skip": True}), ("sage-mean", {}), ("sage-lstm", {})])
+def test_layers_and_embeddings_streamed_into_memmaps(dataset, table, tmp_path, conv, kw):
+    """layers_out / out (open_memmap files) receive exactly what return_layers gives."""
+    model = _model(dataset, conv, 2, **kw)
+    z, layers = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, return_layers=True)
+    files = [np.lib.format.open_memmap(tmp_path / f"layer_{k}.npy", mode="w+", dtype=np.float32, shape=(200, 16))
+             for k in range(2)]
+    zf = np.lib.format.open_memmap(tmp_path / "z.npy", mode="w+", dtype=np.float32, shape=(200, 8))
+    z2 = layerwise_embeddings(model, dataset.item_features, table, chunk_size=37, layers_out=files, out=zf)
+    del files, zf
+    torch.testing.assert_close(z2, z)
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), z.numpy())
+    for k in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"layer_{k}.npy"), layers[k].numpy())
+
+
+def test_layers_out_rejects_bad_arrays(dataset, table):
+    model = _model(dataset, "pinsage", 2)
+    with pytest.raises(ValueError, match="layers_out has 1 arrays: expected num_layers=2"):
+        layerwise_embeddings(model, dataset.item_features, table, layers_out=[np.zeros((200, 16), np.float32)])
+    with pytest.raises(ValueError, match=r"layers_out\[1\] is invalid"):
+        layerwise_embeddings(model, dataset.item_features, table,
+                             layers_out=[np.zeros((200, 16), np.float32), np.zeros((200, 16))])
+    with pytest.raises(ValueError, match="out is invalid"):
+        layerwise_embeddings(model, dataset.item_features, table, out=np.zeros((200, 7), np.float32))
+
+
+def _rss_file_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    return None
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_release_hands_memmap_rows_back(tmp_path):
+    """Rows of an open_memmap table stop counting in the process's resident memory once released,
+    and keep their values (they are in the file / page cache)."""
+    from app.inference import _release
+
+    a = np.lib.format.open_memmap(tmp_path / "t.npy", mode="w+", dtype=np.float32, shape=(65536, 128))  # 32 MB
+    a[:] = 1.5
+    before = _rss_file_kb()
+    if before is None:
+        pytest.skip("no RssFile in /proc/self/status")
+    _release(a, 0, a.shape[0])
+    assert before - _rss_file_kb() > 24 * 1024
+    assert float(a[12345, 7]) == 1.5 and float(a[-1, -1]) == 1.5
+    _release(np.zeros((4, 4), np.float32), 0, 4)  # not a memmap: nothing to do

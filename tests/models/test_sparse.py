@@ -92,3 +92,146 @@ def test_pinsage_full_pass_equals_layerwise_inference(conv, skip):
     nbr = (adj.ptr.numpy(), adj.col.numpy(), adj.weight.numpy().astype(np.float32))
     z_lw = layerwise_embeddings(model, x, nbr, chunk_size=17)
     assert torch.allclose(z_full, z_lw, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# pool_rows: CSR row-slice pooling into a caller's buffer (layer-wise inference)
+# ----------------------------------------------------------------------------------------------
+def _pool_reference(ptr, col, w, table, start, n, mode):
+    out = torch.zeros(n, table.size(1))
+    for r in range(n):
+        a, b = int(ptr[start + r]), int(ptr[start + r + 1])
+        if b == a:
+            continue
+        rows = table[col[a:b]]
+        if mode == "max":
+            out[r] = rows.max(0).values.clamp(min=0)
+        elif mode == "sum":
+            out[r] = rows.sum(0)
+        elif mode == "mean":
+            out[r] = rows.mean(0)
+        else:
+            out[r] = (w[a:b, None] * rows).sum(0) / w[a:b].sum()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["weighted_mean", "mean", "sum", "max"])
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_pool_rows_equals_the_per_row_definition(mode, path):
+    from models.sparse import _torch_pool_rows, pool_rows
+
+    adj, _, _ = _graph(n_dst=50, n_src=40, seed=3)
+    ptr, col, w = adj.ptr, adj.col, adj.weight
+    table = torch.rand(40, 16)  # >= 0 (ReLU outputs), as "max" requires
+    start, n = 7, 30
+    out = torch.full((n, 16), float("nan"))  # every row must be written, empty ones with zeros
+    if path == "numba":
+        got = pool_rows(ptr, col, w, table, out, start, mode)
+        assert got is out
+    else:
+        got = _torch_pool_rows(ptr, col, w, table, out, start, mode)
+    assert (ptr[start + 1:start + n + 1] == ptr[start:start + n]).any()  # some rows are empty
+    torch.testing.assert_close(got, _pool_reference(ptr, col, w, table, start, n, mode), atol=1e-6, rtol=1e-6)
+
+
+def test_pool_rows_rejects_bad_arguments():
+    from models.sparse import pool_rows
+
+    adj, _, _ = _graph()
+    with pytest.raises(ValueError, match="mode='median' is invalid"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(3, 4), 0, "median")
+    with pytest.raises(ValueError, match=r"rows \[28, 33\) are out of the table's 30 rows"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(5, 4), 28, "sum")
+    with pytest.raises(ValueError, match="must be"):
+        pool_rows(adj.ptr, adj.col, adj.weight, torch.rand(40, 4), torch.empty(5, 3), 0, "sum")
+
+
+@pytest.mark.parametrize("conv", ["pinsage", "pinsage-mean", "sage-mean", "sage-gcn", "sage-mean_pool",
+                                  "sage-max_pool"])
+def test_staged_layer_equals_forward(conv):
+    """source_linear -> pool_rows -> combine (W split, in place) == the layer's forward."""
+    from models.convolve import linear_into
+    from models.sparse import pool_rows
+
+    torch.manual_seed(0)
+    layer = (Convolve(16, 8, 12, use_weights=conv == "pinsage") if conv.startswith("pinsage")
+             else SAGEConvolve(16, 8, 12, aggregator=conv[5:]))
+    adj, ei, w = _graph(n_dst=30, n_src=40)
+    xs, xd = torch.randn(40, 16), torch.randn(30, 16)
+    with torch.no_grad():
+        ref = layer((xs, xd), ei, w)
+        table = xs if layer.source_linear is None else linear_into(layer.source_linear, xs).relu_()
+        pooled = pool_rows(adj.ptr, adj.col, adj.weight, table, torch.empty(30, table.size(1)), 0, layer.pool)
+        out = layer.combine(xd, pooled, out=torch.empty(30, 12), deg=adj.ptr[1:] - adj.ptr[:-1])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# minibatch blocks as CSR products (training): same forward and gradients as PyG's edge list
+# ----------------------------------------------------------------------------------------------
+def _minibatch(num_items=300, seed=0):
+    from app.inference import FixedNeighbourhoods
+    from datamodules.minibatch import ComputationGraphBuilder
+
+    rng = np.random.default_rng(seed)
+    deg = rng.integers(0, 12, num_items)
+    ptr = np.concatenate([[0], np.cumsum(deg)])
+    items = rng.integers(0, num_items, ptr[-1])
+    weights = rng.random(ptr[-1]).astype(np.float32)
+    builder = ComputationGraphBuilder(FixedNeighbourhoods(ptr, items, weights),
+                                      rng.standard_normal((num_items, 7)).astype(np.float32), num_layers=2)
+    return builder.train_batch(rng.integers(0, num_items, 40), rng.integers(0, num_items, 40),
+                               rng.integers(0, num_items, 30), rng.integers(0, num_items, (40, 2)))
+
+
+@pytest.mark.parametrize("conv,kw", [("pinsage", {}), ("pinsage", {"importance_pooling": False}),
+                                     ("sage-mean", {}), ("sage-gcn", {}), ("sage-mean_pool", {}),
+                                     ("sage-max_pool", {})])
+def test_fused_minibatch_blocks_equal_edge_list_forward_and_gradients(conv, kw):
+    batch = _minibatch()
+    torch.manual_seed(0)
+    model = PinSage(7, 16, 8, num_layers=2, num_items=300, id_embedding=True, conv=conv, skip=True, **kw)
+    fused = [model._csr_block(k, b) for k, b in enumerate(batch.blocks)]
+    # the builder's blocks are grouped by target, so every aggregator with a CSR form takes it
+    assert all((a is not None) == (conv != "sage-max_pool") for a in fused)
+
+    def run(flag):
+        model.fused_blocks = flag
+        z = model(batch.x, batch.node_ids, batch.blocks)
+        loss = (z[batch.query] * z[batch.pos]).sum() - z[batch.easy_neg].square().sum()
+        return z.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+    z_ref, g_ref = run(False)
+    z, g = run(True)
+    torch.testing.assert_close(z, z_ref, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_unsorted_block_keeps_the_edge_list():
+    ei = torch.tensor([[0, 1, 2], [1, 0, 1]])
+    assert SparseAdjacency.from_sorted_edges(ei, None, 3, 2) is None
+    adj = SparseAdjacency.from_sorted_edges(ei[:, [1, 0, 2]], torch.tensor([1.0, 2.0, 3.0]), 3, 2)
+    assert adj.ptr.tolist() == [0, 1, 3] and adj.col.tolist() == [1, 0, 2]
+
+
+def test_csr_transpose_counting_sort():
+    from models.sparse import _csr_transpose
+
+    adj, _, _ = _graph(n_dst=30, n_src=40, seed=5)
+    t_ptr, t_col, t_w = _csr_transpose(adj.ptr.numpy(), adj.col.numpy(), adj.weight.numpy(), 40)
+    dense = torch.zeros(30, 40).index_put_((adj.row, adj.col), adj.weight, accumulate=True)
+    rows = torch.repeat_interleave(torch.arange(40), torch.from_numpy(np.diff(t_ptr)))
+    dense_t = torch.zeros(40, 30).index_put_((rows, torch.from_numpy(t_col)), torch.from_numpy(t_w), accumulate=True)
+    torch.testing.assert_close(dense_t, dense.t())
+
+
+def test_csr_product_runs_in_float32_under_bf16_autocast():
+    """bf16-mixed training: the fused pooling stays float32 (the CPU CSR kernel has no bf16 form)."""
+    adj, ei, w = _graph()
+    layer = Convolve(16, 8, 12)
+    xs = torch.randn(40, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer((xs, torch.randn(30, 16)), adj)
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and xs.grad is not None and torch.isfinite(xs.grad).all()
