@@ -129,6 +129,8 @@ class PinSageDataModule(pl.LightningDataModule):
             keeping ``cold_engagements`` early engagements of each for the evaluator (which then
             embeds them from content alone and from those engagements); ``cold_retrain`` trains
             on the early engagements instead (the retrained reference).
+        new_item_degree: the log-degree input of an item without training engagements (a new
+            item): ``mean`` or ``content`` (predicted from its other features).
     """
 
     def __init__(
@@ -174,8 +176,12 @@ class PinSageDataModule(pl.LightningDataModule):
         cold_items: float = 0.0,
         cold_engagements: int = 3,
         cold_retrain: bool = False,
+        new_item_degree: Literal["mean", "content"] = "mean",
     ):
         super().__init__()
+        if new_item_degree not in ("mean", "content"):
+            raise ValueError(f"new_item_degree={new_item_degree!r} is not valid; choose mean or content")
+        self.new_item_degree = new_item_degree
         self.cold = check_cold(cold_items, cold_engagements) + (bool(cold_retrain),)
         if queries not in ("items", "users"):
             raise ValueError(f"queries={queries!r} is not valid; choose items or users")
@@ -364,13 +370,38 @@ class PinSageDataModule(pl.LightningDataModule):
             items = np.arange(ds.num_items, dtype=np.int64)
             nbr = self._builder.sampler.sample(items, epoch=0)
             uptr = np.asarray(g.user_ptr, dtype=np.int64)
+            x, x_new = self._new_item_inputs(ds)
             self._full_data = {
-                "x": np.asarray(ds.item_features, dtype=np.float32),
+                "x": x, "x_new": x_new,
                 "nbr": tuple(np.asarray(a) for a in nbr),
                 "history": (uptr, np.asarray(g.user_items, dtype=np.int64), self.history_weights(uptr)),
                 "num_users": int(uptr.size - 1),
             }
         return self._full_data
+
+    def _new_item_inputs(self, ds):
+        """``(x, x_new)``: the input rows, and every item's row as a new item would have it (its
+        log degree unknown). ``new_item_degree='content'``: that degree is predicted from the
+        item's other features (ridge regression over the items with training engagements),
+        also for the items without any; ``'mean'``: the mean (the feature builder's default)."""
+        x = np.asarray(ds.item_features, dtype=np.float32)
+        names = list(ds.feature_names)
+        if "log_degree" not in names:
+            return x, x
+        d = names.index("log_degree")
+        warm = np.asarray(ds.train_graph.item_degree()) > 0
+        pred = np.full(x.shape[0], x[warm, d].mean() if warm.any() else 0.0, dtype=np.float64)
+        if self.new_item_degree == "content" and x.shape[1] > 1 and warm.sum() > 1:
+            other = np.delete(x, d, axis=1).astype(np.float64)
+            mu, ybar = other[warm].mean(0), x[warm, d].mean()
+            a = other[warm] - mu
+            w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ (x[warm, d] - ybar))
+            pred = ybar + (other - mu) @ w
+        x = x.copy()
+        x[~warm, d] = pred[~warm]
+        x_new = x.copy()
+        x_new[:, d] = pred
+        return x, x_new
 
     def cold_data(self) -> Optional[Dict[str, Any]]:
         """The cold-item protocol's inputs (``None`` without ``cold_items``): ``items`` (the cold

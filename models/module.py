@@ -169,7 +169,9 @@ class PinSageModule(pl.LightningModule):
             num_items = int(data["x"].shape[0])
             nbr = SparseAdjacency(*data["nbr"], num_src=num_items)
             hist = SparseAdjacency(*data["history"], num_src=num_items)
-            self._full = {"x": torch.as_tensor(data["x"]).to(self.device), "ids": torch.arange(num_items,
+            self._full = {"x": torch.as_tensor(data["x"]).to(self.device),
+                          "x_new": torch.as_tensor(data.get("x_new", data["x"])).to(self.device),
+                          "ids": torch.arange(num_items,
                           device=self.device), "nbr": nbr, "history": hist, "device": self.device}
         return self._full
 
@@ -177,14 +179,15 @@ class PinSageModule(pl.LightningModule):
         """``[I, out]``: every item in one pass over the neighbourhood matrix (differentiable);
         in training, ``cold_dropout`` of the items are embedded from their content alone."""
         g = self._full_graph()
-        ids, nbr = g["ids"], g["nbr"]
+        x, ids, nbr = g["x"], g["ids"], g["nbr"]
         p = float(self.hparams.get("cold_dropout", 0.0))
         if self.training and p > 0:
             cold = torch.rand(ids.numel(), device=ids.device) < p
             ids = torch.where(cold, torch.full_like(ids, -1), ids)
+            x = torch.where(cold.unsqueeze(-1), g["x_new"], x)
             keep = (~cold).cpu().to(nbr.weight.dtype)[nbr.row]
             nbr = SparseAdjacency(nbr.ptr, nbr.col, nbr.weight * keep, num_src=nbr.num_src)
-        return self.model(g["x"], ids, [nbr] * self.model.num_layers)
+        return self.model(x, ids, [nbr] * self.model.num_layers)
 
     @torch.no_grad()
     def embed_with(self, nbr=None, no_id=None) -> Tensor:
@@ -242,7 +245,7 @@ class PinSageModule(pl.LightningModule):
         n = g["ids"].numel()
         empty = SparseAdjacency(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                                 num_src=n)
-        return self.model(g["x"], torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
+        return self.model(g["x_new"], torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)
