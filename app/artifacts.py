@@ -209,7 +209,7 @@ def write_artifacts(
             w = csv.writer(f)
             w.writerow(["index", "id", "title"])
             for i, raw in enumerate(ds.interactions.item_ids.tolist()):
-                w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))])
+                w.writerow([i, safe_title(str(raw)), "" if titles is None else safe_title(str(titles[i]))])
         inter = ds.interactions
         full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items)
         enc = module.user_encoder.lin

@@ -108,7 +108,7 @@ class Recommender:
         try:
             with open(self.folder / "items.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
-            self.item_ids = [r["id"] for r in rows]
+            self.item_ids = [read_title(r["id"]) for r in rows]
             self.titles = [read_title(r["title"] or "") for r in rows]
         except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
             raise ArtifactError(f"{self.folder / 'items.csv'} cannot be read ({type(e).__name__}: {e}): "

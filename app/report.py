@@ -246,7 +246,10 @@ def load_artifacts(folder: Path, inp: ReportInputs, with_dataset: bool = True) -
     inp.embeddings = np.load(folder / "embeddings.npy")
     with open(folder / "items.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    titles = np.array([r.get("title") or f"item {r.get('id')}" for r in rows], dtype=object)
+    from .artifacts import read_title
+
+    titles = np.array([read_title(r.get("title") or "") or f"item {read_title(r.get('id') or '')}" for r in rows],
+                      dtype=object)
     inp.titles = titles
     if (folder / "metrics.json").is_file():
         inp.metrics = json.loads((folder / "metrics.json").read_text())
