@@ -179,14 +179,19 @@ def _lightning_cli_class():
 
 
 def _checkpoints_under_root(trainer) -> None:
-    """Checkpoints go to ``<default_root_dir>/checkpoints`` whatever the logger (a stable path)."""
+    """Checkpoints go to ``<default_root_dir>/checkpoints`` whatever the logger (a stable path); the
+    folder is locked for this run (a second ``fit`` into it is refused, not mixed in)."""
     import os.path
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from .checkpoints import lock_run_folder
+
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        if isinstance(cb, ModelCheckpoint):
+            lock_run_folder(cb.dirpath)
 
 
 def _pairs(datamodule, part: str) -> int:
@@ -274,11 +279,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     from datamodules.interactions import DataError
 
+    from .checkpoints import release_run_locks
+
     try:
         cli = run_lightning(argv)
     except (DataError, ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        release_run_locks()
     if argv[0] in ("test", "validate"):
         _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
