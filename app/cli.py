@@ -253,6 +253,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--quiet" in argv[1:] and argv[0] != "sweep":
         argv = [a for a in argv if a != "--quiet"]
         os.environ["PINSAGE_QUIET"] = "1"  # read by datamodules.progress (also in workers and children)
+    from .config_check import check_config_args
+
+    try:
+        check_config_args(argv[1:])
+    except ValueError as e:  # an alias bomb: refused before any parser expands it
+        print(f"pinsage {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] == "sweep":
         from .sweep import main as sweep_main
 
