@@ -59,8 +59,9 @@ def lock_run_folder(dirpath: str) -> None:
     folder = os.path.abspath(dirpath)
     if folder in _RUN_LOCKS:
         return
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    parent, name = os.path.split(folder)
+    os.makedirs(parent, exist_ok=True)  # the lock sits beside the folder (Lightning warns on a non-empty one)
+    fd = os.open(os.path.join(parent, f".{name}{LOCK_NAME}"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -80,3 +81,39 @@ def release_run_locks() -> None:
     while _RUN_LOCKS:
         _, fd = _RUN_LOCKS.popitem()
         os.close(fd)
+
+
+def atomic_checkpoint_io():
+    """Lightning's CheckpointIO writing ``<name>.tmp-<pid>`` beside the target, fsync, then one rename:
+    a full disk leaves the previous checkpoint as it was, never a truncated ``best-*.ckpt``."""
+    import io
+    import os
+
+    import torch
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            if storage_options is not None or "://" in str(path):  # remote paths: Lightning's own writer
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            path = str(path)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(buf.getbuffer())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException as e:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                if isinstance(e, OSError) and not e.filename:  # say which checkpoint could not be written
+                    raise OSError(e.errno, e.strerror, path) from None
+                raise
+
+    return AtomicCheckpointIO()

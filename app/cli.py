@@ -185,8 +185,12 @@ def _checkpoints_under_root(trainer) -> None:
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from .checkpoints import lock_run_folder
+    from .checkpoints import atomic_checkpoint_io, lock_run_folder
 
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: temp file + rename instead
+        trainer.strategy.checkpoint_io = atomic_checkpoint_io()
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
@@ -293,12 +297,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        print(f"pinsage {argv[0]}: error: {_disk_error(e)}", file=sys.stderr)
+        return 1
     finally:
         release_run_locks()
     if argv[0] in ("test", "validate"):
         _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
+
+
+def _disk_errnos():
+    import errno
+
+    return {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+_DISK_ERRNOS = _disk_errnos()
+
+
+def _disk_error(e: OSError) -> str:
+    """One line for a write the disk refused (full, quota, read-only, permissions)."""
+    what = f" {e.filename!r}" if e.filename else ""
+    return (f"cannot write{what}: {e.strerror or e} (errno {e.errno}); files already complete were kept and "
+            "nothing was left half written: free space (or fix permissions) and run the command again")
 
 
 def _finish_loggers() -> None:
