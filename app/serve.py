@@ -410,6 +410,11 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc):
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype.lower() and any(
+                tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+            return fail(415, f"the body must be JSON sent with the header Content-Type: application/json (curl: "
+                             f"-H 'Content-Type: application/json'); got content-type {ctype or 'none'!r}")
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             e = next(e for e in errs if e.get("type") == "json_invalid")
