@@ -215,3 +215,21 @@ def test_body_without_json_content_type_names_the_header(artifacts, tmp_path):
         r = c.post("/recommendations", content=b'{"history": ["1"]}',
                    headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]
+
+
+def test_recommend_answers_items_added_with_embed_new(artifacts, tmp_path, capsys):
+    """issue 20 item 18: items added with `embed-new` were invisible to `pinsage recommend`."""
+    from app.recommend import main as recommend_main
+    from app.serve import embed_new_main
+
+    F = _width(artifacts)
+    new = tmp_path / "new.csv"
+    new.write_text("id,features\n" + f"late-1,{'|'.join(['0.3'] * F)}\n")
+    log = tmp_path / "items.jsonl"
+    assert embed_new_main(["--artifacts", str(artifacts), "--items", str(new), "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert recommend_main(["--artifacts", str(artifacts), "--log", str(log), "--item", "late-1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"]["item"] == "late-1" and len(out["items"]) == 10
+    assert recommend_main(["--artifacts", str(artifacts), "--log", str(tmp_path / "none.jsonl"), "--item", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
