@@ -30,6 +30,31 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+#: library messages that say nothing to a user of pinsage (issue 20: "keep the user's screen for the user")
+_NOISE = (r"Sparse CSR tensor support is in beta",
+          r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+          r"The dirpath has changed from",
+          r"The anonymous setting has no effect")
+
+
+class _DropTips:
+    """logging filter: Lightning's advertising tips (litlogger, litmodels)."""
+
+    def filter(self, record) -> bool:
+        return "💡 Tip" not in str(record.getMessage())
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    for msg in _NOISE:
+        warnings.filterwarnings("ignore", message=msg)
+    os.environ.setdefault("WANDB_SILENT", "true")  # wandb's banner and warnings; its errors still raise
+    for name in ("lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
 ENGINES = ("local", "ray")
 
 
@@ -128,15 +153,18 @@ def _lightning_cli_class():
                 baselines=hp.baselines, batch_size=hp.rank_batch_size, seed=getattr(dm, "seed", 0))
 
         def before_fit(self) -> None:
+            _tidy_wandb(self.trainer)
             _checkpoints_under_root(self.trainer)
             _require_pairs(self.datamodule, "fit", ("train", "val"))
             self._wire_evaluator()
 
         def before_validate(self) -> None:
+            _tidy_wandb(self.trainer)
             _require_pairs(self.datamodule, "validate", ("val",))
             self._wire_evaluator()
 
         def before_test(self) -> None:
+            _tidy_wandb(self.trainer)
             _require_pairs(self.datamodule, "test", ("test",))
             self._wire_evaluator()
 
@@ -176,6 +204,15 @@ def _lightning_cli_class():
             print(json.dumps({"artifacts": str(out)}))
 
     return PinSageCLI
+
+
+def _tidy_wandb(trainer) -> None:
+    """Lightning's WandbLogger passes ``anonymous=None``, which wandb answers with a deprecation
+    warning on every run: leave the unset setting out."""
+    for lg in getattr(trainer, "loggers", None) or []:
+        init = getattr(lg, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", 0) is None:
+            init.pop("anonymous")
 
 
 def _checkpoints_under_root(trainer) -> None:
@@ -257,6 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--quiet" in argv[1:] and argv[0] != "sweep":
         argv = [a for a in argv if a != "--quiet"]
         os.environ["PINSAGE_QUIET"] = "1"  # read by datamodules.progress (also in workers and children)
+    _quiet_libraries()
     from .config_check import check_config_args
 
     try:
@@ -294,7 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         cli = run_lightning(argv)
-    except (DataError, ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (DataError, ValueError, FileNotFoundError, ImportError) as e:  # bad input / a missing extra: one line
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
