@@ -340,6 +340,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"pinsage {argv[0]}: error: {_disk_error(e)}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"pinsage {argv[0]}: error: {_memory_error(e)}", file=sys.stderr)
+        return 1
     finally:
         release_run_locks()
     if argv[0] in ("test", "validate"):
@@ -362,6 +367,28 @@ def _disk_error(e: OSError) -> str:
     what = f" {e.filename!r}" if e.filename else ""
     return (f"cannot write{what}: {e.strerror or e} (errno {e.errno}); files already complete were kept and "
             "nothing was left half written: free space (or fix permissions) and run the command again")
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "not enough memory" in str(e)
+
+
+def _memory_error(e: BaseException) -> str:
+    """One line for an allocation that does not fit: how much was asked, how much there is."""
+    import re
+
+    asked = re.search(r"allocate (\d+) bytes", str(e))
+    avail = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:"))
+        avail = f"; {kb / 2**20:.1f} GB are available"
+    except (OSError, StopIteration, ValueError):
+        pass
+    need = f" ({int(asked.group(1)) / 2**30:,.1f} GB asked at once)" if asked else ""
+    return (f"out of memory{need}{avail}: use a smaller model (--model.hidden_channels, --model.out_channels), "
+            "a smaller --data.batch_size, or a smaller input file (e.g. a sample of the log), or a machine with "
+            "more memory")
 
 
 def _finish_loggers() -> None:

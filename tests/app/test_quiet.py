@@ -52,3 +52,12 @@ def test_text_feature_without_the_text_extra_is_one_line(tmp_path, monkeypatch, 
                  '"title_col": "title"}'])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("pinsage data: error")]
     assert code == 2 and len(err) == 1 and '.[text]' in err[0], err
+
+
+def test_a_model_too_large_for_memory_is_one_line(tiny_args, tmp_path, capsys):
+    """issue 20 item 13: a huge hidden_channels was a traceback from the allocator."""
+    from app.cli import main
+
+    code = main(["fit", *tiny_args(tmp_path / "run"), "--model.hidden_channels=1000000000000", "--trainer.max_epochs=1"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 1 and err[-1].startswith("pinsage fit: error: out of memory") and "hidden_channels" in err[-1], err[-3:]
