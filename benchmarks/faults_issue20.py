@@ -181,18 +181,20 @@ def run(work: Path, record, tiny, ref_last: Path, art: Path, run_cli) -> None:
 
     # -- 2: two fits into one folder -------------------------------------------------------------
     both = work / "both"
-    first = subprocess.Popen([sys.executable, "-m", "app.cli", "fit", *tiny(work, "both"), "--trainer.max_epochs=6"],
-                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen([sys.executable, "-m", "app.cli", "fit", *tiny(work, "both"), "--trainer.max_epochs=400"],
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(6000):
         if (both / "checkpoints" / "last.ckpt").is_file() or first.poll() is not None:
             break
         time.sleep(0.1)
     r = subprocess.run([sys.executable, "-m", "app.cli", "fit", *tiny(work, "both"), "--trainer.max_epochs=2"],
                        env=_env(), capture_output=True, text=True, timeout=900)
-    first_code = first.wait(1800)
-    ok = r.returncode == 2 and "another `pinsage fit`" in _stderr_line(r.stderr) and first_code == 0
-    record("a second pinsage fit into a folder a first one is training into", "second refused, first finishes"
-           if ok else "MIXED", ok, f"second exit {r.returncode}: {_stderr_line(r.stderr)[:140]}; first exit {first_code}")
+    running = first.poll() is None  # the first was still training when the second was refused
+    _kill(first)
+    ok = r.returncode == 2 and "another `pinsage fit`" in _stderr_line(r.stderr) and running
+    record("a second pinsage fit into a folder a first one is training into", "second refused up front"
+           if ok else "MIXED", ok, f"second exit {r.returncode}: {_stderr_line(r.stderr)[:160]}; first still "
+           f"training then: {running} (killed after)")
 
     # -- 13: the disk fills while fit writes a checkpoint ------------------------------------------
     full = work / "fullfit"
