@@ -210,7 +210,7 @@ def write_artifacts(
             w = csv.writer(f)
             w.writerow(["index", "id", "title"] + (["categories"] if cats else []) + (["year"] if years else []))
             for i, raw in enumerate(ds.interactions.item_ids.tolist()):
-                w.writerow([i, raw, "" if titles is None else safe_title(str(titles[i]))]
+                w.writerow([i, safe_title(str(raw)), "" if titles is None else safe_title(str(titles[i]))]
                            + ([safe_title(cats[i])] if cats else []) + ([years[i]] if years else []))
         inter = ds.interactions
         # each user's items in time order (the explorer's "recent history"; the log's order without timestamps)

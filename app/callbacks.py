@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -33,6 +34,24 @@ def _scalars(metrics) -> Dict[str, float]:
     return out
 
 
+def _log_lines() -> bool:
+    """One line per epoch on stderr: when it is not a terminal (a log file, CI) and not ``--quiet``."""
+    from datamodules.progress import progress_enabled
+
+    return os.environ.get("PINSAGE_QUIET", "") in ("", "0") and not progress_enabled()
+
+
+#: the metrics of the per-epoch line (those present)
+EPOCH_LINE_KEYS = ("train/loss", "val/pinsage/item/mrr", "val/pinsage/item/hit_rate@100",
+                   "val/pinsage/full/recall@20", "val/pinsage/ncf/hr@10")
+
+
+def epoch_line(rec: Dict[str, float], max_epochs: Optional[int] = None) -> str:
+    of = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
+    vals = " ".join(f"{k.replace('val/pinsage/', 'val/')}={rec[k]:.4f}" for k in EPOCH_LINE_KEYS if k in rec)
+    return f"pinsage: epoch {rec['epoch'] + 1}{of} step {rec['step']}: {vals}".rstrip()
+
+
 class EpochMetricsLog(pl.Callback):
     """Append one JSON line per validation epoch to ``path`` (nothing when ``path`` is None).
 
@@ -45,10 +64,14 @@ class EpochMetricsLog(pl.Callback):
         self.path = path
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if not self.path or trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         rec = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
         rec.update(_scalars(trainer.callback_metrics))
+        if _log_lines():  # no progress bar to watch (output to a file): one line per epoch
+            print(epoch_line(rec, trainer.max_epochs), file=sys.stderr, flush=True)
+        if not self.path:
+            return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "a") as f:  # one whole line per write: a reader never sees half a record
             f.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -106,8 +129,13 @@ class WandbFigures(pl.Callback):
             return
         import pandas as pd
 
+        from datamodules.progress import progress_enabled
+
         from .report import fit_report_inputs, make_figures
 
+        if _log_lines() or progress_enabled():
+            print("pinsage: drawing the end-of-fit figures for wandb (embedding map, neighbourhood gallery, "
+                  "validation bars; --figures.enabled false skips them)", file=sys.stderr, flush=True)
         dm = trainer.datamodule
         inputs = fit_report_inputs(pl_module.model, dm, pd.DataFrame(self._history), evaluate=self.metrics)
         figs = make_figures(inputs, max_items=self.max_items, num_queries=self.num_queries)

@@ -30,6 +30,31 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+#: library messages that say nothing to a user of pinsage (issue 20: "keep the user's screen for the user")
+_NOISE = (r"Sparse CSR tensor support is in beta",
+          r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+          r"The dirpath has changed from",
+          r"The anonymous setting has no effect")
+
+
+class _DropTips:
+    """logging filter: Lightning's advertising tips (litlogger, litmodels)."""
+
+    def filter(self, record) -> bool:
+        return "💡 Tip" not in str(record.getMessage())
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    for msg in _NOISE:
+        warnings.filterwarnings("ignore", message=msg)
+    os.environ.setdefault("WANDB_SILENT", "true")  # wandb's banner and warnings; its errors still raise
+    for name in ("lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
 ENGINES = ("local", "ray")
 
 
@@ -129,15 +154,18 @@ def _lightning_cli_class():
                 embed_with=self.model.embed_with if getattr(dm, "full_graph", False) else None)
 
         def before_fit(self) -> None:
+            _tidy_wandb(self.trainer)
             _checkpoints_under_root(self.trainer)
             _require_pairs(self.datamodule, "fit", ("train", "val"))
             self._wire_evaluator()
 
         def before_validate(self) -> None:
+            _tidy_wandb(self.trainer)
             _require_pairs(self.datamodule, "validate", ("val",))
             self._wire_evaluator()
 
         def before_test(self) -> None:
+            _tidy_wandb(self.trainer)
             _require_pairs(self.datamodule, "test", ("test",))
             self._wire_evaluator()
 
@@ -179,15 +207,33 @@ def _lightning_cli_class():
     return PinSageCLI
 
 
+def _tidy_wandb(trainer) -> None:
+    """Lightning's WandbLogger passes ``anonymous=None``, which wandb answers with a deprecation
+    warning on every run: leave the unset setting out."""
+    for lg in getattr(trainer, "loggers", None) or []:
+        init = getattr(lg, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", 0) is None:
+            init.pop("anonymous")
+
+
 def _checkpoints_under_root(trainer) -> None:
-    """Checkpoints go to ``<default_root_dir>/checkpoints`` whatever the logger (a stable path)."""
+    """Checkpoints go to ``<default_root_dir>/checkpoints`` whatever the logger (a stable path); the
+    folder is locked for this run (a second ``fit`` into it is refused, not mixed in)."""
     import os.path
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from .checkpoints import atomic_checkpoint_io, lock_run_folder
+
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: temp file + rename instead
+        trainer.strategy.checkpoint_io = atomic_checkpoint_io()
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        if isinstance(cb, ModelCheckpoint):
+            lock_run_folder(cb.dirpath)
 
 
 def _pairs(datamodule, part: str) -> int:
@@ -249,6 +295,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--quiet" in argv[1:] and argv[0] != "sweep":
         argv = [a for a in argv if a != "--quiet"]
         os.environ["PINSAGE_QUIET"] = "1"  # read by datamodules.progress (also in workers and children)
+    _quiet_libraries()
+    from .config_check import check_config_args
+
+    try:
+        check_config_args(argv[1:])
+    except ValueError as e:  # an alias bomb: refused before any parser expands it
+        print(f"pinsage {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] == "sweep":
         from .sweep import main as sweep_main
 
@@ -275,15 +329,67 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     from datamodules.interactions import DataError
 
+    from .checkpoints import release_run_locks
+
     try:
         cli = run_lightning(argv)
-    except (DataError, ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (DataError, ValueError, FileNotFoundError, ImportError) as e:  # bad input / a missing extra: one line
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        print(f"pinsage {argv[0]}: error: {_disk_error(e)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"pinsage {argv[0]}: error: {_memory_error(e)}", file=sys.stderr)
+        return 1
+    finally:
+        release_run_locks()
     if argv[0] in ("test", "validate"):
         _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
+
+
+def _disk_errnos():
+    import errno
+
+    return {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+_DISK_ERRNOS = _disk_errnos()
+
+
+def _disk_error(e: OSError) -> str:
+    """One line for a write the disk refused (full, quota, read-only, permissions)."""
+    what = f" {e.filename!r}" if e.filename else ""
+    return (f"cannot write{what}: {e.strerror or e} (errno {e.errno}); files already complete were kept and "
+            "nothing was left half written: free space (or fix permissions) and run the command again")
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "not enough memory" in str(e)
+
+
+def _memory_error(e: BaseException) -> str:
+    """One line for an allocation that does not fit: how much was asked, how much there is."""
+    import re
+
+    asked = re.search(r"allocate (\d+) bytes", str(e))
+    avail = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:"))
+        avail = f"; {kb / 2**20:.1f} GB are available"
+    except (OSError, StopIteration, ValueError):
+        pass
+    need = f" ({int(asked.group(1)) / 2**30:,.1f} GB asked at once)" if asked else ""
+    return (f"out of memory{need}{avail}: use a smaller model (--model.hidden_channels, --model.out_channels), "
+            "a smaller --data.batch_size, or a smaller input file (e.g. a sample of the log), or a machine with "
+            "more memory")
 
 
 def _finish_loggers() -> None:

@@ -68,9 +68,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = {k: data[k] for k in ("dataset", "root", "cache_dir", "features", "split", "split_seed", "reader_args")}
     try:
         ds = load_dataset(**args, progress=True)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the cache build on a full disk / read-only folder: one line
+        from .cli import _DISK_ERRNOS, _disk_error
+
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        print(f"pinsage data: error: {_disk_error(e)}", file=sys.stderr)
+        return 1
     summary = ds.summary()
     summary["split"] = resolve_split(args["split"], ds.interactions)
     summary["split_seed"] = args["split_seed"]

@@ -36,6 +36,7 @@ zero profile (all-equal scores, i.e. the worst ranks: ties count against the tar
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -142,6 +143,21 @@ def sample_negatives(users: np.ndarray, num_negatives: int, all_ptr: np.ndarray,
         out[bad] = rng.integers(0, num_items, size=n_bad, dtype=np.int64)
 
 
+def _fewer_negatives(users: np.ndarray, num_negatives: int, all_ptr: np.ndarray, num_items: int) -> int:
+    """A catalogue too small for ``num_negatives`` distinct unseen items per case (the published 99
+    need > 99 + a history): sample as many as every case has, with a warning, instead of failing
+    after all the work."""
+    free = num_items - (all_ptr[users + 1] - all_ptr[users]) if users.size else np.array([num_negatives])
+    most = int(free.min())
+    if most >= num_negatives or most < 1:
+        return num_negatives
+    print(f"pinsage: warning: NCF protocol: a user has only {most} items they never interacted with "
+          f"(catalogue of {num_items}), fewer than the protocol's {num_negatives} sampled negatives; sampling "
+          f"{most} per case (ncf/num_candidates says so; not comparable with published 99-negative figures)",
+          file=sys.stderr, flush=True)
+    return most
+
+
 def ncf_cases(ds: RecDataset, part: str = "test", num_negatives: int = 99, seed: int = 0) -> Dict[str, np.ndarray]:
     """The NCF cases of ``part``: ``users [N]`` and ``candidates [N, 1 + num_negatives]`` (held-out
     item in column 0), plus ``from_file`` (1 when the dataset's own test negatives were used)."""
@@ -158,6 +174,7 @@ def ncf_cases(ds: RecDataset, part: str = "test", num_negatives: int = 99, seed:
                     "from_file": np.array(1)}
     it = ds.interactions
     all_ptr, all_items = _csr(it.users, it.items, ds.num_users)
+    num_negatives = _fewer_negatives(users, num_negatives, all_ptr, ds.num_items)
     negs = sample_negatives(users, num_negatives, all_ptr, all_items, ds.num_items, seed)
     return {"users": users, "candidates": np.concatenate([items[:, None], negs], axis=1),
             "from_file": np.array(0)}

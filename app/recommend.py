@@ -108,7 +108,7 @@ class Recommender:
         try:
             with open(self.folder / "items.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
-            self.item_ids = [r["id"] for r in rows]
+            self.item_ids = [read_title(r["id"]) for r in rows]
             self.titles = [read_title(r["title"] or "") for r in rows]
             # optional columns (predict writes them when the dataset has them): the trained catalogue's
             # categories ("a|b") and years, None when absent (shown by the explorer's item cards)
@@ -315,13 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--user", help="raw user id: items for this user, seen ones excluded")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--log", default=None, help="item log of `embed-new` / `serve` (default <artifacts>.items.jsonl "
+                                               "when it exists): its items are answered and recommended too")
     return p
+
+
+def _with_item_log(folder: str, log: Optional[str]) -> "Recommender":
+    """The artifacts plus the items added after training (``embed-new``, ``POST /items``), as ``serve``
+    replays them; the artifacts alone when there is no log."""
+    from .serve import ServiceState, default_log_path
+
+    path = Path(log) if log else default_log_path(folder)
+    if log is None and not path.is_file():
+        return Recommender(folder)
+    if log is not None and not path.is_file():
+        raise FileNotFoundError(f"--log {log!r} does not exist")
+    return ServiceState(folder, path).rec
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rec = Recommender(args.artifacts)
+        rec = _with_item_log(args.artifacts, args.log)
         out = rec.similar_items(args.item, args.k) if args.item is not None else rec.for_user(args.user, args.k)
     except UnknownIdError as e:  # "item 'x' is ..." -> "--item 'x' is ...": name the CLI argument
         print(f"pinsage recommend: error: --{e}", file=sys.stderr)

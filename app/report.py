@@ -151,19 +151,20 @@ def read_history(run: Path):
     wb = sorted(run.glob("**/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
     csvs = sorted(run.glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime)
     jsonl = sorted(run.glob("**/epochs.jsonl"), key=lambda p: p.stat().st_mtime)
+    fallback = None
     for kind, files in (("wandb", wb), ("csv", csvs), ("jsonl", jsonl)):
-        if not files:
-            continue
-        f = files[-1]
-        if kind == "wandb":
-            df = read_wandb_history(f)
-        elif kind == "csv":
-            df = pd.read_csv(f)
-        else:
-            df = pd.DataFrame([json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()])
-        if len(df):
-            return df, str(f)
-    return None, ""
+        for f in reversed(files):  # the newest run with training curves (a later `test` run has none)
+            if kind == "wandb":
+                df = read_wandb_history(f)
+            elif kind == "csv":
+                df = pd.read_csv(f)
+            else:
+                df = pd.DataFrame([json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()])
+            if len(df) and any(str(c).startswith(("train/", "val/")) for c in df.columns):
+                return df, str(f)
+            if len(df) and fallback is None:
+                fallback = (df, str(f))
+    return fallback or (None, "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +213,8 @@ def _top_labels(lab: np.ndarray, names: List[str], kind: str):
 def _datamodule_from_config(cfg: dict):
     from datamodules.datamodule import PinSageDataModule
 
-    data = dict(cfg.get("data") or {})
+    # jsonargparse records where a section came from (`__path__`): not a DataModule argument
+    data = {k: v for k, v in dict(cfg.get("data") or {}).items() if not str(k).startswith("__")}
     data.update(num_workers=0, persistent_workers=False)
     dm = PinSageDataModule(**data)
     dm.setup("predict")
@@ -250,7 +252,10 @@ def load_artifacts(folder: Path, inp: ReportInputs, with_dataset: bool = True) -
     inp.artifacts = folder
     with open(folder / "items.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    titles = np.array([r.get("title") or f"item {r.get('id')}" for r in rows], dtype=object)
+    from .artifacts import read_title
+
+    titles = np.array([read_title(r.get("title") or "") or f"item {read_title(r.get('id') or '')}" for r in rows],
+                      dtype=object)
     inp.titles = titles
     if (folder / "metrics.json").is_file():
         inp.metrics = json.loads((folder / "metrics.json").read_text())

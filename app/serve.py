@@ -39,6 +39,7 @@ ignored.
 import argparse
 import asyncio
 import csv
+import errno
 import hashlib
 import hmac
 import inspect
@@ -57,6 +58,9 @@ from .inductive import InductiveEmbedder, NewItem, NewItemError
 from .recommend import ArtifactError, Recommender, UnknownIdError
 
 MAX_K = 1000
+MAX_BODY_BYTES = 8 << 20  # request bodies above this answer 413 (--max-body-mb)
+MAX_HISTORY = 10_000  # POST /recommendations history length (--max-history)
+MAX_ID_CHARS = 256
 MAX_BATCH = 256  # POST /items embedded, logged and inserted together (group commit)
 TOKEN_ENV = "PINSAGE_SERVE_TOKEN"
 
@@ -85,29 +89,63 @@ def _json_response():
 # ----------------------------------------------------------------------------------------------
 # the append-only item log
 # ----------------------------------------------------------------------------------------------
+class LogWriteError(OSError):
+    """The item log could not take a batch (disk full, permissions); nothing of it was stored."""
+
+
+_CHECK = b',"sha256":"'
+
+
+def _with_checksum(line: bytes) -> bytes:
+    """``{...}`` -> ``{...,"sha256":"<sha256 of {...}>"}``: each record carries its own checksum."""
+    return line[:-1] + _CHECK + hashlib.sha256(line).hexdigest().encode() + b'"}'
+
+
+def _checksum_ok(line: bytes, rec: dict) -> bool:
+    """A record's checksum matches (records written before checksums existed have none)."""
+    if "sha256" not in rec:
+        return True
+    line = line.rstrip()
+    tail = len(_CHECK) + 64 + 2
+    if line[-tail:-tail + len(_CHECK)] != _CHECK:
+        return False
+    return hmac.compare_digest(hashlib.sha256(line[:-tail] + b"}").hexdigest().encode(), line[-66:-2])
+
+
 class ItemLog:
     """One JSON object per line, appended and fsync'ed; a torn last line is ignored on read."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._truncate_to: Optional[int] = None
 
     def read(self) -> List[dict]:
         if not self.path.is_file():
             return []
         out = []
-        with open(self.path, "rb") as f:
-            data = f.read()
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ArtifactError(f"item log {self.path} cannot be read ({e.strerror or e}): fix its permissions "
+                                "or pass --log") from None
         lines = data.split(b"\n")
         for n, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
             except ValueError:
                 if n == len(lines) - 1:  # torn tail: written by a process killed mid-line
                     break
                 raise ArtifactError(f"item log {self.path} line {n + 1} is not valid JSON: fix or move the file")
+            if not _checksum_ok(line, rec):
+                raise ArtifactError(f"item log {self.path} line {n + 1} does not match its checksum (the line was "
+                                    "modified or damaged): restore it or move the file")
+            out.append(rec)
         if data and not data.endswith(b"\n"):
             # cut the torn tail so that the next append starts on a fresh line
             with open(self.path, "r+b") as f:
@@ -117,14 +155,45 @@ class ItemLog:
     def append(self, records: List[dict]) -> None:
         """All ``records`` with one write and one fsync (the group commit of ``POST /items``):
         when this returns they survive ``kill -9`` and a power cut."""
-        payload = b"".join(_dumps(r) + b"\n" for r in records)
+        payload = b"".join(_with_checksum(_dumps(r)) + b"\n" for r in records)
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, payload)
-                os.fsync(fd)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise LogWriteError(f"item log {self.path} cannot be opened for writing ({e.strerror or e}): "
+                                    "nothing was stored") from None
+            try:
+                if self._truncate_to is not None:  # an earlier failed append could not be rolled back
+                    os.ftruncate(fd, self._truncate_to)
+                    self._truncate_to = None
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(payload)
+                    while view:  # os.write may write less than asked (a full disk): go on or fail
+                        n = os.write(fd, view)
+                        if n <= 0:
+                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        view = view[n:]
+                    os.fsync(fd)
+                except OSError as e:
+                    self._roll_back(fd, start)
+                    raise LogWriteError(f"item log {self.path} could not be written ({e.strerror or e}): nothing "
+                                        "was stored; free disk space and retry") from None
+            except OSError as e:
+                if isinstance(e, LogWriteError):
+                    raise
+                raise LogWriteError(f"item log {self.path} could not be written ({e.strerror or e}): nothing "
+                                    "was stored") from None
             finally:
                 os.close(fd)
+
+    def _roll_back(self, fd: int, start: int) -> None:
+        """Cut a half-written batch off the log (never a torn line before the next record)."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError:
+            self._truncate_to = start  # retried before the next append; read() drops a torn tail anyway
 
 
 def default_log_path(folder: Union[str, Path]) -> Path:
@@ -212,7 +281,12 @@ class ServiceState:
                 out[j] = self.embed_batch([items[j]])[0]
             return out
         for b, j in enumerate(todo):
-            out[j] = z[b], [h[b:b + 1] for h in layers], info[b]
+            if not (np.isfinite(z[b]).all() and all(np.isfinite(h[b]).all() for h in layers)):
+                # e.g. finite but huge features (1e308): refused before anything is logged
+                out[j] = NewItemError(f"item {items[j].id!r}: its embedding is not finite (features too large? "
+                                      "give values of the scale of the training features)", status=422)
+            else:
+                out[j] = z[b], [h[b:b + 1] for h in layers], info[b]
         return out
 
     def record(self, item: NewItem, z: np.ndarray, layers) -> dict:
@@ -259,14 +333,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_path=None, read_only: bool = False,
-               protect_reads: bool = False, state: Optional[ServiceState] = None):
+               protect_reads: bool = False, state: Optional[ServiceState] = None,
+               max_body_bytes: int = MAX_BODY_BYTES, max_history: int = MAX_HISTORY):
     """The ASGI app.  ``token`` guards the write endpoints (and the reads with ``protect_reads``);
-    ``read_only`` leaves the write endpoints out (then no token is needed)."""
+    ``read_only`` leaves the write endpoints out (then no token is needed).  Bodies above
+    ``max_body_bytes`` answer 413, histories above ``max_history`` items 422."""
     from fastapi import Body, Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if not read_only and not token:
@@ -287,19 +363,27 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
     index_items.set_function(lambda: holder["state"].num_items)
     inserted_items.set_function(lambda: holder["state"].num_items - holder["state"].rec.manifest["count"])
 
+    # ids are strings or integers, never true / 1.0 read as "1"
+    AnyId = Union[StrictStr, StrictInt]
+
     class NewItemIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        id: Union[str, int]
+        id: AnyId
         title: Optional[str] = None
         categories: Optional[List[str]] = None
         year: Optional[int] = None
         features: Optional[List[float]] = None
-        engaged_users: Optional[List[Union[str, int]]] = None
-        co_engaged_items: Optional[List[Union[str, int]]] = None
+        engaged_users: Optional[List[AnyId]] = None
+        co_engaged_items: Optional[List[AnyId]] = None
+
+        @field_validator("id")
+        @classmethod
+        def _queryable(cls, v):
+            return check_new_id(v)
 
     class HistoryIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        history: List[Union[str, int]] = Field(min_length=1)
+        history: List[AnyId] = Field(min_length=1, max_length=max_history)
         k: int = Field(10, ge=1, le=MAX_K)
 
     class ReloadIn(BaseModel):
@@ -330,6 +414,11 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc):
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype.lower() and any(
+                tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+            return fail(415, f"the body must be JSON sent with the header Content-Type: application/json (curl: "
+                             f"-H 'Content-Type: application/json'); got content-type {ctype or 'none'!r}")
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             e = next(e for e in errs if e.get("type") == "json_invalid")
@@ -352,6 +441,10 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
     @app.exception_handler(ArtifactError)
     async def _artifact(request, exc):
         return fail(422, str(exc))
+
+    @app.exception_handler(LogWriteError)
+    async def _log_write(request, exc):
+        return fail(507, str(exc))
 
     async def check_token(request: Request) -> None:  # async: no thread-pool hop per request
         from fastapi import HTTPException
@@ -453,8 +546,56 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
     from .explorer import add_explorer_routes  # GET / (the explorer page) and its read endpoints
 
     add_explorer_routes(app, lambda: holder["state"], reads, ORJSONResponse)
+    app.add_middleware(_BodyLimitMiddleware, limit=max_body_bytes)
     app.add_middleware(_MetricsMiddleware, requests_total=requests_total, latency=latency)
     return app
+
+
+def check_new_id(v) -> str:
+    """A new item's id must be queryable as ``/items/{id}/similar``: no ``/``, no control characters."""
+    s = str(v)
+    if not s.strip() or len(s) > MAX_ID_CHARS or "/" in s or any(ord(c) < 32 or ord(c) == 127 for c in s):
+        raise ValueError(f"id {s[:80]!r} is not usable: give 1-{MAX_ID_CHARS} characters without '/' or control "
+                         "characters")
+    return v
+
+
+class _BodyLimitMiddleware:
+    """413 for a request body above ``limit`` bytes: by its Content-Length before reading anything,
+    or as soon as a chunked body passes the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    def _message(self, n: Optional[int] = None) -> str:
+        size = f" ({n} bytes)" if n is not None else ""
+        return (f"request body too large{size}: at most {self.limit} bytes (serve --max-body-mb); send "
+                "fewer items or a shorter history")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            body = _dumps({"error": self._message(int(length))})
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        seen = [0]
+
+        async def limited():
+            from starlette.exceptions import HTTPException
+
+            msg = await receive()
+            if msg.get("type") == "http.request":
+                seen[0] += len(msg.get("body", b""))
+                if seen[0] > self.limit:
+                    raise HTTPException(413, self._message())
+            return msg
+
+        await self.app(scope, limited, send)
 
 
 class _MetricsMiddleware:
@@ -510,7 +651,13 @@ def serve_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--read-only", action="store_true", help="no write endpoints (no token needed)")
     p.add_argument("--public-reads", action="store_true", help="read endpoints open on a non-loopback host")
     p.add_argument("--threads", type=int, default=1, help="FAISS/torch threads per request (default 1)")
+    p.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / (1 << 20),
+                   help=f"largest request body in MiB (default {MAX_BODY_BYTES >> 20}); larger ones answer 413")
+    p.add_argument("--max-history", type=int, default=MAX_HISTORY,
+                   help=f"longest POST /recommendations history (default {MAX_HISTORY}); longer ones answer 422")
     args = p.parse_args(argv)
+    if args.max_body_mb <= 0 or args.max_history < 1:
+        p.error(f"--max-body-mb {args.max_body_mb} and --max-history {args.max_history} must be positive")
     try:
         import uvicorn
     except ImportError:
@@ -520,7 +667,8 @@ def serve_main(argv: Optional[List[str]] = None) -> int:
     try:
         _threads(args.threads)
         app = create_app(args.artifacts, token=token, log_path=args.log, read_only=args.read_only,
-                         protect_reads=not _is_loopback(args.host) and not args.public_reads)
+                         protect_reads=not _is_loopback(args.host) and not args.public_reads,
+                         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_history=args.max_history)
     except (ArtifactError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"pinsage serve: error: {e}", file=sys.stderr)
         return 2
@@ -553,7 +701,7 @@ def read_new_items(path: str) -> List[NewItem]:
         try:
             feats = _split(r.get("features"))
             out.append(NewItem(
-                id=str(r["id"]).strip(), title=(r.get("title") or "").strip() or None,
+                id=check_new_id(str(r["id"]).strip()), title=(r.get("title") or "").strip() or None,
                 categories=[c.strip() for c in _split(r.get("categories"))] or None,
                 year=int(r["year"]) if (r.get("year") or "").strip() else None,
                 features=[float(x) for x in feats] if feats else None,
@@ -582,7 +730,7 @@ def embed_new_main(argv: Optional[List[str]] = None) -> int:
             records.append(state.record(it, z, layers))
             results.append({"id": it.id, "index": state._commit(it, z, layers), **info})
         state.log.append(records)
-    except (ArtifactError, NewItemError, ValueError, FileNotFoundError) as e:
+    except (ArtifactError, NewItemError, ValueError, OSError) as e:
         print(f"pinsage embed-new: error: {e}", file=sys.stderr)
         return 2
     if args.output:

@@ -2,6 +2,11 @@
 ``benchmarks/results/faults.json`` (each fault, what happened, whether anything was lost).
 
     python benchmarks/faults.py [--out benchmarks/results/faults.json] [--work /tmp/pinsage-faults]
+    python benchmarks/faults.py --only issue20   # issue 20's cases alone, merged into the JSON
+
+issue 20's cases (a full disk under POST /items and fit, two fits into one folder, torn / modified
+item logs, a huge body, a YAML bomb, a corrupt or stale cache, huge ids) are in
+``benchmarks/faults_issue20.py``.
 
 Runs on a tiny synthetic graph (configs/synthetic.yaml + overrides), so it takes minutes on 2 cores.
 kill -9 faults use real child processes (``python -m app.cli``); the rest run in-process.
@@ -23,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 READER = {"num_users": 300, "num_items": 400, "num_interactions": 5000, "num_communities": 5, "feature_dim": 8, "seed": 0}
@@ -91,6 +97,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     ap.add_argument("--work", default="/tmp/pinsage-faults")
+    ap.add_argument("--only", choices=["issue20"], default=None,
+                    help="run only these cases and merge their rows into --out (others kept)")
     a = ap.parse_args()
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -111,6 +119,15 @@ def main() -> int:
 
     ck = torch.load(ref_last, weights_only=True)
     record("fit 3 epochs: last.ckpt", "last completed epoch", ck["epoch"] == 2, f"last.ckpt epoch {ck['epoch']} (0-based)")
+    if a.only:
+        art = work / "art"
+        code, _, err = run_cli(["predict", *tiny(work, "p"), "--ckpt_path", str(ref_last), "--artifacts.output_dir",
+                                str(art), "--artifacts.index", "exact"])
+        assert code == 0, err[-2000:]
+        import faults_issue20
+
+        faults_issue20.run(work, record, tiny, ref_last, art, run_cli)
+        return write_result(a, rows, t0, merge=True)
 
     # -- kill -9 during fit, then resume --------------------------------------------------------
     kdir = work / "killed-fit"
@@ -258,13 +275,31 @@ def main() -> int:
     record("kill -9 during the dataset cache build, then pinsage data again", "recovered" if r.returncode == 0 else "FAILED",
            r.returncode == 0, f"left by the killed run: {left[:6]}; rerun exit {r.returncode}")
 
-    result = {"command": "python benchmarks/faults.py", "seconds": round(time.time() - t0, 1),
+    import faults_issue20
+
+    faults_issue20.run(work, record, tiny, ref_last, art, run_cli)
+    return write_result(a, rows, t0)
+
+
+def write_result(a, rows, t0, merge: bool = False) -> int:
+    """Write ``faults.json``; with ``merge``, rows of the other faults already in it are kept."""
+    old = []
+    if merge and Path(a.out).is_file():
+        names = {r["fault"] for r in rows}
+        old = [r for r in json.loads(Path(a.out).read_text())["faults"] if r["fault"] not in names]
+    allrows = old + rows
+    result = {"command": "python benchmarks/faults.py" + (f" --only {a.only}" if a.only else ""),
+              "seconds": round(time.time() - t0, 1),
               "machine": f"{os.cpu_count()}-core VM; load average at the end {os.getloadavg()[0]:.1f}",
-              "all_ok": all(r["ok"] for r in rows), "faults": rows}
+              "all_ok": all(r["ok"] for r in allrows),
+              "summary": {"faults": len(allrows), "ok": sum(r["ok"] for r in allrows),
+                          "data_lost": sum(r["lost"] != "nothing" for r in allrows),
+                          "not_ok": [r["fault"] for r in allrows if not r["ok"]]},
+              "faults": allrows}
     tmp = Path(a.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, a.out)
-    print(json.dumps({"faults": len(rows), "ok": sum(r["ok"] for r in rows)}))
+    print(json.dumps({"faults": len(allrows), "ok": sum(r["ok"] for r in allrows)}))
     return 0 if result["all_ok"] else 1
 
 

@@ -3,8 +3,8 @@
 ``load_dataset(dataset, root, ...)`` is the one entry point. The first call parses the raw files
 and writes the cache folder ``<cache_dir>/<dataset>-<key>/``: one plain ``.npy`` file per array
 (CSR graph in both directions, features, pairs, id maps, split rows) and ``manifest.json`` (format
-name, format version, metadata, and per array its dtype, shape, byte size and a digest of its
-first/last MiB). Later calls with the same files and arguments open the arrays with
+name, format version, metadata, and per array its dtype, shape, byte size and the SHA-256 of
+every byte). Later calls with the same files and arguments open the arrays with
 ``mmap_mode="r"``: loading takes well under a second whatever the size, the pages are read on
 demand, and forked DataLoader workers share them (nothing is pickled into workers).
 
@@ -12,8 +12,12 @@ Cache rules:
 
 * the key hashes *every* argument of :func:`load_dataset` that shapes the data (all of them but
   ``root``, ``cache_dir``, ``use_cache``, ``progress``: a new argument enters the key by itself)
-  plus, for each input file, its resolved path, size and a SHA-256 of its first and last MiB (a
-  file replaced by another of the same size and mtime is noticed);
+  plus, for each input file, its resolved path, size and a SHA-256 of the whole file (a file
+  replaced by another of the same size and mtime, or edited in the middle, is noticed); digests are
+  remembered in ``<cache_dir>/digests.json`` while the file provably did not change
+  (``datamodules.digests``), so a warm start does not re-read the inputs;
+* every array is checked against its whole-file digest when the cache is opened (remembered the
+  same way: a flipped byte anywhere is noticed, a warm open reads nothing);
 * writing is atomic: a temp folder beside the target, then one ``rename``; two processes building
   the same cache at once (DDP ranks, nodes on shared storage) both succeed and one copy stays;
 * a cache of another format version, or a damaged one (bad manifest, missing or truncated array,
@@ -53,10 +57,11 @@ from . import chunks
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
 from .cold import check_cold, cold_holdout
+from .digests import DigestMemo, sha256_file
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
 
 #: format version of the cache folder (1 was a single ``.npz``); a cache of another version is rebuilt
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: whole-file digests (2 hashed the first and last MiB)
 CACHE_FORMAT = "pinsage-dataset-cache"
 MANIFEST = "manifest.json"
 #: load_dataset arguments that do not shape the data (everything else enters the cache key)
@@ -314,7 +319,7 @@ class CacheWriter:
         fn = self.tmp / f"{name}.npy"
         np.save(fn, arr, allow_pickle=False)
         self.entries[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "bytes": fn.stat().st_size,
-                              "digest": _file_digest(fn)}
+                              "digest": f"{fn.stat().st_size}:{sha256_file(fn)}"}
         if arr.nbytes < _MIB or arr.dtype.hasobject:
             return arr
         return np.load(fn, mmap_mode="r", allow_pickle=False)
@@ -344,6 +349,7 @@ def _open_cache(path: Path, mmap: bool = True):
     """``(manifest, {name: array})`` of a cache folder, every array checked against the manifest."""
     manifest = _read_manifest(path)
     arrays: Dict[str, np.ndarray] = {}
+    memo = DigestMemo(path.parent)
     for name, e in manifest["arrays"].items():
         fn = path / f"{name}.npy"
         try:
@@ -352,7 +358,7 @@ def _open_cache(path: Path, mmap: bool = True):
             raise CacheError(f"array file {fn.name} is missing") from None
         if size != e["bytes"]:
             raise CacheError(f"array file {fn.name} has {size} bytes, the manifest says {e['bytes']} (truncated?)")
-        if _file_digest(fn) != e["digest"]:
+        if memo.digest(fn) != e["digest"]:
             raise CacheError(f"array file {fn.name} does not match the digest in the manifest")
         try:
             arr = np.load(fn, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -362,6 +368,7 @@ def _open_cache(path: Path, mmap: bool = True):
             raise CacheError(f"array file {fn.name} holds {arr.dtype.str} {list(arr.shape)}, the manifest "
                              f"says {e['dtype']} {e['shape']}")
         arrays[name] = arr
+    memo.save()
     return manifest, arrays
 
 
@@ -482,20 +489,11 @@ def resolve_folder(dataset: str, root: str | os.PathLike, spec: DatasetSpec) -> 
     )
 
 
-def _file_digest(path: Path) -> str:
-    """``<size>:<sha256 of the first and last MiB>`` -- a content key that costs two reads."""
-    size = os.stat(path).st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(_MIB))
-        if size > _MIB:
-            f.seek(max(size - _MIB, _MIB))
-            h.update(f.read(_MIB))
-    return f"{size}:{h.hexdigest()}"
-
-
-def _fingerprint(paths: List[Path]) -> List[Any]:
-    return [[str(p.resolve()), _file_digest(p)] for p in paths]
+def _fingerprint(paths: List[Path], memo: DigestMemo) -> List[Any]:
+    """Per input file its resolved path and ``<size>:<sha256 of every byte>``."""
+    out = [[str(p.resolve()), memo.digest(p)] for p in paths]
+    memo.save()
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -564,9 +562,10 @@ def load_dataset(
                 if not p.is_file():
                     raise DataError(f"dataset {dataset!r}: reader_args.{k} file {str(p)!r} does not exist")
                 files.append(p)
-        key_parts["files"] = _fingerprint(files)
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cdir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if folder is not None:
+        key_parts["files"] = _fingerprint(files, DigestMemo(cdir if use_cache else None))
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache_path = cdir / f"{dataset}-{key}"
     if use_cache and (cache_path.exists() or cache_path.is_symlink()):
         log(f"loading {dataset} from cache {cache_path}")

@@ -244,7 +244,12 @@ def _load_text_model(model_name: str):
             raise ValueError(f"text_model={model_name!r} is neither 'all-MiniLM-L6-v2' (the packaged model) nor a "
                              "local sentence-transformers model folder; models are never downloaded")
     try:
-        from sentence_transformers import SentenceTransformer
+        import contextlib
+        import io
+
+        # transformers prints "[INFO] Running in WANDB offline mode" on stdout when it is imported
+        with contextlib.redirect_stdout(io.StringIO()):
+            from sentence_transformers import SentenceTransformer
     except ImportError:
         raise ImportError("feature 'text' needs sentence-transformers: pip install \".[text]\"") from None
     return SentenceTransformer(str(path), device="cpu")

@@ -219,13 +219,23 @@ def _int_ids(t: _Table, col: str, what: str) -> np.ndarray:
     if isna.any():
         _missing_value(t, col, isna)
     if pd.api.types.is_integer_dtype(s.dtype):
-        vals = s.to_numpy(dtype=np.int64)
-        bad = vals < 0
+        big = (s.to_numpy() > np.iinfo(np.int64).max) if pd.api.types.is_unsigned_integer_dtype(s.dtype) \
+            else np.zeros(len(s), bool)
+        vals = np.where(big, 0, s.to_numpy()).astype(np.int64)
+        bad = (vals < 0) | big
     else:
         num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(num) | (num < 0) | (num != np.floor(num))
+            # ids at or above 2^53 went through a float here: two of them could become one
+            big = np.isfinite(num) & (num >= 2.0 ** 53)
+            bad = ~np.isfinite(num) | (num < 0) | (num != np.floor(num)) | big
         vals = np.where(bad, 0, num).astype(np.int64)
+    if big.any() and np.flatnonzero(big)[0] == np.flatnonzero(bad)[0]:
+        k = int(np.flatnonzero(big)[0])
+        raise DataError(
+            f"{t.where(t.df.index[k])}: {what} id {_show(s.iloc[k])} in column {col!r} is too large for an "
+            "integer id (at most 2^63 - 1, read exactly); set id_type: str to read ids as strings"
+        )
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise DataError(

@@ -79,3 +79,66 @@ def test_model_architecture_still_comes_from_the_checkpoint(tiny_run, capsys):
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in again.items() if not k.endswith("seconds")} == \
         {k: v for k, v in plain.items() if not k.endswith("seconds")}
+
+
+def test_second_fit_into_the_same_folder_is_refused_not_mixed(tiny_args, tmp_path, capsys):
+    """issue 20: two `pinsage fit` runs into one folder mixed their best-*/last checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "run"
+    args = tiny_args(root)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "WANDB_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, "-m", "app.cli", "fit", *args, "--trainer.max_epochs=200"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(1200):  # the first run is training (it wrote a checkpoint)
+            if (root / "checkpoints" / "last.ckpt").is_file() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        capsys.readouterr()
+        assert main(["fit", *args, "--trainer.max_epochs=1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another `pinsage fit`" in err[0] and str(first.pid) in err[0], err
+        # a run in another folder is not affected
+        assert main(["fit", *tiny_args(tmp_path / "other"), "--trainer.max_epochs=1"]) == 0
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    # kill -9 released the lock: the folder can be trained into (resumed) again
+    assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
+
+
+def _fsize_limited(limit):
+    """preexec_fn: writes past ``limit`` bytes in one file fail with EFBIG (a disk that fills up)."""
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_during_fit_is_one_line_and_leaves_no_truncated_checkpoint(tiny_run, tmp_path):
+    """issue 20 item 13: a checkpoint that does not fit left a truncated best-*.ckpt and a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    run, last, args = tiny_run
+    root = tmp_path / "full"
+    args = [a if a != str(run) else str(root) for a in args]  # the run's cache (built) is reused
+    assert str(root) in args
+    size = last.stat().st_size
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "WANDB_MODE": "disabled"}
+    p = subprocess.run([sys.executable, "-m", "app.cli", "fit", *args, "--trainer.max_epochs=1"], env=env,
+                       capture_output=True, text=True, timeout=600, preexec_fn=_fsize_limited(size // 2))
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert err[-1].startswith("pinsage fit: error: cannot write") and ".ckpt" in err[-1], err
+    assert [f.name for f in (root / "checkpoints").iterdir() if f.name.endswith(".ckpt") or ".tmp-" in f.name] == []

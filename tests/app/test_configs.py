@@ -8,6 +8,7 @@ import yaml
 from app.sweep import SweepError, resolve_fit_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PROJECT = CONFIGS.parent
 FULL = sorted(p for p in CONFIGS.glob("*.yaml"))
 DATA = sorted((CONFIGS / "data").glob("*.yaml"))
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
@@ -81,3 +82,36 @@ def test_unknown_key_error_line_comes_first_and_last(capsys):
     assert e.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == lines[-1] and lines[0].startswith("pinsage fit: error: ") and "no_such_key" in lines[0]
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    """issue 20: a billion-laughs config hung `pinsage data`/`fit` (killed at 90 s, 1.3 GB)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for k in range(1, 10):
+        lines.append(f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]")
+    lines.append("data:\n  dataset: synthetic\n  reader_args:\n    bomb: *a9")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "WANDB_MODE": "disabled"}
+    for cmd in (["data", "--config", str(bomb)], ["fit", "--config", str(bomb)]):
+        t0 = time.time()
+        try:
+            p = subprocess.run([sys.executable, "-m", "app.cli", *cmd], env=env, capture_output=True, text=True,
+                               timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pinsage {cmd[0]} with an alias bomb still runs after 60 s")
+        err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 2 and len(err) == 1 and "aliases expand" in err[0] and str(bomb) in err[0], p.stderr
+        assert time.time() - t0 < 60
+
+
+def test_shipped_configs_pass_the_alias_check():
+    from app.config_check import check_config_file
+
+    for f in sorted((PROJECT / "configs").rglob("*.yaml")):
+        check_config_file(str(f))

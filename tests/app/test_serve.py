@@ -286,6 +286,7 @@ def test_torn_log_tail_is_ignored_and_recomputed_on_other_artifacts(artifacts, t
     lines = log.read_text().splitlines()
     rec = json.loads(lines[0])
     rec["artifacts"] = "other"
+    rec.pop("sha256")  # a record without its checksum (as logs written before checksums) is accepted
     log.write_text(json.dumps(rec) + "\n")
     s3 = ServiceState(artifacts, log)
     assert s3.replayed["recomputed"] == 1

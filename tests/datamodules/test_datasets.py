@@ -271,3 +271,48 @@ def test_temp_folder_of_a_killed_build_is_cleaned_on_the_next_build(tmp_path):
         np.save(d / "users.npy", np.arange(3))
     ds.save(target)
     assert not dead.exists() and live.exists() and (target / "manifest.json").is_file()
+
+
+def _big_log(path, n=300_000):
+    """A table log of more than 2 MiB (the old digest read only its first and last MiB)."""
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(100, 999, n), rng.integers(100, 999, n)
+    path.write_text("user,item\n" + "".join(f"{a},{b}\n" for a, b in zip(u.tolist(), i.tolist())))
+    assert path.stat().st_size > 2 * (1 << 20)
+
+
+def test_same_size_edit_in_the_middle_of_a_big_input_is_noticed(tmp_path):
+    log = tmp_path / "log.csv"
+    _big_log(log)
+    args = dict(path="log.csv", user_col="user", item_col="item")
+    a = load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"), reader_args=args)
+    data = bytearray(log.read_bytes())
+    mid = data.index(b"\n", len(data) // 2) + 1  # the user id of a line in the middle: 3 digits -> 3 others
+    assert data[mid:mid + 3].isdigit()
+    data[mid:mid + 3] = b"099" if data[mid:mid + 3] != b"099" else b"098"  # a new user, same size
+    time.sleep(0.01)
+    log.write_bytes(bytes(data))
+    b = load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"), reader_args=args)
+    assert b.num_users == a.num_users + 1
+    assert len(list((tmp_path / "c").glob("table-*"))) == 2
+
+
+def test_flipped_byte_in_the_middle_of_a_big_cached_array_is_noticed(tmp_path, capsys):
+    big = dict(SYN, num_users=2000, num_items=1000, num_interactions=300_000)
+    a = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=big)
+    ref = np.array(a.train_pairs)
+    (folder,) = _caches(tmp_path)
+    del a
+    load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=big)  # a warm open
+    arrays = json.loads((folder / "manifest.json").read_text())["arrays"]
+    name = max(arrays, key=lambda k: arrays[k]["bytes"])
+    f = folder / f"{name}.npy"
+    assert f.stat().st_size > 2 * (1 << 20), (name, f.stat().st_size)
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0x01
+    f.write_bytes(bytes(b))
+    capsys.readouterr()
+    c = load_dataset("synthetic", cache_dir=str(tmp_path), reader_args=big)
+    err = capsys.readouterr().err
+    assert "unusable" in err and f.name in err
+    assert np.array_equal(ref, np.asarray(c.train_pairs))

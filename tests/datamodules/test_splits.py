@@ -152,5 +152,28 @@ def test_auto_without_timestamps_is_announced_once(capsys):
     splits.announce_split("auto", inter, 0, "hand")
     err = capsys.readouterr().err
     assert err.count("split='random'") == 1 and "no timestamps" in err
-    splits.announce_split("temporal", inter, 0, "hand2")  # explicit choice: nothing to announce
+    splits.announce_split("temporal", inter, 0, "hand2")  # explicit choice without time: a warning (issue 20)
+    assert "file order is taken as time order" in capsys.readouterr().err
+
+
+def test_temporal_split_without_timestamps_warns(capsys):
+    """issue 20 item 17: split temporal on a log without time took file order silently (a log sorted
+    by item id made every test item the user's highest id)."""
+    from datamodules.splits import announce_split
+
+    users, items = np.array([0, 0, 0, 1, 1, 1]), np.array([1, 2, 3, 1, 2, 3])
+    inter = Interactions.from_raw(users, items)
+    announce_split("temporal", inter, 0, "no-time-log")
+    err = capsys.readouterr().err
+    assert "split='temporal'" in err and "no timestamps" in err and "file order" in err
+    announce_split("temporal", Interactions.from_raw(users, items, timestamps=np.arange(6)), 0, "timed")
     assert capsys.readouterr().err == ""
+
+
+def test_example_table_config_defaults_to_auto():
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/data/example-table.yaml").read_text())
+    assert cfg["split"] == "auto"
