@@ -337,7 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in _DISK_ERRNOS:
+        if not is_disk_error(e):
             raise
         print(f"pinsage {argv[0]}: error: {_disk_error(e)}", file=sys.stderr)
         return 1
@@ -363,10 +363,16 @@ def _disk_errnos():
 _DISK_ERRNOS = _disk_errnos()
 
 
+def is_disk_error(e: OSError) -> bool:
+    """A write the disk refused: by errno, or numpy's short write (``"N requested and M written"``, no errno)."""
+    return e.errno in _DISK_ERRNOS or (e.errno is None and "requested and" in str(e) and "written" in str(e))
+
+
 def _disk_error(e: OSError) -> str:
     """One line for a write the disk refused (full, quota, read-only, permissions)."""
     what = f" {e.filename!r}" if e.filename else ""
-    return (f"cannot write{what}: {e.strerror or e} (errno {e.errno}); files already complete were kept and "
+    why = f"{e.strerror} (errno {e.errno})" if e.strerror else f"{e} (a short write: the disk is full?)"
+    return (f"cannot write{what}: {why}; files already complete were kept and "
             "nothing was left half written: free space (or fix permissions) and run the command again")
 
 

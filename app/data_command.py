@@ -72,9 +72,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the cache build on a full disk / read-only folder: one line
-        from .cli import _DISK_ERRNOS, _disk_error
+        from .cli import _disk_error, is_disk_error
 
-        if e.errno not in _DISK_ERRNOS:
+        if not is_disk_error(e):
             raise
         print(f"pinsage data: error: {_disk_error(e)}", file=sys.stderr)
         return 1

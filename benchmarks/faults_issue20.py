@@ -113,7 +113,7 @@ def run(work: Path, record, tiny, ref_last: Path, art: Path, run_cli) -> None:
     changed = rec[:digit] + (b"1" if rec[digit:digit + 1] != b"1" else b"2") + rec[digit + 1:]
     bad.write_bytes(b"\n".join([changed] + lines[1:]))
     r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--artifacts", str(art), "--log", str(bad),
-                        "--port", str(_port())], env=_env(), capture_output=True, text=True, timeout=300)
+                        "--port", str(_port())], env=_env(), capture_output=True, text=True, timeout=900)
     ok = r.returncode == 2 and "checksum" in _stderr_line(r.stderr) and "Traceback" not in r.stderr
     record("item log line with one vector digit changed", "refused at start, line named" if ok else "REPLAYED SILENTLY",
            ok, _stderr_line(r.stderr))
@@ -249,6 +249,6 @@ def run(work: Path, record, tiny, ref_last: Path, art: Path, run_cli) -> None:
                                  "".join(f"{k},{k % 5}\n" for k in range(30)))
     r = subprocess.run([sys.executable, "-m", "app.cli", "data", "--data.dataset=table", f"--data.root={ids}",
                         f"--data.cache_dir={work / 'cache4'}", "--data.reader_args", '{"path": "log.csv"}'],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+                       env=_env(), capture_output=True, text=True, timeout=900)
     ok = r.returncode == 2 and "too large" in _stderr_line(r.stderr)
     record("integer user ids >= 2^64", "refused, id_type: str named" if ok else "MERGED", ok, _stderr_line(r.stderr)[:200])

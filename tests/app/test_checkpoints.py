@@ -142,3 +142,25 @@ def test_full_disk_during_fit_is_one_line_and_leaves_no_truncated_checkpoint(tin
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert err[-1].startswith("pinsage fit: error: cannot write") and ".ckpt" in err[-1], err
     assert [f.name for f in (root / "checkpoints").iterdir() if f.name.endswith(".ckpt") or ".tmp-" in f.name] == []
+
+
+def test_full_disk_during_predict_is_one_line_and_keeps_the_old_artifacts(tiny_run, tmp_path):
+    """issue 20 item 13: a full disk during predict was a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    run, last, args = tiny_run
+    out = tmp_path / "art"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.evaluate", "false"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "WANDB_MODE": "disabled"}
+    p = subprocess.run([sys.executable, "-m", "app.cli", "predict", *args, "--ckpt_path", str(last),
+                        "--artifacts.output_dir", str(out), "--artifacts.evaluate", "false"], env=env,
+                       capture_output=True, text=True, timeout=600, preexec_fn=_fsize_limited(8000))
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert err[-1].startswith("pinsage predict: error: cannot write"), err[-3:]
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before  # the old set is whole
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".art")]  # no temp folder left
