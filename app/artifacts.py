@@ -246,7 +246,7 @@ def write_artifacts(
                 protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
                 seed=getattr(datamodule, "seed", 0),
                 user_fn=module.user_vectors, history_weights=None if half is None else (
-                    lambda part: recency_weights(ds, part, half)))
+                    lambda part: recency_weights(ds, part, half)), history_half_life=half)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         manifest = {
             "format": ARTIFACTS_FORMAT, "dataset": ds.name, "count": int(emb.shape[0]), "dims": int(emb.shape[1]), "index": kind,

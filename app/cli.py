@@ -5,6 +5,9 @@
   :class:`datamodules.datamodule.PinSageDataModule`; ``test`` and ``validate`` print the metrics (model
   and baselines) as one JSON object on its last stdout line.
 * ``pinsage data --config configs/data/<name>.yaml`` inspects a dataset (counts as JSON).
+* ``pinsage baselines --config C`` tunes the item-item baselines on the validation split of C's
+  dataset and records their settings beside its cache (app/baselines_command.py); ``test`` and
+  predict's ``metrics.json`` use them.
 * ``pinsage recommend ...`` answers item/user queries from predicted artifacts.
 * ``pinsage serve --artifacts DIR`` is the HTTP API (``app/serve.py``); ``pinsage embed-new``
   embeds a CSV of new items inductively.
@@ -135,9 +138,9 @@ def _lightning_cli_class():
                                 help="predict --engine ray: the cluster to join (default: start a local Ray)")
 
             parser.add_argument("--artifacts.baselines", type=Optional[List[str]], default=None,
-                                help="baselines scored beside the model in metrics.json (default: random, "
-                                     "popularity, cooccurrence; also itemknn, rp3beta, ease, pixie with their "
-                                     "validation-tuned settings)")
+                                help="baselines scored beside the model in metrics.json (default: the model's "
+                                     "--model.baselines; also itemknn, rp3beta, ease, pixie, gfcf with the settings "
+                                     "`pinsage baselines` tuned on validation, else untuned defaults)")
             # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb
             from .callbacks import EpochMetricsLog, WandbFigures
 
@@ -315,6 +318,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .data_command import main as data_main
 
         return data_main(argv[1:])
+    if argv and argv[0] == "baselines":
+        from .baselines_command import main as baselines_main
+
+        return baselines_main(argv[1:])
     if argv and argv[0] == "recommend":
         from .recommend import main as recommend_main
 
@@ -324,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return (serve_main if argv[0] == "serve" else embed_new_main)(argv[1:])
     if argv and argv[0] in ("-h", "--help") or not argv:
-        print("usage: pinsage {fit,validate,test,predict,data,recommend,serve,embed-new,sweep,report} [--config CONFIG] [overrides]\n"
+        print("usage: pinsage {fit,validate,test,predict,data,baselines,recommend,serve,embed-new,sweep,report} [--config CONFIG] [overrides]\n"
               "       pinsage <command> --help for the arguments of one command")
         return 0 if argv else 2
     from datamodules.interactions import DataError

@@ -46,7 +46,6 @@ from torch import Tensor
 
 from datamodules.datasets import RecDataset
 from models.baselines import (
-    BASELINES,
     baseline_scorer,
     candidate_ranks_from_scorer,
     embedding_item_scorer,
@@ -56,15 +55,16 @@ from models.baselines import (
     item_to_item_metrics,
     user_scorer,
 )
-from models.item_item import ITEM_ITEM_BASELINES, item_item_scorer, item_item_user_scorer
+from models.item_item import item_item_scorer, item_item_user_scorer
 from models.metrics import hit_rate_at_k, ndcg_at_k
 
 from .cold import cold_metrics, cold_variants
-from .item_item_baselines import build_matrix, resolve_params
+from .item_item_baselines import ALL_BASELINES, MATRIX_BASELINES, REGISTRY, build, history_label, settings
 
 PROTOCOLS = ("item", "ncf", "full")
-#: every baseline ``evaluate`` takes; the default ``baselines`` are the cheap ones (``BASELINES``)
-ALL_BASELINES = tuple(BASELINES) + tuple(ITEM_ITEM_BASELINES)
+#: the default ``baselines``: the cheap ones, scored straight from the graph (every name: ``ALL_BASELINES``)
+BASELINES = tuple(b for b, spec in REGISTRY.items() if spec.kind == "graph")
+ITEM_ITEM_BASELINES = MATRIX_BASELINES
 PARTS = ("val", "test")
 
 CSR = Tuple[np.ndarray, np.ndarray]
@@ -195,7 +195,7 @@ def _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negati
     for b, p in (baseline_params or {}).items():
         if b not in ITEM_ITEM_BASELINES:
             raise ValueError(f"baseline_params has {b!r}: only {list(ITEM_ITEM_BASELINES)} take parameters")
-        resolve_params(ds.name, b, p)  # names the parameter that is not valid
+        settings(ds, b, p)  # names the parameter that is not valid
     for name, vals in (("ks", ks), ("full_ks", full_ks)):
         if not vals or any(not isinstance(k, (int, np.integer)) or k < 1 for k in vals):
             raise ValueError(f"{name}={vals!r} is invalid: expected a non-empty list of ints >= 1")
@@ -236,6 +236,7 @@ def evaluate(
     baseline_params: Optional[Dict[str, dict]] = None,
     baseline_matrices: Optional[Dict[str, object]] = None,
     user_emb: Optional[Tensor] = None,
+    history_half_life: Optional[float] = None,
 ) -> Dict[str, float]:
     """Evaluate ``item_emb`` (``[num_items, d]``, or ``None`` for baselines only) and the
     ``baselines`` on ``part`` of ``ds`` with each of ``protocols`` (see the module docstring).
@@ -263,7 +264,10 @@ def evaluate(
             :func:`history_csr` (e.g. recency); ``None``: equal weights. The item-item baselines
             weight their history rows by the same weights, so they see the user the model sees.
         baseline_params: per item-item baseline, settings overriding the tuned ones (e.g.
-            ``{"ease": {"lam": 200.0}}``; see :func:`app.item_item_baselines.resolve_params`).
+            ``{"ease": {"lam": 200.0}}``; see :func:`app.item_item_baselines.settings`). Without
+            them an item-item baseline takes the settings ``pinsage baselines`` tuned on this
+            dataset's validation split (the record beside its cache) for ``history_half_life``,
+            else its untuned defaults; which one is said on stderr and in ``"baseline_settings"``.
         baseline_matrices: per item-item baseline, an already built matrix to use as is (so one
             EASE matrix serves the validation and the test part).
         user_emb: optional ``[num_users, d]`` user embeddings of a model that learns them
@@ -273,7 +277,8 @@ def evaluate(
     Returns:
         ``{"<model>/<protocol>/<metric>": float, "<model>/<protocol>/seconds": float,
         "item/num_queries", "ncf/num_cases", "ncf/num_candidates", "ncf/from_file",
-        "full/num_users", "num_items"}``.
+        "full/num_users", "num_items"}``, plus ``"baseline_settings": {name: {"params",
+        "source"}}`` when item-item baselines were built here.
     """
     emb = _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name,
                       full_ks, batch_size, baseline_params)
@@ -289,11 +294,16 @@ def evaluate(
     models = ([model_name] if emb is not None else []) + list(baselines)
     say = log or (lambda msg: None)
     matrices: Dict[str, object] = dict(baseline_matrices or {})
+    chosen = {b: settings(ds, b, (baseline_params or {}).get(b), history_label(history_half_life))
+              for b in baselines if b in ITEM_ITEM_BASELINES and b not in matrices}
+    if chosen:
+        out["baseline_settings"] = {b: {"params": p, "source": src} for b, (p, src) in chosen.items()}
+        _announce_settings(chosen, ds)
 
     def matrix(name: str):
         if name not in matrices:
             t0 = time.perf_counter()
-            matrices[name] = build_matrix(name, ds, (baseline_params or {}).get(name), seed=seed)
+            matrices[name] = build(name, ds.train_graph, chosen[name][0], seed=seed)
             out[f"{name}/build_seconds"] = time.perf_counter() - t0
             say(f"{name}: matrix built in {out[f'{name}/build_seconds']:.1f}s")
         return matrices[name]
@@ -367,6 +377,22 @@ def evaluate(
     return out
 
 
+def _announce_settings(chosen: Dict[str, Tuple[dict, str]], ds: RecDataset) -> None:
+    """One stderr line per source: which baselines run tuned (and from which record), which untuned."""
+    import os
+    import sys
+
+    if os.environ.get("PINSAGE_QUIET") == "1":
+        return
+    by_source: Dict[str, list] = {}
+    for b, (p, src) in chosen.items():
+        by_source.setdefault(src, []).append(f"{b} {p}")
+    for src, items in by_source.items():
+        hint = ("; `pinsage baselines --config <your config>` tunes them on the validation split"
+                if src == "untuned defaults" else "")
+        print(f"pinsage: baselines on {ds.name}, {src}: {', '.join(items)}{hint}", file=sys.stderr, flush=True)
+
+
 def recency_from_end(ds: RecDataset, part: str) -> np.ndarray:
     """For every entry of :func:`history_csr` ``(ds, part)``: its position from the end of the
     user's history in time order (0 = the latest; file order breaks ties and stands in for time
@@ -406,15 +432,17 @@ def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Seque
     (:mod:`app.cold`; ``embed_with(nbr, no_id)`` re-embeds the catalogue, as
     ``PinSageModule.embed_with``)."""
 
+    half = getattr(dm, "user_recency_half_life", None)
+
     def weights(part: str) -> Optional[np.ndarray]:
-        return recency_weights(dm.dataset, part, getattr(dm, "user_recency_half_life", None))
+        return recency_weights(dm.dataset, part, half)
 
     def run(stage: str, item_emb: Tensor, user_fn, with_baselines: bool) -> Dict[str, float]:
         part = "val" if stage == "val" else "test"
         ks_ok = [k for k in ks if k < dm.dataset.num_items] or [min(dm.dataset.num_items - 1, 1)]
         out = evaluate(dm.dataset, item_emb, part=part, protocols=list(protocols_by_stage[stage]), ks=ks_ok,
                        baselines=list(baselines) if with_baselines else [], full_ks=full_ks, seed=seed,
-                       batch_size=batch_size, user_fn=user_fn, history_weights=weights)
+                       batch_size=batch_size, user_fn=user_fn, history_weights=weights, history_half_life=half)
         cold = dm.cold_data() if stage == "test" and embed_with is not None and hasattr(dm, "cold_data") else None
         if cold is not None:
             out.update(cold_metrics(dm.dataset, cold, cold_variants(cold, embed_with), history_csr(dm.dataset, "test"),

@@ -19,10 +19,13 @@ Writes (merged, temp file + rename, other writers' rows kept):
   "mean", "std", "seeds", "train_seconds", "command"}]}``, keyed by (dataset, model, protocol,
   metric); ``train_seconds`` = building the matrix of the chosen setting.
 * ``benchmarks/results/baselines_tuned.json``: ``{dataset: {model: {"params", "val_recall@20",
-  "grid": [[params, val_recall@20, build_seconds], ...], "selected_on", "machine"}}}``; the app's
-  defaults for these baselines come from here (:mod:`app.item_item_baselines`).
+  "grid": [[params, val_recall@20, build_seconds], ...], "selected_on", "machine"}}}``, a log of
+  what was chosen; the app does not read it.
+* the dataset's baseline record beside its cache (:func:`app.item_item_baselines.write_record`,
+  what ``pinsage baselines`` writes and ``pinsage test`` reads).
 
-EASE keeps one dense ``items x items`` matrix: its grid is scored one lambda at a time; the
+The search is :func:`app.item_item_baselines.tune` (the grids of its registry), the code path of
+``pinsage baselines``. EASE keeps one dense ``items x items`` matrix: its grid is scored one lambda at a time; the
 test part of a lambda is scored only while it is the best on validation so far (so at most one
 matrix is alive), and only the finally chosen one is recorded.
 """
@@ -30,7 +33,6 @@ matrix is alive), and only the finally chosen one is recorded.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shlex
@@ -39,50 +41,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from app import item_item_baselines as bl  # noqa: E402
+from app.data_command import _as_group_config, build_parser  # noqa: E402
 from app.evaluation import evaluate, recency_weights  # noqa: E402
-from app.item_item_baselines import pixie_matrix, resolve_params  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from datamodules.datasets import load_dataset  # noqa: E402
-from models.item_item import (ease_weights, item_gram, itemknn_similarity, rp3_walk,  # noqa: E402
-                              rp3beta_similarity)
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUALITY = RESULTS / "quality.json"
 TUNED = RESULTS / "baselines_tuned.json"
-SELECT = "recall@20"
-
-GRIDS = {
-    "itemknn": {"k": [50, 100, 200, 500], "shrink": [0.0, 10.0, 100.0]},
-    "rp3beta": {"alpha": [0.6, 0.8, 1.0], "beta": [0.2, 0.3, 0.4, 0.5], "k": [100, 200, 500]},
-    "pixie": {"num_walks": [200, 1000], "top_t": [200, 500], "beta": [0.0, 0.1, 0.2]},
-    "ease": {"lam": [30.0, 100.0, 300.0, 1000.0, 3000.0]},
-}
-# Gowalla (41k items; a full-ranking pass takes 1-10 min on the shared 2 cores): small grids,
-# listed as settings (the issue's and the literature's neighbourhoods of the optimum)
-GRIDS_LARGE = {
-    "itemknn": [{"k": 100, "shrink": 0.0}, {"k": 200, "shrink": 0.0}, {"k": 200, "shrink": 50.0},
-                {"k": 100, "shrink": 50.0}, {"k": 200, "shrink": 200.0}, {"k": 500, "shrink": 200.0}],
-    "rp3beta": [{"alpha": a, "beta": b, "k": 200} for a in (0.8, 1.0) for b in (0.2, 0.3)],
-    "pixie": [{"num_walks": 200, "top_t": 200, "beta": 0.0}, {"num_walks": 1000, "top_t": 500, "beta": 0.1},
-              {"num_walks": 1000, "top_t": 500, "beta": 0.2}],
-    "ease": [{"lam": 30.0}, {"lam": 100.0}, {"lam": 300.0}],
-}
+SELECT = bl.SELECT
 CHEAP = ("popularity", "cooccurrence")
-
-
-def _grid(spec):
-    if isinstance(spec, list):  # explicit settings
-        yield from spec
-        return
-    keys = list(spec)
-    for vals in itertools.product(*(spec[k] for k in keys)):
-        yield dict(zip(keys, vals))
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -119,12 +93,15 @@ def merge_tuned(dataset: str, model: str, entry: dict, path: Path = TUNED) -> No
 
 
 def load(dataset: str):
-    cfg = yaml.safe_load((ROOT / "configs" / "data" / f"{dataset}.yaml").read_text())
-    root = cfg.get("root", "../shared/data")
-    root = str((ROOT / root).resolve()) if not os.path.isabs(root) else root
-    return load_dataset(cfg["dataset"], root=root, split=cfg.get("split", "auto"),
-                        features=["log_degree"], reader_args=cfg.get("reader_args"),
-                        split_seed=cfg.get("split_seed", 0))
+    """The dataset of ``configs/data/<dataset>.yaml`` loaded as ``pinsage fit`` / ``pinsage baselines``
+    load it (same cache key, so the record written here is the one ``pinsage test`` reads)."""
+    cfg = build_parser().parse_args(_as_group_config(["--config", str(ROOT / "configs" / "data" / f"{dataset}.yaml")]))
+    data = cfg.data.as_dict()
+    root = data["root"]
+    if not os.path.isabs(root):  # configs name the data root relative to the repository
+        root = str((ROOT / root).resolve())
+    args = {k: data[k] for k in ("dataset", "cache_dir", "features", "split", "split_seed", "reader_args")}
+    return load_dataset(root=root, **args)
 
 
 def rows_of(metrics: dict, dataset: str, model: str, protocols, train_seconds: float, command: str):
@@ -139,39 +116,14 @@ def rows_of(metrics: dict, dataset: str, model: str, protocols, train_seconds: f
     return out
 
 
-class Builder:
-    """Matrices of one model's grid, sharing the expensive part across settings."""
-
-    def __init__(self, ds, model: str):
-        self.ds, self.model, self.g = ds, model, ds.train_graph
-        self.cache = {}
-
-    def __call__(self, p: dict):
-        g = self.g
-        if self.model == "itemknn":
-            if "gram" not in self.cache:
-                self.cache["gram"] = item_gram(g.user_ptr, g.user_items, g.num_items)
-            return itemknn_similarity(g.user_ptr, g.user_items, g.num_items, gram=self.cache["gram"], **p)
-        if self.model == "rp3beta":
-            if self.cache.get("alpha") != p["alpha"]:
-                self.cache = {"alpha": p["alpha"], "walk": rp3_walk(g.user_ptr, g.user_items, g.num_items, p["alpha"])}
-            return rp3beta_similarity(g.user_ptr, g.user_items, g.num_items, walk=self.cache["walk"], **p)
-        if self.model == "pixie":
-            return pixie_matrix(g, **resolve_params(self.ds.name, "pixie", p))
-        if self.model == "ease":
-            return ease_weights(g.user_ptr, g.user_items, g.num_items, **p)
-        raise ValueError(self.model)
-
-
 def tune(ds, dataset: str, model: str, protocols, command: str, log, half_lives=()) -> None:
     """``half_lives``: also search the user's history weights ``2^(-r / h)`` (``r`` = position from
     the end; :func:`app.evaluation.recency_weights`, the weights a PinSage model with
-    ``user_recency_half_life`` pools), recorded as ``<model>-recency``."""
-    grid = list(_grid((GRIDS_LARGE if ds.num_items > 20_000 else GRIDS)[model]))
-    build = Builder(ds, model)
-    hs = [None] if not half_lives else [float(h) for h in half_lives]
+    ``user_recency_half_life`` pools), recorded as ``<model>-recency``. The search is
+    :func:`app.item_item_baselines.tune` (what ``pinsage baselines`` runs), once per half-life."""
     name = model + ("-recency" if half_lives else "")
-    best = None  # (val, params, build_seconds, test metrics)
+    hs = [None] if not half_lives else [float(h) for h in half_lives]
+    best = None  # (val, params, half-life, build_seconds, test metrics or None)
     tried = []
 
     def score(part, W, h, protos):
@@ -180,31 +132,29 @@ def tune(ds, dataset: str, model: str, protocols, command: str, log, half_lives=
                      history_weights=weights)
         return {name + k[len(model):] if k.startswith(model + "/") else k: v for k, v in m.items()}
 
-    for p in grid:
-        t0 = time.perf_counter()
-        W = build(p)
-        dt = time.perf_counter() - t0
-        for h in hs:
-            ph = dict(p) if h is None else {**p, "user_recency_half_life": h}
-            val = score("val", W, h, ["full"])[f"{name}/full/{SELECT}"]
-            tried.append([ph, round(val, 5), round(dt, 2)])
-            log(f"{dataset} {name} {ph}: val {SELECT}={val:.4f} (build {dt:.1f}s)")
-            if best is None or val > best[0]:
-                test = None
-                if model == "ease":  # score test now: this matrix will not be kept
-                    test = score("test", W, h, protocols)
-                best = (val, ph, dt, test)
-        del W
-        if model == "ease":  # record as it goes: a long grid may be cut short
-            _record(ds, dataset, name, best, tried, protocols, command, log, complete=False)
-    val, ph, dt, test = best
+    for h in hs:
+        live: dict = {}
+
+        def on_best(W, p, val, h=h, live=live):  # EASE: score test while its dense matrix is alive
+            if model == "ease":
+                live.update(params=p, test=score("test", W, h, protocols))
+
+        entry = bl.tune(ds, model, half_life=h, log=lambda m, h=h: log(f"{dataset} {name} (h={h}) {m}"),
+                        on_best=on_best)
+        tried += [[{**p, **({} if h is None else {"user_recency_half_life": h})}, v, t] for p, v, t in entry["grid"]]
+        val = entry[f"val_{SELECT}"]
+        if best is None or val > best[0]:
+            test = live.get("test") if live.get("params") == entry["params"] else None
+            best = (val, entry["params"], h, entry["build_seconds"], test)
+        if ds.cache_path is not None:  # the record pinsage test reads (see pinsage baselines)
+            bl.write_record(bl.record_path(ds), ds, bl.history_label(h), model, entry)
+    val, p, h, dt, test = best
     if test is None:
-        p = {k: v for k, v in ph.items() if k != "user_recency_half_life"}
-        W = build(p)
-        test = score("test", W, ph.get("user_recency_half_life"), protocols)
+        W = bl.build(model, ds.train_graph, p)
+        test = score("test", W, h, protocols)
         del W
-        best = (val, ph, dt, test)
-    _record(ds, dataset, name, best, tried, protocols, command, log, complete=True)
+    ph = {**p, **({} if h is None else {"user_recency_half_life": h})}
+    _record(ds, dataset, name, (val, ph, dt, test), tried, protocols, command, log, complete=True)
 
 
 def _record(ds, dataset, model, best, tried, protocols, command, log, complete: bool) -> None:
@@ -212,9 +162,7 @@ def _record(ds, dataset, model, best, tried, protocols, command, log, complete: 
     log(f"{dataset} {model} chosen {p}: val {SELECT}={val:.4f} -> test "
         + " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in test.items() if k.startswith(model + "/")
                    and not k.endswith("seconds")))
-    full_p = ({**resolve_params(ds.name, "pixie", {k: v for k, v in p.items() if k != "user_recency_half_life"}),
-               **p} if model.startswith("pixie") else p)
-    merge_tuned(dataset, model, {"params": full_p, f"val_{SELECT}": round(val, 5), "grid": tried,
+    merge_tuned(dataset, model, {"params": p, f"val_{SELECT}": round(val, 5), "grid": tried,
                                  "grid_complete": complete,
                                  "selected_on": f"validation split, full ranking {SELECT} (history masked)",
                                  "build_seconds": round(dt, 2), "machine": cpu_model(), "command": command})
@@ -231,7 +179,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["movielens-100k", "movielens-latest-small", "gowalla"])
     ap.add_argument("--models", nargs="+", default=["popularity", "cooccurrence", "itemknn", "rp3beta", "pixie",
-                                                    "ease"])
+                                                    "gfcf", "ease"])
     ap.add_argument("--protocols", nargs="+", default=["item", "ncf", "full"])
     ap.add_argument("--recency-half-lives", nargs="+", type=float, default=[],
                     help="also tune the history's recency weights over these half-lives (items); the rows "

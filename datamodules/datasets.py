@@ -167,6 +167,9 @@ class RecDataset:
     feature_names: List[str]
     has_content: np.ndarray
     extras: Dict[str, np.ndarray] = field(default_factory=dict)
+    #: the cache folder it was loaded from (None when built without the cache); files that belong
+    #: to this dataset's cache key live beside it (e.g. the tuned baselines, ``<folder>.baselines.json``)
+    cache_path: Optional[Path] = None
 
     @property
     def num_users(self) -> int:
@@ -572,6 +575,7 @@ def load_dataset(
         try:
             ds = RecDataset.load(cache_path)
             announce_split(split, ds.interactions, split_seed, dataset)
+            ds.cache_path = cache_path
             return ds
         except CacheError as err:
             print(f"pinsage: the dataset cache {cache_path} is unusable ({err}); rebuilding it",
@@ -617,7 +621,8 @@ def load_dataset(
         # hand out the memory-mapped copy: the build's RAM is freed and a first run behaves like
         # every later one (read-only arrays shared by forked workers)
         del ds
-        return RecDataset.load(cache_path)
+        ds = RecDataset.load(cache_path)
+        ds.cache_path = cache_path
     return ds
 
 

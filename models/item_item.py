@@ -21,6 +21,17 @@ the data package; ``X`` below is the binary users x items training matrix.
 * ``pixie`` (Eksombatchai et al., WWW 2018): random-walk visit counts; the walks live in the data
   package, so the app builds that matrix (:func:`visit_count_matrix` turns its top-``T`` visit
   lists into ``W``).
+* ``gfcf`` (GF-CF, Shen et al., CIKM 2021), training-free graph filter: with
+  ``R~ = D_U^-1/2 X D_I^-1/2``, ``W = R~^T R~ + alpha D_I^-1/2 V V^T D_I^1/2`` (``V`` the top-``k``
+  right singular vectors of ``R~``: the ideal low-pass filter). Kept as a sparse matrix plus
+  rank-``k`` factors (:class:`SparsePlusLowRank`), never a dense ``items x items`` matrix. The
+  paper scores ``r_u W`` with the raw row ``r_u``; ``r~_u = r_u / sqrt(deg_u)`` ranks a user's
+  items the same way.
+
+EASE's dense inverse: scipy's bundled OpenBLAS (0.3.30 here) crashes with SIGSEGV inside its
+*multi-threaded* ``spotrf`` from n ~ 27,000 on (n = 26,000 works, 28,000 and 30,000 crash at once;
+the same call with one BLAS thread works at 30,000), so :func:`_inverse_spd_inplace` runs
+LAPACK single-threaded above :data:`THREADED_LAPACK_MAX_N` (``threadpoolctl``).
 """
 
 from __future__ import annotations
@@ -32,8 +43,12 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-ITEM_ITEM_BASELINES = ("itemknn", "rp3beta", "ease", "pixie")
+ITEM_ITEM_BASELINES = ("itemknn", "rp3beta", "ease", "pixie", "gfcf")
 EASE_MAX_ITEMS = 50_000
+#: largest matrix order factorised with a multi-threaded BLAS (see the module docstring)
+THREADED_LAPACK_MAX_N = 20_000
+#: GF-CF's SVD is exact up to this many users or items, randomized above
+EXACT_SVD_MAX = 4096
 
 # generic defaults (used where no tuned setting is recorded for a dataset)
 DEFAULT_PARAMS = {
@@ -41,6 +56,7 @@ DEFAULT_PARAMS = {
     "rp3beta": {"alpha": 1.0, "beta": 0.5, "k": 200},
     "ease": {"lam": 500.0},
     "pixie": {"num_walks": 200, "top_t": 200, "beta": 0.0, "walk_length": 2, "restart_prob": 0.5},
+    "gfcf": {"alpha": 0.3, "k": 256},  # the paper's setting (Gowalla, Yelp2018)
 }
 
 
@@ -185,16 +201,19 @@ def ease_weights(user_ptr, user_items, num_items: int, lam: float = 500.0,
 
 def _inverse_spd_inplace(A: np.ndarray, what: str) -> None:
     """``A <- A^-1`` for a symmetric positive definite float32 C-ordered ``A``, in place
-    (LAPACK ``spotrf`` + ``spotri`` on the Fortran-ordered transpose view, then mirrored)."""
+    (LAPACK ``spotrf`` + ``spotri`` on the Fortran-ordered transpose view, then mirrored); one
+    BLAS thread above :data:`THREADED_LAPACK_MAX_N` (the threaded ``spotrf`` crashes there)."""
     from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
 
     F = A.T  # A is symmetric: its transpose view is Fortran-ordered, so LAPACK works in place
-    c, info = lapack.spotrf(F, lower=1, overwrite_a=1, clean=0)
-    if info != 0:
-        raise ValueError(f"ease: {what} is not positive definite (spotrf info={info}); use a larger lam")
-    if not np.shares_memory(c, A):  # pragma: no cover - LAPACK wrappers copy non-contiguous input
-        F[...] = c
-    c, info = lapack.spotri(F, lower=1, overwrite_c=1)
+    with threadpool_limits(limits=1 if A.shape[0] > THREADED_LAPACK_MAX_N else None, user_api="blas"):
+        c, info = lapack.spotrf(F, lower=1, overwrite_a=1, clean=0)
+        if info != 0:
+            raise ValueError(f"ease: {what} is not positive definite (spotrf info={info}); use a larger lam")
+        if not np.shares_memory(c, A):  # pragma: no cover - LAPACK wrappers copy non-contiguous input
+            F[...] = c
+        c, info = lapack.spotri(F, lower=1, overwrite_c=1)
     if info != 0:
         raise ValueError(f"ease: inverting {what} failed (spotri info={info})")
     if not np.shares_memory(c, A):  # pragma: no cover
@@ -261,10 +280,98 @@ def visit_count_matrix(ptr, items, counts, seeds, num_items: int, beta: float = 
     return _zero_diag(W)
 
 
+class SparsePlusLowRank:
+    """``W = sparse + left @ right`` (``left [I, r]``, ``right [r, I]``): an items x items model
+    scored without ever forming it densely (GF-CF's Gram matrix plus its low-pass filter)."""
+
+    ndim = 2
+
+    def __init__(self, sparse, left: np.ndarray, right: np.ndarray):
+        n = sparse.shape[0]
+        left = np.ascontiguousarray(left, dtype=np.float32)
+        right = np.ascontiguousarray(right, dtype=np.float32)
+        if sparse.shape != (n, n) or left.shape[0] != n or right.shape != (left.shape[1], n):
+            raise ValueError(f"SparsePlusLowRank: sparse {sparse.shape}, left {left.shape}, right {right.shape} "
+                             "do not make a square items x items matrix")
+        self.sparse, self.left, self.right = sp.csr_matrix(sparse, dtype=np.float32), left, right
+        self.shape = (n, n)
+
+    def toarray(self) -> np.ndarray:
+        return self.sparse.toarray() + self.left @ self.right
+
+
+def gfcf_normalized(user_ptr, user_items, num_items: int):
+    """``(R~, item_degree)``: ``R~ = D_U^-1/2 X D_I^-1/2`` (float32 CSR; empty rows/columns stay 0)."""
+    X = interaction_matrix(user_ptr, user_items, num_items)
+    du = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    di = np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
+    inv = lambda d: np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)  # noqa: E731
+    R = (sp.diags(inv(du).astype(np.float32)) @ X @ sp.diags(inv(di).astype(np.float32))).tocsr()
+    return R.astype(np.float32), di
+
+
+def top_right_singular_vectors(R: sp.csr_matrix, k: int, seed: int = 0, n_iter: int = 8,
+                               oversample: int = 64) -> np.ndarray:
+    """``V^T [k, I]``: the top-``k`` right singular vectors of ``R`` (largest singular value first).
+    Exact (dense eigen-decomposition of the smaller Gram matrix) when ``min(R.shape) <=``
+    :data:`EXACT_SVD_MAX`, else a seeded randomized SVD (Halko et al., 2011) with ``n_iter``
+    power iterations (near-equal singular values may swap vectors; the energy ``|R V|_F^2`` it
+    keeps is within a fraction of a percent of the exact top-``k``'s, tested)."""
+    k = _check_positive_int("k", k)
+    m, n = R.shape
+    k = min(k, min(m, n))
+    if min(m, n) <= EXACT_SVD_MAX:
+        if m <= n:  # R R^T = U S^2 U^T, V = R^T U / S
+            vals, U = np.linalg.eigh((R @ R.T).toarray().astype(np.float64))
+            top = np.argsort(-vals, kind="stable")[:k]
+            s = np.sqrt(np.maximum(vals[top], 0.0))
+            Vt = (R.T @ U[:, top]).T / np.where(s > 1e-12, s, 1.0)[:, None]
+        else:
+            vals, V = np.linalg.eigh((R.T @ R).toarray().astype(np.float64))
+            top = np.argsort(-vals, kind="stable")[:k]
+            Vt = V[:, top].T
+        return np.ascontiguousarray(Vt, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    p = min(k + oversample, min(m, n))
+    Rt = R.T.tocsr()
+    Q, _ = np.linalg.qr(R @ rng.standard_normal((n, p)).astype(np.float32))
+    for _ in range(n_iter):  # power iterations, re-orthonormalised each half step
+        Z, _ = np.linalg.qr(Rt @ Q)
+        Q, _ = np.linalg.qr(R @ Z)
+    B = (Rt @ Q).T  # [p, n] = Q^T R
+    _, _, Vt = np.linalg.svd(B, full_matrices=False)
+    return np.ascontiguousarray(Vt[:k], dtype=np.float32)
+
+
+def gfcf_model(user_ptr, user_items, num_items: int, alpha: float = 0.3, k: int = 256,
+               factors=None) -> SparsePlusLowRank:
+    """GF-CF (see the module docstring): ``R~^T R~ + alpha D_I^-1/2 V V^T D_I^1/2``.
+    ``factors``: :func:`gfcf_factors` of the same graph, to reuse the Gram matrix and the SVD
+    across settings (its SVD must have at least ``k`` vectors)."""
+    alpha = _check_nonneg("alpha", alpha)
+    k = _check_positive_int("k", k)
+    gram, Vt, di = factors if factors is not None else gfcf_factors(user_ptr, user_items, num_items, k)
+    V = Vt[:k]  # k above the rank bound min(users, items) keeps every vector there is
+    sq = np.sqrt(di).astype(np.float32)
+    isq = np.divide(1.0, sq, out=np.zeros_like(sq), where=sq > 0)
+    return SparsePlusLowRank(gram, (V * isq[None, :]).T * np.float32(alpha), V * sq[None, :])
+
+
+def gfcf_factors(user_ptr, user_items, num_items: int, k: int, seed: int = 0):
+    """``(R~^T R~ [I, I] CSR, V^T [k', I], item_degree)`` with ``k' = min(k, rank bound)``."""
+    R, di = gfcf_normalized(user_ptr, user_items, num_items)
+    gram = (R.T @ R).tocsr().astype(np.float32)
+    return gram, top_right_singular_vectors(R, k, seed=seed), di
+
+
 # ----------------------------------------------------------------------------------------------
 # scorers (shared by every item-item baseline)
 # ----------------------------------------------------------------------------------------------
 def _check_matrix(W, num_items: Optional[int] = None):
+    if isinstance(W, SparsePlusLowRank):
+        if num_items is not None and W.shape[0] != num_items:
+            raise ValueError(f"W has shape {W.shape}: expected [{num_items}, {num_items}]")
+        return W
     if not (sp.issparse(W) or isinstance(W, np.ndarray)) or W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"W must be a square items x items scipy.sparse matrix or numpy array, got "
                          f"{getattr(W, 'shape', type(W).__name__)}")
@@ -289,6 +396,12 @@ def item_item_scorer(W) -> Callable[[Tensor], Tensor]:
     """Item-to-item: ``f(q [B]) = W[q]`` as ``float32 [B, I]``."""
     W = _check_matrix(W)
     n = W.shape[0]
+    if isinstance(W, SparsePlusLowRank):
+        def score(q):
+            q = _ids(q, n, "query items")
+            return torch.from_numpy(_dense(W.sparse[q]) + W.left[q] @ W.right)
+
+        return score
     return lambda q: torch.from_numpy(_dense(W[_ids(q, n, "query items")]))
 
 
@@ -351,6 +464,9 @@ def item_item_user_scorer(W, history_ptr, history_items, history_weights=None) -
     h_ptr = H.indptr.astype(np.int64)
     h_items = H.indices.astype(np.int64)
     h_val = np.ascontiguousarray(H.data, dtype=np.float32)
+    low = None
+    if isinstance(W, SparsePlusLowRank):  # the sparse part through the kernel, + (H[u] left) right
+        low, W = W, W.sparse
     if sp.issparse(W):
         W.sort_indices()
         parts = (W.indptr.astype(np.int64), W.indices.astype(np.int64), np.asarray(W.data, dtype=np.float32))
@@ -365,14 +481,17 @@ def item_item_user_scorer(W, history_ptr, history_items, history_weights=None) -
                 _kernels()["sparse_rows"](h_ptr, h_items, h_val, rows, *parts, out)
             else:
                 _kernels()["dense_rows"](h_ptr, h_items, h_val, rows, dense, out)
+            if low is not None:
+                out += (H[rows] @ low.left) @ low.right
         return torch.from_numpy(out)
 
     return score
 
 
 def build_item_item(name: str, user_ptr, user_items, num_items: int, params: Optional[dict] = None):
-    """``W`` of ``itemknn``, ``rp3beta`` or ``ease`` with ``params`` (missing keys: defaults)."""
-    builders = {"itemknn": itemknn_similarity, "rp3beta": rp3beta_similarity, "ease": ease_weights}
+    """``W`` of ``itemknn``, ``rp3beta``, ``ease`` or ``gfcf`` with ``params`` (missing keys: defaults)."""
+    builders = {"itemknn": itemknn_similarity, "rp3beta": rp3beta_similarity, "ease": ease_weights,
+                "gfcf": gfcf_model}
     if name not in builders:
         raise ValueError(f"baseline={name!r} has no graph-only builder; choose one of {sorted(builders)}")
     p = {**DEFAULT_PARAMS[name], **(params or {})}
@@ -385,6 +504,8 @@ def build_item_item(name: str, user_ptr, user_items, num_items: int, params: Opt
 
 def matrix_nbytes(W) -> int:
     """Bytes held by ``W`` (sparse: data + indices + indptr)."""
+    if isinstance(W, SparsePlusLowRank):
+        return matrix_nbytes(W.sparse) + int(W.left.nbytes + W.right.nbytes)
     if sp.issparse(W):
         return int(W.data.nbytes + W.indices.nbytes + W.indptr.nbytes)
     return int(W.nbytes)
@@ -394,5 +515,6 @@ __all__: Sequence[str] = (
     "ITEM_ITEM_BASELINES", "EASE_MAX_ITEMS", "DEFAULT_PARAMS", "interaction_matrix", "topk_per_row", "item_gram",
     "rp3_walk",
     "itemknn_similarity", "rp3beta_similarity", "ease_weights", "visit_count_matrix", "item_item_scorer",
-    "item_item_user_scorer", "build_item_item", "matrix_nbytes",
+    "item_item_user_scorer", "build_item_item", "matrix_nbytes", "SparsePlusLowRank", "gfcf_model", "gfcf_factors",
+    "top_right_singular_vectors", "THREADED_LAPACK_MAX_N",
 )

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from app.evaluation import ALL_BASELINES, evaluate, heldout_csr, history_csr
-from app.item_item_baselines import build_matrix, pixie_matrix, resolve_params, tuned_params
+from app import item_item_baselines as bl
+from app.item_item_baselines import build_matrix, pixie_matrix, resolve_params
 from datamodules.datasets import load_dataset
 from datamodules.walks import visit_ranking
 from models.baselines import full_ranking_from_scorer
@@ -24,7 +25,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_every_item_item_baseline_beats_popularity(synthetic):
-    names = ["popularity", "itemknn", "rp3beta", "ease", "pixie"]
+    names = ["popularity", "itemknn", "rp3beta", "ease", "pixie", "gfcf"]
     assert set(names) <= set(ALL_BASELINES)
     res = evaluate(synthetic, None, part="test", baselines=names, baseline_params={"ease": {"lam": 50.0}})
     for b in names[1:]:
@@ -74,15 +75,46 @@ def test_pixie_is_the_walk_sampler_visit_counts(synthetic):
     np.testing.assert_allclose(Wb[5].toarray()[0][items], row[items] / deg[items] ** 0.5, rtol=1e-5)
 
 
-def test_tuned_settings_are_the_defaults(tmp_path, monkeypatch):
-    path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({"mydata": {"rp3beta": {"params": {"alpha": 0.7, "beta": 0.25, "k": 50}}}}))
-    assert tuned_params("mydata", "rp3beta", path) == {"alpha": 0.7, "beta": 0.25, "k": 50}
-    assert tuned_params("other", "rp3beta", path) == {}
-    monkeypatch.setattr("app.item_item_baselines.TUNED_PATH", path)
-    assert resolve_params("mydata", "rp3beta") == {"alpha": 0.7, "beta": 0.25, "k": 50}
-    assert resolve_params("mydata", "rp3beta", {"k": 10})["k"] == 10  # the caller wins
-    assert resolve_params("other", "itemknn") == {"k": 100, "shrink": 10.0}
+def test_the_record_beside_the_cache_gives_the_settings(synthetic, tmp_path, capsys):
+    ds = synthetic
+    path = bl.record_path(ds)
+    assert path is not None and path.name == ds.cache_path.name + ".baselines.json"
+    assert path.parent == ds.cache_path.parent
+    if path.exists():
+        path.unlink()
+    assert bl.settings(ds, "rp3beta") == ({"alpha": 1.0, "beta": 0.5, "k": 200}, "untuned defaults")
+    res = evaluate(ds, None, part="val", protocols=("full",), baselines=["rp3beta"])
+    assert res["baseline_settings"]["rp3beta"]["source"] == "untuned defaults"
+    assert "rp3beta" in capsys.readouterr().err.split("untuned defaults")[1]
+    entry = bl.tune(ds, "rp3beta", grid={"alpha": [0.7], "beta": [0.25], "k": [50]})
+    assert entry["params"] == {"alpha": 0.7, "beta": 0.25, "k": 50} and len(entry["grid"]) == 1
+    bl.write_record(path, ds, bl.history_label(None), "rp3beta", entry)
+    assert not list(path.parent.glob(f".{path.name}*"))  # no temp file left
+    params, source = bl.settings(ds, "rp3beta", history=bl.history_label(None))
+    assert params == {"alpha": 0.7, "beta": 0.25, "k": 50} and source.startswith(f"tuned on validation ({path}")
+    assert resolve_params("rp3beta", {"k": 10}, ds)["k"] == 10  # the caller wins
+    # a recency-pooled evaluation finds no setting tuned for that pooling: untuned, and says so
+    assert bl.settings(ds, "rp3beta", history=bl.history_label(3.0))[1] == "untuned defaults"
+    res = evaluate(ds, None, part="val", protocols=("full",), baselines=["rp3beta", "itemknn"])
+    assert res["baseline_settings"]["rp3beta"] == {"params": params, "source": source}
+    assert res["baseline_settings"]["itemknn"]["source"] == "untuned defaults"
+    assert res["rp3beta/full/recall@20"] == pytest.approx(entry["val_recall@20"], abs=1e-5)
+    err = capsys.readouterr().err
+    assert f"tuned on validation ({path}" in err and "untuned defaults: itemknn" in err
+    path.unlink()
+
+
+def test_grids_and_names_are_checked_at_the_edge():
+    with pytest.raises(ValueError, match="model 'knn'"):
+        bl.check_grid({"knn": {"k": [1]}})
+    with pytest.raises(ValueError, match=r"parameter 'lambda': choose from \['lam'\]"):
+        bl.check_grid({"ease": {"lambda": [1.0]}})
+    with pytest.raises(ValueError, match="non-empty list"):
+        bl.check_grid({"ease": {"lam": 3.0}})
+    with pytest.raises(ValueError, match="'foo' is not known"):
+        bl.check_names(["itemknn", "foo"])
+    assert set(bl.MATRIX_BASELINES) == {"itemknn", "rp3beta", "ease", "pixie", "gfcf"}
+    assert set(bl.ALL_BASELINES) == set(bl.MATRIX_BASELINES) | {"random", "popularity", "cooccurrence"}
 
 
 def test_bad_baseline_input(synthetic):

@@ -151,3 +151,83 @@ def test_build_item_item_validates_names_and_params():
     with pytest.raises(ValueError, match="pixie"):
         build_item_item("pixie", ptr, items, 6)
     assert interaction_matrix(ptr, items, 6).shape == (10, 6)
+
+
+_INVERSE_SCRIPT = r"""
+import sys, numpy as np
+from models.item_item import _inverse_spd_inplace
+n = int(sys.argv[1])
+rng = np.random.default_rng(0)
+A = rng.random((n, n), dtype=np.float32)
+A += A.T
+A[np.diag_indices(n)] += n
+rows = np.array([0, 1, n // 2, n - 1])
+orig = A[rows].astype(np.float64)
+_inverse_spd_inplace(A, "test")
+prod = orig @ A.astype(np.float64)  # rows of A A^-1 = rows of the identity
+ref = np.zeros_like(prod)
+ref[np.arange(rows.size), rows] = 1.0
+err = float(np.abs(prod - ref).max())
+sym = float(np.abs(A[rows][:, rows] - A[rows][:, rows].T).max())
+print("maxerr", err, "sym", sym, flush=True)
+sys.exit(0 if err < 1e-3 and sym == 0.0 else 3)
+"""
+
+
+@pytest.mark.slow
+def test_dense_spd_inverse_at_the_size_where_threaded_openblas_crashed():
+    """issue 20 item 10: scipy's threaded OpenBLAS spotrf died with SIGSEGV from n ~ 27k on (28k and
+    30k reproduced, 26k fine); EASE's dual path factorises a users x users matrix of that order
+    (31.7k users of a 38k-item catalogue). Run in a subprocess, so a crash fails this test only."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
+    proc = subprocess.run([sys.executable, "-c", _INVERSE_SCRIPT, "30000"], capture_output=True, text=True,
+                          env=env, timeout=3000)
+    assert proc.returncode == 0, f"rc={proc.returncode} (-11 = SIGSEGV)\n{proc.stdout}\n{proc.stderr[-2000:]}"
+    assert "maxerr" in proc.stdout
+
+
+def test_gfcf_matches_the_dense_formula():
+    """GF-CF (Shen et al., 2021): R~ = D_U^-1/2 R D_I^-1/2, W = R~^T R~ + alpha D_I^-1/2 V V^T D_I^1/2
+    with V the top-k right singular vectors of R~; scores r_u W (a user's scale does not change the ranking)."""
+    from models.item_item import SparsePlusLowRank, gfcf_model
+
+    A, ptr, items = _graph(30, 20, seed=4)
+    W = gfcf_model(ptr, items, 20, alpha=0.7, k=6)
+    assert isinstance(W, SparsePlusLowRank) and W.left.shape == (20, 6) and W.right.shape == (6, 20)
+    du, di = A.sum(1), A.sum(0)
+    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0.0)  # noqa: E731
+    R = inv(du)[:, None] * A * inv(di)[None, :]
+    V = np.linalg.svd(R)[2][:6].T
+    ref = R.T @ R + 0.7 * (inv(di)[:, None] * V) @ (V.T * np.sqrt(di)[None, :])
+    np.testing.assert_allclose(W.toarray(), ref, atol=1e-5)
+    users = torch.arange(30)
+    np.testing.assert_allclose(item_item_user_scorer(W, ptr, items)(users).numpy(), A @ ref, atol=1e-4)
+    np.testing.assert_allclose(item_item_scorer(W)(torch.arange(20)).numpy(), ref, atol=1e-5)
+    # k above the rank bound keeps every singular vector; alpha = 0 is the Gram matrix alone
+    assert gfcf_model(ptr, items, 20, alpha=0.3, k=500).left.shape[1] == 20
+    np.testing.assert_allclose(gfcf_model(ptr, items, 20, alpha=0.0, k=3).toarray(), R.T @ R, atol=1e-5)
+    with pytest.raises(ValueError, match="alpha=-1"):
+        gfcf_model(ptr, items, 20, alpha=-1)
+
+
+def test_randomized_singular_vectors_keep_the_top_energy(monkeypatch):
+    import scipy.sparse as sp
+
+    import models.item_item as ii
+
+    X = sp.random(900, 700, density=0.02, random_state=1, format="csr", dtype=np.float32)
+    X.data[:] = 1.0
+    R, _ = ii.gfcf_normalized(X.indptr.astype(np.int64), X.indices.astype(np.int64), 700)
+    exact = ii.top_right_singular_vectors(R, 32)  # 700 <= EXACT_SVD_MAX: exact
+    s = np.linalg.svd(R.toarray().astype(np.float64), compute_uv=False)
+    energy = lambda Vt: float(np.linalg.norm(R @ Vt.T.astype(np.float64)) ** 2)  # noqa: E731
+    assert energy(exact) == pytest.approx(float((s[:32] ** 2).sum()), rel=1e-4)
+    monkeypatch.setattr(ii, "EXACT_SVD_MAX", 100)  # the randomized path on the same matrix
+    Vt = ii.top_right_singular_vectors(R, 32)
+    assert Vt.shape == (32, 700)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(32), atol=1e-4)  # orthonormal
+    assert energy(Vt) >= 0.995 * float((s[:32] ** 2).sum())
