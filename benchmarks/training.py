@@ -48,6 +48,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET = "movielens-100k"
 
 
+
+def _train_step(mod, batch, opt) -> None:
+    """One optimiser step of the model's minibatch path (forward, loss, backward, step)."""
+    z = mod.model(batch.x, batch.node_ids, batch.blocks)
+    z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
+    z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
+    loss, _ = mod.loss_fn(z[batch.query], z[batch.pos], z_easy, z_hard)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
 def _yaml(path: Path) -> dict:
     import yaml
 
@@ -173,13 +184,7 @@ def _profile_step(mod, dm, out_txt: str) -> dict:
     reps = 3
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
-            z = mod.model(batch.x, batch.node_ids, batch.blocks)
-            z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
-            z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
-            loss, _ = mod.loss_fn(z[batch.query], z[batch.pos], z_easy, z_hard)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(mod, batch, opt)
     ka = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ka) or 1.0
     top_ops = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3 / reps, 2), "calls": e.count // reps,
@@ -224,13 +229,7 @@ def step_worker(batch_size: int, hard_epoch: int, reps: int = 15) -> dict:
     mod.train()
 
     def step():
-        z = mod.model(batch.x, batch.node_ids, batch.blocks)
-        z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
-        z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
-        loss, _ = mod.loss_fn(z[batch.query], z[batch.pos], z_easy, z_hard)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _train_step(mod, batch, opt)
 
     counter = FlopCounterMode(display=False)
     with counter:
