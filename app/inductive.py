@@ -103,11 +103,11 @@ class NewItem:
 # ----------------------------------------------------------------------------------------------
 def _raw_columns(ds, names: List[str], cache_dir) -> Dict[str, np.ndarray]:
     """The raw (unstandardised) value of the non-binary built-in columns for every item."""
-    from datamodules.features import embed_texts, item_texts
+    from datamodules.features import embed_texts, item_texts, log_degree_column
 
     out: Dict[str, np.ndarray] = {}
     if "log_degree" in names:
-        out["log_degree"] = np.log1p(ds.train_graph.item_degree().astype(np.float64))[:, None]
+        out["log_degree"] = log_degree_column(ds.train_graph.item_degree())[:, None]
     if any(n.startswith("text:") for n in names):
         texts = item_texts(ds.interactions)
         emb = embed_texts(texts, model_name=TEXT_MODEL, cache_dir=cache_dir).astype(np.float64)

@@ -92,11 +92,7 @@ def build_item_features(
     if "log_degree" in feats:
         if (deg < 0).any():
             raise DataError("item_degree has negative entries; pass the training graph's item_degree()")
-        ld = np.log1p(deg.astype(np.float64))
-        new = deg == 0  # never engaged in training: a new item, whose popularity is unknown, not zero
-        if new.any() and not new.all():
-            ld[new] = ld[~new].mean()
-        add(ld, ["log_degree"], False)
+        add(log_degree_column(deg), ["log_degree"], False)
     if "categories" in feats:
         if table is None or table.categories is None:
             raise DataError("feature 'categories' needs item categories, but this dataset has none "
@@ -185,6 +181,17 @@ def build_item_features(
 
 #: items per chunk of the feature passes (128K items x 65 float64 columns: ~68 MB per temporary)
 FEATURE_ROWS = 1 << 17
+
+
+def log_degree_column(degree: np.ndarray) -> np.ndarray:
+    """The raw ``log_degree`` feature: ``log1p`` of the training degree; an item never engaged in
+    training is a new item, whose popularity is unknown, not zero: it gets the mean of the others."""
+    deg = np.asarray(degree)
+    ld = np.log1p(deg.astype(np.float64))
+    new = deg == 0
+    if new.any() and not new.all():
+        ld[new] = ld[~new].mean()
+    return ld
 
 
 def _row_spans(n: int):

@@ -42,3 +42,16 @@ def small_synthetic(cache_dir):
         "synthetic", cache_dir=str(cache_dir),
         reader_args=dict(num_users=400, num_items=300, num_interactions=6000, num_communities=6, feature_dim=8, seed=0),
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_quiet():
+    """An in-process ``pinsage ... --quiet`` sets ``PINSAGE_QUIET`` for its children; it must not
+    silence the tests that come after it."""
+    before = {k: os.environ.get(k) for k in ("PINSAGE_QUIET", "PINSAGE_PROGRESS")}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -14,7 +14,9 @@ NOISE = ("Sparse CSR tensor support is in beta", "litlogger", "LeafSpec", "wandb
 
 def test_fit_with_the_wandb_logger_prints_no_library_noise(tmp_path):
     pytest.importorskip("wandb", reason="the wandb logger is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SILENT")}
+    # (an in-process `--quiet` run earlier in the session sets PINSAGE_QUIET for its children)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SILENT", "PINSAGE_QUIET",
+                                                            "PINSAGE_PROGRESS")}
     env["PYTHONPATH"] = str(PROJECT)
     reader = ('{"num_users": 200, "num_items": 150, "num_interactions": 2000, "num_communities": 3, '
               '"feature_dim": 4, "seed": 0}')
