@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import yaml
 
 from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
+from models.item_item import gfcf_factors
 
 from . import item_item_baselines as bl
 from .data_command import _as_group_config, build_parser
+from .evaluation import evaluate, recency_weights
 
 
 def _parser():
@@ -84,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in models:
         t0 = time.perf_counter()
         try:
-            entry = bl.tune(ds, name, grids.get(name), half_life=half, seed=data.get("seed", 0) or 0,
+            entry = tune(ds, name, grids.get(name), half_life=half, seed=data.get("seed", 0) or 0,
                             log=lambda m: say(m))
         except ValueError as e:
             print(f"pinsage baselines: error: {e}", file=sys.stderr)
@@ -99,3 +101,46 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("the dataset was not loaded through the cache: nothing recorded")
     print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def tune(ds, name: str, grid: Optional["bl.Grid"] = None, half_life: Optional[float] = None, seed: int = 0,
+         log: Callable[[str], None] = lambda m: None, on_best: Optional[Callable] = None) -> dict:
+    """Score every setting of ``grid`` (default :func:`bl.default_grid`) of ``matrix`` baseline
+    ``name`` on the validation split (full ranking, :data:`bl.SELECT`), the history pooled with
+    recency ``half_life`` (None: equal weights, as the model pools it); return the record entry
+    ``{"params", "val_recall@20", "grid": [[params, val, build_seconds], ...], "build_seconds"}``.
+    ``on_best(W, params, val)`` sees each new best matrix while it is alive (EASE keeps one)."""
+    if name not in bl.MATRIX_BASELINES:
+        raise ValueError(f"baseline {name!r} has nothing to tune; choose from {list(bl.MATRIX_BASELINES)}")
+    if name == "ease" and ds.num_items > bl.EASE_MAX_ITEMS:
+        raise ValueError(f"ease: the catalogue has {ds.num_items} items, more than the limit of {bl.EASE_MAX_ITEMS} "
+                         f"(EASE keeps a dense items x items matrix); leave ease out")
+    weights = None if half_life is None else (lambda part: recency_weights(ds, part, half_life))
+    cache: dict = {}
+    best, tried = None, []
+    settings_list = bl.grid_settings(grid if grid is not None else bl.default_grid(name, ds.num_items))
+    if name == "gfcf" and settings_list:  # one SVD with the most vectors any setting asks for
+        k_max = max(int(bl.resolve_params(name, p)["k"]) for p in settings_list)
+        t0 = time.perf_counter()
+        g = ds.train_graph
+        cache.update(gfcf_k=k_max, gfcf=gfcf_factors(g.user_ptr, g.user_items, g.num_items, k_max, seed=seed))
+        log(f"gfcf: Gram matrix and top-{k_max} singular vectors in {time.perf_counter() - t0:.1f}s")
+    for p in settings_list:
+        full = bl.resolve_params(name, p)
+        t0 = time.perf_counter()
+        W = bl.build(name, ds.train_graph, full, seed=seed, cache=cache)
+        dt = time.perf_counter() - t0
+        m = evaluate(ds, None, part="val", protocols=("full",), baselines=[name], baseline_matrices={name: W},
+                     history_weights=weights, seed=seed)
+        val = float(m[f"{name}/full/{bl.SELECT}"])
+        tried.append([full, round(val, 5), round(dt, 2)])
+        log(f"{name} {p}: val {bl.SELECT}={val:.4f} (build {dt:.1f}s, scoring {m[f'{name}/full/seconds']:.1f}s)")
+        if best is None or val > best[0]:
+            best = (val, full, dt)
+            if on_best is not None:
+                on_best(W, full, val)
+        del W
+    if best is None:
+        raise ValueError(f"--grid {name}: no setting to try")
+    return {"params": best[1], f"val_{bl.SELECT}": round(best[0], 5), "grid": tried, "build_seconds": round(best[2], 2),
+            "history": bl.history_label(half_life)}

@@ -25,6 +25,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .disk_errors import _disk_error, is_disk_error
+
 # offline by default: wandb syncs later, the text model never reaches for a hub
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -323,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return baselines_main(argv[1:])
     if argv and argv[0] == "recommend":
-        from .recommend import main as recommend_main
+        from .recommend_command import main as recommend_main
 
         return recommend_main(argv[1:])
     if argv and argv[0] in ("serve", "embed-new"):
@@ -359,28 +361,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         _finish_loggers()  # wandb prints its "sync this run" lines at exit: before our JSON, not after
         print(json.dumps(getattr(cli.model, "last_metrics", {}), sort_keys=True))
     return 0
-
-
-def _disk_errnos():
-    import errno
-
-    return {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-_DISK_ERRNOS = _disk_errnos()
-
-
-def is_disk_error(e: OSError) -> bool:
-    """A write the disk refused: by errno, or numpy's short write (``"N requested and M written"``, no errno)."""
-    return e.errno in _DISK_ERRNOS or (e.errno is None and "requested and" in str(e) and "written" in str(e))
-
-
-def _disk_error(e: OSError) -> str:
-    """One line for a write the disk refused (full, quota, read-only, permissions)."""
-    what = f" {e.filename!r}" if e.filename else ""
-    why = f"{e.strerror} (errno {e.errno})" if e.strerror else f"{e} (a short write: the disk is full?)"
-    return (f"cannot write{what}: {why}; files already complete were kept and "
-            "nothing was left half written: free space (or fix permissions) and run the command again")
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

@@ -19,6 +19,8 @@ from datamodules.interactions import DataError
 from datamodules.pairs import make_pair_source
 from datamodules.splits import resolve_split
 
+from .disk_errors import _disk_error, is_disk_error
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
@@ -72,8 +74,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the cache build on a full disk / read-only folder: one line
-        from .cli import _disk_error, is_disk_error
-
         if not is_disk_error(e):
             raise
         print(f"pinsage data: error: {_disk_error(e)}", file=sys.stderr)

@@ -16,7 +16,7 @@ this module adds the ones it needs beside the API of :mod:`app.serve`:
   ``n`` items of the user's log, most recent first;
 * ``GET /map?n=2000&method=pca`` -> ``{"method", "total", "labels", "points": [[id, title, x, y,
   label]]}``: a seeded sample of the trained catalogue projected to 2-D with the report's projection
-  (:func:`app.report.project_2d`), coordinates in [0, 1], ``label`` = index into ``labels`` (the
+  (:func:`app.projection.project_2d`), coordinates in [0, 1], ``label`` = index into ``labels`` (the
   item's first category) or -1; computed once per (n, method) and kept.
 
 Search: prefixes by binary search over the titles' sorted order; substrings by a scan of one string
@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .projection import MAP_METHODS, project_2d
 from .recommend import UnknownIdError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,7 +41,6 @@ PAGE_FILES = {"explorer.html": "text/html; charset=utf-8", "explorer.js": "text/
 SEP = "\x00"
 MAX_LIMIT = 200
 MAX_MAP_POINTS = 5000
-MAP_METHODS = ("pca", "umap", "tsne", "auto")
 MAP_CACHE = 4
 # the page is served with these: it runs only its own files and sends data nowhere else
 PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
@@ -233,8 +233,6 @@ class Explorer:
             return self._maps[key]
 
     def _project(self, n: int, method: str, seed: int) -> dict:
-        from .report import project_2d
-
         rec = self.rec
         base = rec.manifest["count"]
         rng = np.random.default_rng(seed)
@@ -295,67 +293,3 @@ def add_explorer_routes(app, get_state: Callable, reads: list, response_class) -
                       method: str = Query("pca", pattern="^(" + "|".join(MAP_METHODS) + ")$")):
         # a plain def: FastAPI runs it in its thread pool (a projection takes seconds on a big sample)
         return response_class(Explorer.of(get_state()).map(n, method))
-
-
-# ----------------------------------------------------------------------------------------------
-# the static copy (``pinsage report``): the same page, reading a snapshot of the same answers
-# ----------------------------------------------------------------------------------------------
-SNAPSHOT_FILE = "explorer-snapshot.js"
-
-
-def snapshot(folder, num_items: int = 1000, num_users: int = 20, k: int = 10, map_method: str = "pca",
-             seed: int = 0) -> dict:
-    """The answers ``pinsage serve`` gives for the page's requests about a seeded sample of
-    ``num_items`` items (the map's points: their cards and similar items) and the ``num_users``
-    users with the longest histories, computed by the same code as the endpoints, keyed by the
-    request path the page sends."""
-    import tempfile
-
-    from .serve import ServiceState
-
-    with tempfile.TemporaryDirectory() as tmp:  # no item log: the catalogue as predict wrote it
-        state = ServiceState(folder, log_path=Path(tmp) / "none.jsonl")
-    rec, ex = state.rec, Explorer(state)
-    from urllib.parse import quote
-
-    def q(raw: str) -> str:  # as the page's encodeURIComponent
-        return quote(raw, safe="-_.!~*'()")
-
-    m = ex.map(min(num_items, rec.num_items), map_method, seed)
-    map_query = f"/map?n={m['sample']}&method={map_method}"
-    answers: Dict[str, Any] = {
-        "/healthz": {"status": "ok", "items": rec.num_items, "base_items": rec.manifest["count"],
-                     "writable": False, "inductive": False},
-        map_query: m}
-    kk = min(k, rec.num_items - 1)
-    for p in m["points"]:
-        answers[f"/items/{q(p[0])}"] = ex.item(p[0])
-        answers[f"/items/{q(p[0])}/similar?k={k}"] = rec.similar_items(p[0], kk)
-    ptr = rec.user_ptr
-    longest = np.argsort(-(ptr[1:] - ptr[:-1]), kind="stable")[:num_users]
-    users = [rec.user_ids[int(u)] for u in longest]
-    for u in users:
-        answers[f"/users/{q(u)}"] = ex.user(u)
-        answers[f"/users/{q(u)}/recommendations?k={k}"] = rec.for_user(u, min(k, rec.num_items - 1))
-    return {"map_query": map_query, "items": [[p[0], p[1]] for p in m["points"]], "users": users,
-            "answers": answers}
-
-
-def write_static(folder, out: Path, write_bytes: Callable[[Path, bytes], None], **kw) -> List[Path]:
-    """``<out>/explorer.html`` + ``<out>/static/explorer.{js,css}`` + the snapshot: the page opens
-    from the file system, offline."""
-    import json
-
-    snap = snapshot(folder, **kw)
-    (out / "static").mkdir(parents=True, exist_ok=True)
-    html = page_file("explorer.html").decode().replace(
-        "<!--snapshot-->", f'<script src="static/{SNAPSHOT_FILE}"></script>')
-    paths = []
-    for name, data in ((f"static/{SNAPSHOT_FILE}",
-                        b"window.PINSAGE_SNAPSHOT = " + json.dumps(snap, ensure_ascii=True).encode() + b";\n"),
-                       ("static/explorer.js", page_file("explorer.js")),
-                       ("static/explorer.css", page_file("explorer.css")),
-                       ("explorer.html", html.encode())):
-        write_bytes(out / name, data)
-        paths.append(out / name)
-    return paths

@@ -14,7 +14,7 @@ Settings of a ``matrix`` baseline: the ``params`` a caller gives, else the ones
 ``pinsage baselines`` tuned on the validation split of that very dataset (the *record*, a JSON
 file beside the dataset's cache folder under its cache key: ``<cache>/<dataset>-<key>.baselines.json``,
 :func:`record_path`), else :data:`models.item_item.DEFAULT_PARAMS` (untuned). Tuning
-(:func:`tune`) scores each setting of a small grid (:attr:`Baseline.grid`; listed settings on
+(:func:`app.baselines_command.tune`) scores each setting of a small grid (:attr:`Baseline.grid`; listed settings on
 catalogues above :data:`LARGE_CATALOGUE` items) with the full-ranking protocol's Recall@20 on
 the validation split (history masked, the user's history pooled as the model pools it) and keeps
 the best.
@@ -30,14 +30,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from datamodules.walks import visit_ranking
 from models.baselines import BASELINES as GRAPH_BASELINES
-from models.item_item import (DEFAULT_PARAMS, EASE_MAX_ITEMS, ease_weights, gfcf_factors, gfcf_model, item_gram,
-                              itemknn_similarity, rp3_walk, rp3beta_similarity, visit_count_matrix)
+from models.item_item import (DEFAULT_PARAMS, EASE_MAX_ITEMS, ease_weights, gfcf_factors,  # noqa: F401 (re-exported)
+                              gfcf_model, item_gram, itemknn_similarity, rp3_walk, rp3beta_similarity,
+                              visit_count_matrix)
 
 RECORD_SUFFIX = ".baselines.json"
 RECORD_FORMAT = "pinsage-baselines"
@@ -264,48 +265,3 @@ def check_grid(grids: dict) -> Dict[str, Grid]:
                 if not isinstance(spec, list) and (not isinstance(v, list) or not v):
                     raise ValueError(f"--grid {name}.{k}={v!r}: expected a non-empty list of values")
     return grids
-
-
-def tune(ds, name: str, grid: Optional[Grid] = None, half_life: Optional[float] = None, seed: int = 0,
-         log: Callable[[str], None] = lambda m: None, on_best: Optional[Callable] = None) -> dict:
-    """Score every setting of ``grid`` (default :func:`default_grid`) of ``matrix`` baseline
-    ``name`` on the validation split (full ranking, :data:`SELECT`), the history pooled with
-    recency ``half_life`` (None: equal weights, as the model pools it); return the record entry
-    ``{"params", "val_recall@20", "grid": [[params, val, build_seconds], ...], "build_seconds"}``.
-    ``on_best(W, params, val)`` sees each new best matrix while it is alive (EASE keeps one)."""
-    from .evaluation import evaluate, recency_weights
-
-    if name not in MATRIX_BASELINES:
-        raise ValueError(f"baseline {name!r} has nothing to tune; choose from {list(MATRIX_BASELINES)}")
-    if name == "ease" and ds.num_items > EASE_MAX_ITEMS:
-        raise ValueError(f"ease: the catalogue has {ds.num_items} items, more than the limit of {EASE_MAX_ITEMS} "
-                         f"(EASE keeps a dense items x items matrix); leave ease out")
-    weights = None if half_life is None else (lambda part: recency_weights(ds, part, half_life))
-    cache: dict = {}
-    best, tried = None, []
-    settings_list = grid_settings(grid if grid is not None else default_grid(name, ds.num_items))
-    if name == "gfcf" and settings_list:  # one SVD with the most vectors any setting asks for
-        k_max = max(int(resolve_params(name, p)["k"]) for p in settings_list)
-        t0 = time.perf_counter()
-        g = ds.train_graph
-        cache.update(gfcf_k=k_max, gfcf=gfcf_factors(g.user_ptr, g.user_items, g.num_items, k_max, seed=seed))
-        log(f"gfcf: Gram matrix and top-{k_max} singular vectors in {time.perf_counter() - t0:.1f}s")
-    for p in settings_list:
-        full = resolve_params(name, p)
-        t0 = time.perf_counter()
-        W = build(name, ds.train_graph, full, seed=seed, cache=cache)
-        dt = time.perf_counter() - t0
-        m = evaluate(ds, None, part="val", protocols=("full",), baselines=[name], baseline_matrices={name: W},
-                     history_weights=weights, seed=seed)
-        val = float(m[f"{name}/full/{SELECT}"])
-        tried.append([full, round(val, 5), round(dt, 2)])
-        log(f"{name} {p}: val {SELECT}={val:.4f} (build {dt:.1f}s, scoring {m[f'{name}/full/seconds']:.1f}s)")
-        if best is None or val > best[0]:
-            best = (val, full, dt)
-            if on_best is not None:
-                on_best(W, full, val)
-        del W
-    if best is None:
-        raise ValueError(f"--grid {name}: no setting to try")
-    return {"params": best[1], f"val_{SELECT}": round(best[0], 5), "grid": tried, "build_seconds": round(best[2], 2),
-            "history": history_label(half_life)}

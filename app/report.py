@@ -20,7 +20,7 @@ and its top-10 recommendations), ``metrics.png`` (model vs baselines per protoco
 ``sweep_trials.png`` / ``sweep_params.png`` / ``sweep_curves.png`` (metric per trial, per
 parameter, per epoch). For an artifact folder, also ``explorer.html`` (+ ``static/``): the explorer
 page of ``pinsage serve`` reading a snapshot of the server's answers for the map's items and the
-most active users (:func:`app.explorer.write_static`; ``--no-explorer`` leaves it out). Files are
+most active users (:func:`app.explorer_static.write_static`; ``--no-explorer`` leaves it out). Files are
 written one by one under temporary names and renamed; nothing else in ``--out`` is touched.
 
 The same figures go to wandb at the end of fit (:class:`app.callbacks.WandbFigures`, built by
@@ -43,6 +43,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from datamodules.progress import progress_enabled
+
+from .projection import MAP_METHODS, ProjectionError, project_2d  # noqa: F401 (project_2d: the report's map)
 
 FIGURE_CAPTIONS = {
     "curves": "Training curves",
@@ -447,54 +449,6 @@ def plot_curves(history):
     return fig
 
 
-MAP_METHODS = ("auto", "umap", "tsne", "pca")
-
-
-def project_2d(emb: np.ndarray, seed: int = 0, method: str = "auto") -> Tuple[np.ndarray, str]:
-    """2-D coordinates and the method used: ``auto`` = UMAP (cosine) when umap-learn is
-    installed, else t-SNE (cosine, scikit-learn), else PCA."""
-    if method not in MAP_METHODS:
-        raise ReportError(f"map method {method!r} is not valid; choose one of {list(MAP_METHODS)}")
-    x = np.asarray(emb, dtype=np.float32)
-    if x.shape[0] < 5 or method == "pca":
-        return _pca(x), "PCA"
-    if method == "umap":
-        try:
-            import umap  # noqa: F401
-        except ImportError:
-            raise ReportError("--map umap needs umap-learn: pip install umap-learn") from None
-    try:
-        if method == "tsne":
-            raise ImportError
-        import warnings
-
-        import umap
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            red = umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), min_dist=0.1, metric="cosine",
-                            random_state=seed, n_jobs=1)
-            return red.fit_transform(x), "UMAP"
-    except ImportError:
-        pass
-    try:
-        from sklearn.manifold import TSNE
-
-        perp = float(min(30.0, max(2.0, (x.shape[0] - 1) / 4)))
-        return TSNE(n_components=2, perplexity=perp, init="pca", metric="cosine", random_state=seed).fit_transform(x), \
-            "t-SNE"
-    except ImportError:
-        return _pca(x), "PCA"
-
-
-def _pca(x: np.ndarray) -> np.ndarray:
-    xc = x - x.mean(0, keepdims=True)
-    if xc.shape[1] < 2:
-        return np.pad(xc, ((0, 0), (0, 2 - xc.shape[1])))
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    return xc @ vt[:2].T
-
-
 def _short(t: Any, n: int = 36) -> str:
     s = str(t)
     return s if len(s) <= n else s[:n - 1] + "…"
@@ -834,7 +788,7 @@ def _html_page(inp: ReportInputs, written: List[str], gallery: List[dict], explo
 def write_report(inp: ReportInputs, out: Path, max_items: int = 3000, num_queries: int = 4,
                  map_method: str = "auto", explorer: bool = True) -> List[Path]:
     """Write ``<out>/<figure>.png`` and ``<out>/index.html``, and for an artifact folder the offline
-    explorer (``explorer.html`` + ``static/``, :func:`app.explorer.write_static`); returns the
+    explorer (``explorer.html`` + ``static/``, :func:`app.explorer_static.write_static`); returns the
     written paths."""
     out.mkdir(parents=True, exist_ok=True)
     gallery = gallery_rows(inp, num_queries) if inp.embeddings is not None else []
@@ -847,7 +801,7 @@ def write_report(inp: ReportInputs, out: Path, max_items: int = 3000, num_querie
         plt.close(fig)
         paths.append(p)
     if explorer and inp.artifacts is not None:
-        from .explorer import write_static
+        from .explorer_static import write_static
 
         n = min(max_items, 2000, inp.embeddings.shape[0])
         _log(f"explorer page: the cards of {n} items")
@@ -892,7 +846,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         inp = load_inputs(args.paths)
         paths = write_report(inp, Path(args.out), max_items=args.max_items, num_queries=args.queries,
                              map_method=args.map, explorer=args.explorer)
-    except (ReportError, FileNotFoundError) as e:
+    except (ReportError, ProjectionError, FileNotFoundError) as e:
         print(f"pinsage report: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"report": str(Path(args.out) / "index.html"), "files": [str(p) for p in paths]}))

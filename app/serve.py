@@ -54,6 +54,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from .explorer import add_explorer_routes
 from .inductive import InductiveEmbedder, NewItem, NewItemError
 from .recommend import ArtifactError, Recommender, UnknownIdError
 
@@ -542,8 +543,6 @@ def create_app(artifacts: Union[str, Path], token: Optional[str] = None, log_pat
                 holder["state"] = new  # atomic swap: requests in flight keep the old object
             return {"status": "reloaded", "artifacts": str(new.folder), "items": new.num_items,
                     "replayed": new.replayed, "seconds": round(new.load_seconds, 3)}
-
-    from .explorer import add_explorer_routes  # GET / (the explorer page) and its read endpoints
 
     add_explorer_routes(app, lambda: holder["state"], reads, ORJSONResponse)
     app.add_middleware(_BodyLimitMiddleware, limit=max_body_bytes)

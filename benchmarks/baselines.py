@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from app import item_item_baselines as bl  # noqa: E402
+from app.baselines_command import tune as tune_on_validation  # noqa: E402
 from app.data_command import _as_group_config, build_parser  # noqa: E402
 from app.evaluation import evaluate, recency_weights  # noqa: E402
 from machine import cpu_model  # noqa: E402
@@ -139,7 +140,7 @@ def tune(ds, dataset: str, model: str, protocols, command: str, log, half_lives=
             if model == "ease":
                 live.update(params=p, test=score("test", W, h, protocols))
 
-        entry = bl.tune(ds, model, half_life=h, log=lambda m, h=h: log(f"{dataset} {name} (h={h}) {m}"),
+        entry = tune_on_validation(ds, model, half_life=h, log=lambda m, h=h: log(f"{dataset} {name} (h={h}) {m}"),
                         on_best=on_best)
         tried += [[{**p, **({} if h is None else {"user_recency_half_life": h})}, v, t] for p, v, t in entry["grid"]]
         val = entry[f"val_{SELECT}"]

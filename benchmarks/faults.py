@@ -57,7 +57,7 @@ def run_cli(argv) -> tuple:
 
 
 def run_recommend(argv) -> tuple:
-    from app.recommend import main
+    from app.recommend_command import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -103,7 +103,7 @@ def test_titles_are_csv_formula_safe_and_round_trip():
 
 def test_items_csv_titles_with_formulas_and_newlines(tmp_path):
     from app.artifacts import write_artifacts  # noqa: F401 - the writer uses safe_title
-    from app.recommend import _one_line
+    from app.recommend_command import _one_line
 
     path = tmp_path / "items.csv"
     with open(path, "w", newline="") as f:

@@ -177,7 +177,7 @@ def test_user_card_is_the_log_tail_most_recent_first(client, artifacts):
 
 
 def test_map_is_the_reports_projection_of_a_seeded_sample(client, artifacts):
-    from app.report import project_2d
+    from app.projection import project_2d
 
     emb = np.load(artifacts / "embeddings.npy")
     m = client.get("/map", params={"n": 50}).json()

@@ -86,7 +86,9 @@ def test_the_record_beside_the_cache_gives_the_settings(synthetic, tmp_path, cap
     res = evaluate(ds, None, part="val", protocols=("full",), baselines=["rp3beta"])
     assert res["baseline_settings"]["rp3beta"]["source"] == "untuned defaults"
     assert "rp3beta" in capsys.readouterr().err.split("untuned defaults")[1]
-    entry = bl.tune(ds, "rp3beta", grid={"alpha": [0.7], "beta": [0.25], "k": [50]})
+    from app.baselines_command import tune
+
+    entry = tune(ds, "rp3beta", grid={"alpha": [0.7], "beta": [0.25], "k": [50]})
     assert entry["params"] == {"alpha": 0.7, "beta": 0.25, "k": 50} and len(entry["grid"]) == 1
     bl.write_record(path, ds, bl.history_label(None), "rp3beta", entry)
     assert not list(path.parent.glob(f".{path.name}*"))  # no temp file left

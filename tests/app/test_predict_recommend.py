@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.recommend import main as recommend
+from app.recommend_command import main as recommend
 
 
 @pytest.fixture(scope="module")

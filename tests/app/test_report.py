@@ -125,7 +125,7 @@ def test_report_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_projection_methods_say_which_was_used():
-    from app.report import ReportError, project_2d
+    from app.projection import ProjectionError, project_2d
 
     x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
     xy, method = project_2d(x, method="pca")
@@ -138,7 +138,7 @@ def test_projection_methods_say_which_was_used():
     except ImportError:
         expect = "t-SNE"
     assert project_2d(x, method="auto")[1] == expect
-    with pytest.raises(ReportError, match="map method"):
+    with pytest.raises(ProjectionError, match="map method"):
         project_2d(x, method="mds")
 
 

@@ -219,7 +219,7 @@ def test_body_without_json_content_type_names_the_header(artifacts, tmp_path):
 
 def test_recommend_answers_items_added_with_embed_new(artifacts, tmp_path, capsys):
     """issue 20 item 18: items added with `embed-new` were invisible to `pinsage recommend`."""
-    from app.recommend import main as recommend_main
+    from app.recommend_command import main as recommend_main
     from app.serve import embed_new_main
 
     F = _width(artifacts)

@@ -34,7 +34,7 @@ def test_fit_test_predict_recommend_with_only_the_log_path(tmp_path, monkeypatch
     with open(art / "items.csv", newline="") as f:
         cells = {r["id"] for r in csv.DictReader(f)}
     assert {"'=1+1", "'@SUM(A1)", "'-3"} <= cells and "=1+1" not in cells  # escaped like titles
-    from app.recommend import main as recommend_main
+    from app.recommend_command import main as recommend_main
 
     capsys.readouterr()
     assert recommend_main(["--artifacts", str(art), "--item", "=1+1", "--json", "-k", "5"]) == 0
