@@ -370,9 +370,9 @@ class PinSageDataModule(pl.LightningDataModule):
             items = np.arange(ds.num_items, dtype=np.int64)
             nbr = self._builder.sampler.sample(items, epoch=0)
             uptr = np.asarray(g.user_ptr, dtype=np.int64)
-            x, x_new = self._new_item_inputs(ds)
+            x, new_degree = self._new_item_inputs(ds)
             self._full_data = {
-                "x": x, "x_new": x_new,
+                "x": x, "new_degree": new_degree,
                 "nbr": tuple(np.asarray(a) for a in nbr),
                 "history": (uptr, np.asarray(g.user_items, dtype=np.int64), self.history_weights(uptr)),
                 "num_users": int(uptr.size - 1),
@@ -380,28 +380,27 @@ class PinSageDataModule(pl.LightningDataModule):
         return self._full_data
 
     def _new_item_inputs(self, ds):
-        """``(x, x_new)``: the input rows, and every item's row as a new item would have it (its
-        log degree unknown). ``new_item_degree='content'``: that degree is predicted from the
-        item's other features (ridge regression over the items with training engagements),
-        also for the items without any; ``'mean'``: the mean (the feature builder's default)."""
+        """``(x, new_degree)``: the input rows, and ``(column, values)``: every item's log-degree
+        input as a new item would have it (unknown: ``new_item_degree='mean'``, the mean the
+        feature builder gives items without training engagements; ``'content'``, predicted from
+        the item's other features by ridge regression over the engaged items, also used for the
+        items without any), or ``None`` without a log-degree column."""
         x = np.asarray(ds.item_features, dtype=np.float32)
         names = list(ds.feature_names)
         if "log_degree" not in names:
-            return x, x
+            return x, None
         d = names.index("log_degree")
         warm = np.asarray(ds.train_graph.item_degree()) > 0
-        pred = np.full(x.shape[0], x[warm, d].mean() if warm.any() else 0.0, dtype=np.float64)
+        pred = np.full(x.shape[0], x[warm, d].mean() if warm.any() else 0.0, dtype=np.float32)
         if self.new_item_degree == "content" and x.shape[1] > 1 and warm.sum() > 1:
             other = np.delete(x, d, axis=1).astype(np.float64)
             mu, ybar = other[warm].mean(0), x[warm, d].mean()
             a = other[warm] - mu
             w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ (x[warm, d] - ybar))
-            pred = ybar + (other - mu) @ w
-        x = x.copy()
-        x[~warm, d] = pred[~warm]
-        x_new = x.copy()
-        x_new[:, d] = pred
-        return x, x_new
+            pred = (ybar + (other - mu) @ w).astype(np.float32)
+            x = x.copy()  # the items without training engagements take the prediction too
+            x[~warm, d] = pred[~warm]
+        return x, (d, pred)
 
     def cold_data(self) -> Optional[Dict[str, Any]]:
         """The cold-item protocol's inputs (``None`` without ``cold_items``): ``items`` (the cold

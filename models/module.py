@@ -170,7 +170,7 @@ class PinSageModule(pl.LightningModule):
             nbr = SparseAdjacency(*data["nbr"], num_src=num_items)
             hist = SparseAdjacency(*data["history"], num_src=num_items)
             self._full = {"x": torch.as_tensor(data["x"]).to(self.device),
-                          "x_new": torch.as_tensor(data.get("x_new", data["x"])).to(self.device),
+                          "new_degree": data.get("new_degree"),
                           "ids": torch.arange(num_items,
                           device=self.device), "nbr": nbr, "history": hist, "device": self.device}
         return self._full
@@ -184,7 +184,7 @@ class PinSageModule(pl.LightningModule):
         if self.training and p > 0:
             cold = torch.rand(ids.numel(), device=ids.device) < p
             ids = torch.where(cold, torch.full_like(ids, -1), ids)
-            x = torch.where(cold.unsqueeze(-1), g["x_new"], x)
+            x = torch.where(cold.unsqueeze(-1), self._x_new(), x)
             keep = (~cold).cpu().to(nbr.weight.dtype)[nbr.row]
             nbr = SparseAdjacency(nbr.ptr, nbr.col, nbr.weight * keep, num_src=nbr.num_src)
         return self.model(x, ids, [nbr] * self.model.num_layers)
@@ -245,7 +245,19 @@ class PinSageModule(pl.LightningModule):
         n = g["ids"].numel()
         empty = SparseAdjacency(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                                 num_src=n)
-        return self.model(g["x_new"], torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
+        return self.model(self._x_new(), torch.full_like(g["ids"], -1), [empty] * self.model.num_layers)
+
+    def _x_new(self) -> Tensor:
+        """``[I, F]``: every item's input row as a new item's (its log degree unknown); built on
+        first use (only the cold-item options need it)."""
+        g = self._full_graph()
+        if "x_new" not in g:
+            g["x_new"] = g["x"]
+            if g["new_degree"] is not None:
+                d, pred = g["new_degree"]
+                g["x_new"] = g["x"].clone()
+                g["x_new"][:, d] = torch.as_tensor(pred, device=g["x"].device)
+        return g["x_new"]
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)

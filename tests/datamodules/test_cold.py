@@ -68,3 +68,30 @@ def test_check_cold_names_the_argument():
         check_cold(1.5, 3)
     with pytest.raises(ValueError, match=r"cold_engagements=-1 is invalid"):
         check_cold(0.1, -1)
+
+
+def test_new_item_degree_mean_or_predicted_from_content():
+    """A new item's log-degree input: the mean (rows unchanged), or predicted from its other
+    features (ridge over the engaged items), which the items without engagements then take."""
+    from types import SimpleNamespace
+
+    from datamodules.datamodule import PinSageDataModule
+
+    rng = np.random.default_rng(0)
+    other = rng.normal(size=(200, 3)).astype(np.float32)
+    deg = np.where(np.arange(200) < 180, 5, 0)
+    x = np.concatenate([(2 * other[:, :1]).clip(-3, 3), other], axis=1)  # log_degree follows column 1
+    x[deg == 0, 0] = x[deg > 0, 0].mean()  # as the feature builder gives new items
+    ds = SimpleNamespace(item_features=x, feature_names=["log_degree", "a", "b", "c"],
+                         train_graph=SimpleNamespace(item_degree=lambda: deg))
+    dm = PinSageDataModule(dataset="synthetic")
+    got, (d, pred) = dm._new_item_inputs(ds)
+    assert d == 0 and got is x and np.allclose(pred, x[deg > 0, 0].mean())
+    dm = PinSageDataModule(dataset="synthetic", new_item_degree="content")
+    got, (_, pred) = dm._new_item_inputs(ds)
+    truth = 2 * other[:, 0]
+    assert np.corrcoef(pred[deg == 0], truth[deg == 0])[0, 1] > 0.95
+    np.testing.assert_allclose(got[deg == 0, 0], pred[deg == 0])
+    np.testing.assert_array_equal(got[deg > 0], x[deg > 0])
+    with pytest.raises(ValueError, match="new_item_degree='median' is not valid"):
+        PinSageDataModule(dataset="synthetic", new_item_degree="median")
