@@ -371,14 +371,11 @@ def _memory_error(e: BaseException) -> str:
     """One line for an allocation that does not fit: how much was asked, how much there is."""
     import re
 
+    from datamodules.memory import available_bytes, memory_limit_note
+
     asked = re.search(r"allocate (\d+) bytes", str(e))
-    avail = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:"))
-        avail = f"; {kb / 2**20:.1f} GB are available"
-    except (OSError, StopIteration, ValueError):
-        pass
+    room = available_bytes()  # MemAvailable, or a container's (cgroup) limit when that binds
+    avail = "" if room is None else f"; {room / 2**30:.1f} GB are available{memory_limit_note()}"
     need = f" ({int(asked.group(1)) / 2**30:,.1f} GB asked at once)" if asked else ""
     return (f"out of memory{need}{avail}: use a smaller model (--model.hidden_channels, --model.out_channels), "
             "a smaller --data.batch_size, or a smaller input file (e.g. a sample of the log), or a machine with "

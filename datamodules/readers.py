@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .interactions import DataError, Interactions, ItemTable
+from .memory import check_log_fits
 
 __all__ = [
     "MOVIELENS_100K_GENRES",
@@ -185,6 +186,8 @@ def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[
     if not header and columns is None:
         raise DataError(f"{path}: header is false, so name the columns: set columns: [user, item, ...] "
                         "(one name per field, in file order)")
+    # a file too large for memory: one line now, not a MemoryError minutes into the read
+    check_log_fits(path, sep=sep, header=header, names=columns, encoding=encoding, str_cols=str_cols)
     return _read_delimited(path, sep, header=header, names=columns, encoding=encoding, str_cols=str_cols)
 
 
