@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 
 import yaml
 
+from datamodules.choices import resolve_half_life
 from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
 from models.item_item import gfcf_factors
@@ -69,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage baselines: error: {e}", file=sys.stderr)
         return 2
     path = bl.record_path(ds)
-    half = data.get("user_recency_half_life")
+    half = resolve_half_life(data.get("user_recency_half_life"), ds.interactions.timestamps is not None)  # 'auto'
     history = bl.history_label(half)
     if "ease" in models and ds.num_items > bl.EASE_MAX_ITEMS:
         msg = (f"ease: the catalogue has {ds.num_items} items, more than the limit of {bl.EASE_MAX_ITEMS} "

@@ -19,12 +19,13 @@ DDP: the training sampler shards the pairs itself (disjoint per rank, reproducib
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from . import choices
 from .cold import check_cold
 from .datasets import DATASET_NAMES, RecDataset, load_dataset
 from .graph import InteractionGraph
@@ -114,7 +115,8 @@ class PinSageDataModule(pl.LightningDataModule):
         user_recency_half_life: weight a user's history items by ``2^(-r / h)`` (``r`` = position
             from the latest, in interactions) when pooling them into the user's query vector
             (evaluation, ``recommend --user``, serving; the item-item baselines of the evaluator
-            pool the same weights); ``None``: equal weights. Only meaningful with timestamps.
+            pool the same weights); ``None``: equal weights. Only meaningful with timestamps;
+            ``auto``: 3 with timestamps, ``None`` without (:mod:`datamodules.choices`).
         recency_in_training: also pool the training queries (``queries=users``) with those
             weights. Off by default: on MovieLens-100K, training on equally weighted histories
             and ranking with recency-weighted ones scored higher on validation (RESULTS.md).
@@ -122,7 +124,9 @@ class PinSageDataModule(pl.LightningDataModule):
             (the whole training history without the positive) or ``before`` (a next-item
             objective for time-ordered logs: the ``user_query_window`` items just before the
             positive, weighted by ``user_recency_half_life`` counted from the positive; a
-            user's first item is then never a positive).
+            user's first item is then never a positive); ``auto``: ``before`` when the log has
+            timestamps, else ``leave_one_out``. Whatever is ``auto`` (here, ``split``, ``pairs``)
+            is resolved at :meth:`setup` and said in one stderr line (:mod:`datamodules.choices`).
         user_query_window: how many earlier items a ``before`` query pools.
         cold_items, cold_engagements, cold_retrain: the cold-item protocol
             (:mod:`datamodules.cold`): hold this share of the items out of training entirely,
@@ -169,9 +173,9 @@ class PinSageDataModule(pl.LightningDataModule):
         seed: int = 0,
         queries: Literal["items", "users"] = "items",
         full_graph: Optional[bool] = None,
-        user_recency_half_life: Optional[float] = None,
+        user_recency_half_life: Optional[Union[float, Literal["auto"]]] = None,
         recency_in_training: bool = False,
-        user_queries: Literal["leave_one_out", "before"] = "leave_one_out",
+        user_queries: Literal["leave_one_out", "before", "auto"] = "leave_one_out",
         user_query_window: int = 50,
         cold_items: float = 0.0,
         cold_engagements: int = 3,
@@ -188,18 +192,16 @@ class PinSageDataModule(pl.LightningDataModule):
         if queries == "users" and full_graph is False:
             raise ValueError("queries=users needs full_graph (a user's history spans the catalogue); "
                              "set full_graph: true or leave it unset")
-        if user_recency_half_life is not None and not float(user_recency_half_life) > 0:
-            raise ValueError(f"user_recency_half_life must be > 0 or null, got {user_recency_half_life!r}")
         self.queries = queries
         self.full_graph = (queries == "users") if full_graph is None else bool(full_graph)
-        self.user_recency_half_life = None if user_recency_half_life is None else float(user_recency_half_life)
+        # 'auto' settings are resolved from the log at setup (the properties below)
+        self._half_life_setting = choices.check_half_life(user_recency_half_life)
         self.recency_in_training = bool(recency_in_training)
-        if user_queries not in ("leave_one_out", "before"):
-            raise ValueError(f"user_queries={user_queries!r} is not valid; choose leave_one_out or before")
-        if user_queries == "before" and queries != "users":
+        if choices.check_user_queries(user_queries) == "before" and queries != "users":
             raise ValueError("user_queries='before' needs queries='users' (it says what a user query pools); "
                              f"got queries={queries!r}")
-        self.user_queries = user_queries
+        self._user_queries_setting = user_queries
+        self._chosen: Optional[Dict[str, Any]] = None
         self.user_query_window = _int("user_query_window", user_query_window, 1)
         if dataset not in DATASET_NAMES:
             raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
@@ -263,9 +265,33 @@ class PinSageDataModule(pl.LightningDataModule):
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> RecDataset:
+        # what split 'auto' chose is said in setup's line (datamodules.choices), with the rest
         return load_dataset(self.dataset_name, root=self.root, cache_dir=self.cache_dir, features=self.features,
                             split=self.split, reader_args=self.reader_args, split_seed=self.split_seed,
-                            cold_items=self.cold[0], cold_engagements=self.cold[1], cold_retrain=self.cold[2])
+                            cold_items=self.cold[0], cold_engagements=self.cold[1], cold_retrain=self.cold[2],
+                            announce=False)
+
+    @property
+    def chosen(self) -> Dict[str, Any]:
+        """What ``split``, ``pairs``, ``user_queries``, ``user_recency_half_life`` mean for this
+        log (``auto`` resolved; loads the dataset on first use)."""
+        if self._chosen is None:
+            self._require()
+        return self._chosen
+
+    @property
+    def user_queries(self) -> str:
+        """``before`` | ``leave_one_out`` (an explicit setting as given, ``auto`` from the log)."""
+        if self._user_queries_setting != choices.AUTO:
+            return self._user_queries_setting
+        return self.chosen["user_queries"]
+
+    @property
+    def user_recency_half_life(self) -> Optional[float]:
+        """The recency half-life (an explicit setting as given, ``auto`` from the log)."""
+        if self._half_life_setting != choices.AUTO:
+            return self._half_life_setting
+        return self.chosen["user_recency_half_life"]
 
     def prepare_data(self) -> None:
         """Parse and cache the dataset (Lightning runs this on local rank 0 of every node, or only on
@@ -277,7 +303,13 @@ class PinSageDataModule(pl.LightningDataModule):
         if self.dataset is not None:
             return
         ds = self._load()
-        if self.user_queries == "before" and ds.interactions.timestamps is None:
+        settings = {"split": self.split, "split_seed": self.split_seed, "pairs": self.pairs,
+                    "queries": self.queries, "user_queries": self._user_queries_setting,
+                    "user_query_window": self.user_query_window, "user_recency_half_life": self._half_life_setting,
+                    "weighted_walks": self.weighted_walks}
+        self._chosen = choices.resolve_all(ds, settings)
+        choices.announce(ds, settings, self._chosen)
+        if self._user_queries_setting == "before" and ds.interactions.timestamps is None:
             raise ValueError(f"user_queries='before' needs a log with timestamps (the items before a positive "
                              f"must be earlier in time); dataset {self.dataset_name!r} has none: use "
                              "user_queries='leave_one_out'")

@@ -65,7 +65,7 @@ CACHE_VERSION = 3  # 3: whole-file digests (2 hashed the first and last MiB)
 CACHE_FORMAT = "pinsage-dataset-cache"
 MANIFEST = "manifest.json"
 #: load_dataset arguments that do not shape the data (everything else enters the cache key)
-_NOT_IN_KEY = ("root", "cache_dir", "use_cache", "progress")
+_NOT_IN_KEY = ("root", "cache_dir", "use_cache", "progress", "announce")
 _MIB = 1 << 20
 # cached arrays are read-only memory maps on purpose (nothing may write into the cache); torch only
 # reads the tensors it wraps around them, so its "not writable" warning is noise here
@@ -516,6 +516,7 @@ def load_dataset(
     cold_items: float = 0.0,
     cold_engagements: int = 3,
     cold_retrain: bool = False,
+    announce: bool = True,
 ) -> RecDataset:
     """Load a named dataset (see module docstring), from cache when possible.
 
@@ -536,6 +537,7 @@ def load_dataset(
         cold_items: the share of items held out of training entirely for the cold-item protocol
             (:mod:`datamodules.cold`; 0 = none); ``cold_engagements`` early engagements per cold
             item are kept for the evaluator (and, with ``cold_retrain``, trained on).
+        announce: say on stderr what ``split: auto`` chose (``False``: the caller says it).
     """
     # every argument that shapes the data enters the cache key (new ones automatically)
     key_parts: Dict[str, Any] = {k: v for k, v in locals().items() if k not in _NOT_IN_KEY}
@@ -574,7 +576,7 @@ def load_dataset(
         log(f"loading {dataset} from cache {cache_path}")
         try:
             ds = RecDataset.load(cache_path)
-            announce_split(split, ds.interactions, split_seed, dataset)
+            announce_split(split, ds.interactions, split_seed, dataset, announce)
             ds.cache_path = cache_path
             return ds
         except CacheError as err:
@@ -601,7 +603,7 @@ def load_dataset(
     if tn is not None:
         extras["test_negatives"] = tn
     log(f"read {inter.num_interactions} interactions; splitting")
-    announce_split(split, inter, split_seed, dataset)
+    announce_split(split, inter, split_seed, dataset, announce)
     # the build streams its arrays into the cache's temp folder as it makes them (CacheWriter)
     writer = CacheWriter(cache_path) if use_cache else None
     try:

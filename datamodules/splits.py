@@ -81,9 +81,10 @@ def is_ordered(kind: str, inter: Interactions) -> bool:
 _announced: set = set()
 
 
-def announce_split(split: str, inter: Interactions, seed: int = 0, name: str = "") -> None:
-    """Say on stderr (once per process and dataset) that ``auto`` chose the random split, or that
-    ``temporal`` met a log without timestamps (file order is then taken as time order)."""
+def announce_split(split: str, inter: Interactions, seed: int = 0, name: str = "", auto: bool = True) -> None:
+    """Say on stderr (once per process and dataset) that ``auto`` chose the random split (unless
+    ``auto=False``: the caller says it, as the DataModule's line of :mod:`datamodules.choices`),
+    or that ``temporal`` met a log without timestamps (file order is then taken as time order)."""
     if split == "temporal" and inter.timestamps is None and ("temporal", name) not in _announced:
         _announced.add(("temporal", name))
         what = f"dataset {name!r}" if name else "the log"
@@ -91,7 +92,7 @@ def announce_split(split: str, inter: Interactions, seed: int = 0, name: str = "
               "taken as time order, so each user's last row in the file is held out; if the file is not in time "
               "order (e.g. sorted by item id) use split: auto (a seeded random split) or set time_col",
               file=sys.stderr, flush=True)
-    if split == "auto" and resolve_split(split, inter) == "random" and (name, seed) not in _announced:
+    if auto and split == "auto" and resolve_split(split, inter) == "random" and (name, seed) not in _announced:
         _announced.add((name, seed))
         what = f"dataset {name!r}" if name else "the log"
         print(f"pinsage: {what} has no timestamps, so split='auto' is a seeded random per-user leave-one-out "
