@@ -68,38 +68,39 @@ def resolve_half_life(half_life, has_timestamps: bool) -> Optional[float]:
 
 
 def describe(ds, settings: dict, chosen: dict) -> str:
-    """One line: what ``ds`` has, and each data choice (``auto`` ones with the reason)."""
+    """One line: what ``ds`` has, and each data choice (``auto`` marks those that follow from it)."""
     inter = ds.interactions
     timed, weighted, table = inter.timestamps is not None, inter.weights is not None, inter.item_table is not None
     has = [("timestamps" if timed else "no timestamps"), ("weights" if weighted else "no weights"),
            ("an item table" if table else "no item table")]
-    why = "it has timestamps" if timed else "it has no timestamps"
 
-    def tag(key: str) -> str:
-        return f" (auto: {why})" if settings.get(key) == AUTO else ""
+    def item(key: str, text: str, why: str) -> str:
+        return f"{text} ({why}; {'auto' if settings.get(key) == AUTO else 'as set'})"
 
     kind = chosen["split"]
-    split = {"temporal": "temporal (each user's last interaction is the test one, the second last the "
-                         "validation one)",
-             "random": f"random (a seeded per-user leave-one-out, split_seed {settings.get('split_seed', 0)}; "
-                       "--data.split temporal if the file is in time order)",
-             "fixed": "fixed (the dataset's own test set)"}[kind]
-    parts = [f"split {split}{tag('split') if kind != 'fixed' else ''}"]
+    parts = [item("split", f"split {kind}", {
+        "temporal": "each user's last interaction is the test one, the second last the validation one",
+        "random": f"a seeded per-user leave-one-out, split_seed {settings.get('split_seed', 0)}; --data.split "
+                  "temporal if the file is in time order",
+        "fixed": "the dataset's own test set"}[kind])]
     if settings["queries"] == "users":
-        uq = chosen["user_queries"]
-        what = (f"the {settings['user_query_window']} items before each positive, a next-item objective"
-                if uq == "before" else "the user's whole training history without the positive")
-        half = chosen["user_recency_half_life"]
-        parts.append(f"user queries {uq} ({what}){tag('user_queries')}")
-        parts.append(("recency half-life " + (f"{half:g} interactions" if half is not None else "none (equal weights)"))
-                     + tag("user_recency_half_life"))
+        uq, half = chosen["user_queries"], chosen["user_recency_half_life"]
+        parts.append(item("user_queries", f"user queries {uq}",
+                          f"the {settings['user_query_window']} items before each positive: next-item training"
+                          if uq == "before" else "the user's whole training history without the positive"))
+        parts.append(item("user_recency_half_life", f"recency half-life {'none' if half is None else f'{half:g}'}",
+                          "equal weights" if half is None else "history weights 2^(-r/h), r from the latest"))
     else:
-        parts.append(f"training pairs {chosen['pairs']}{tag('pairs')}")
+        parts.append(item("pairs", f"training pairs {chosen['pairs']}",
+                          "each user's consecutive interactions" if chosen["pairs"] == "consecutive"
+                          else "two items of one user, drawn each epoch" if chosen["pairs"] == "cooccurrence"
+                          else "walks from each item"))
     if weighted:
         parts.append("weights steer the walks" if settings.get("weighted_walks", True) else
                      "weights not used by the walks (weighted_walks: false)")
     groups = list(dict.fromkeys(str(n).split(":", 1)[0] for n in ds.feature_names))  # "text:0" -> "text"
-    return f"pinsage: {ds.name} has {', '.join(has)} (features {', '.join(groups)}); chose: {'; '.join(parts)}"
+    return (f"pinsage: {ds.name} has {', '.join(has)} (features: {', '.join(groups)}), so: "
+            f"{'; '.join(parts)}")
 
 
 def resolve_all(ds, settings: dict) -> dict:

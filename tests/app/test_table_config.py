@@ -28,7 +28,7 @@ def test_fit_test_predict_recommend_with_only_the_log_path(tmp_path, monkeypatch
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
     last = tmp_path / "outputs" / "table" / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    said = [ln for ln in capsys.readouterr().err.splitlines() if " chose: " in ln]
+    said = [ln for ln in capsys.readouterr().err.splitlines() if " so: split " in ln]
     assert len(said) == 1 and "has no timestamps" in said[0] and "split random" in said[0], said
     assert "user queries leave_one_out" in said[0]
     assert main(["test", *args, "--ckpt_path", str(last)]) == 0  # 120 items: NCF with fewer negatives
@@ -64,7 +64,7 @@ def test_a_log_with_timestamps_fits_and_tests_with_next_item_queries(tmp_path, m
             "--trainer.enable_progress_bar=false", "--model.hidden_channels=16", "--model.out_channels=8",
             "--data.num_walks=5", "--data.num_easy_negatives=40"]
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
-    said = [ln for ln in capsys.readouterr().err.splitlines() if " chose: " in ln]
+    said = [ln for ln in capsys.readouterr().err.splitlines() if " so: split " in ln]
     assert len(said) == 1 and "has timestamps, weights" in said[0], said
     assert "split temporal" in said[0] and "user queries before" in said[0] and "half-life 3" in said[0]
     last = tmp_path / "outputs" / "table" / "checkpoints" / "last.ckpt"

@@ -59,8 +59,8 @@ def test_a_log_with_timestamps_gets_temporal_next_item_queries(tmp_path, capsys)
     assert len(err) == 1, err  # one line (not also split's own 'auto' line)
     line = err[0]
     assert "has timestamps, weights, no item table" in line and "split temporal" in line
-    assert "user queries before" in line and "recency half-life 3 interactions" in line
-    assert line.count("(auto: it has timestamps)") == 3 and "weights steer the walks" in line
+    assert "user queries before" in line and "recency half-life 3 (" in line
+    assert line.count("; auto)") == 3 and "weights steer the walks" in line
     # the training queries are the items before each positive: a user's first item is never one
     data = dm.train_dataset()
     ptr = dm.full_graph_data()["history"][0]
@@ -89,7 +89,7 @@ def test_explicit_values_are_kept(tmp_path, capsys):
     assert dm.chosen["split"] == "random" and dm.user_queries == "leave_one_out"
     assert dm.user_recency_half_life is None
     line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("pinsage:")][0]
-    assert "split random" in line and "split random (a seeded" in line and line.count("(auto:") == 0
+    assert "split random (a seeded" in line and line.count("; auto)") == 0 and line.count("; as set)") == 3
     # nothing left to auto: no line at all
     dm2 = table_dm(tmp_path, log, reader_args={"time_col": "ts"}, split="temporal", pairs="consecutive",
                    user_queries="before", user_recency_half_life=2.0)
