@@ -173,6 +173,7 @@ def _read_any(path: Path, *, sep: str, header: bool, columns: Optional[Sequence[
         raise DataError(f"file {str(path)!r} does not exist; check the path (relative paths are resolved "
                         "against the dataset folder)")
     if path.suffix.lower() in (".parquet", ".pq"):
+        check_log_fits(path, str_cols=str_cols, parquet=True)  # too large for memory: one line, now
         try:
             df = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises many types

@@ -97,6 +97,20 @@ def test_refused_above_a_simulated_limit_and_read_below_it(tmp_path, monkeypatch
     assert again.num_interactions == inter.num_interactions
 
 
+def test_parquet_refused_above_a_simulated_limit_and_read_below_it(tmp_path, monkeypatch):
+    import pandas as pd
+
+    path = tmp_path / "log.parquet"
+    pd.read_csv(_log(tmp_path / "log.csv", 30_000)).to_parquet(path)
+    est = memory.estimate_parquet_read(path)
+    assert est["rows"] == 30_000 and est["need"] > 30_000 * 40  # 3 int64 columns, twice, + indices
+    monkeypatch.setattr(memory, "available_bytes", lambda: est["need"] - 1)
+    with pytest.raises(LogTooLarge, match=r"log\.parquet: the file is .* about 30,000 rows .* would fit"):
+        read_table_log(path, time_col="ts")
+    monkeypatch.setattr(memory, "available_bytes", lambda: est["need"])
+    assert read_table_log(path, time_col="ts").num_interactions > 25_000
+
+
 def test_multi_character_separator_counts_the_rewritten_copy(tmp_path):
     a = tmp_path / "a.csv"
     a.write_text("".join(f"{k % 97},{k % 89}\n" for k in range(5000)))
