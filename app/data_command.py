@@ -16,6 +16,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from datamodules.datasets import load_dataset
 from datamodules.interactions import DataError
+from datamodules.choices import resolve_half_life, resolve_user_queries
 from datamodules.pairs import make_pair_source
 from datamodules.splits import resolve_split
 
@@ -88,6 +89,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pinsage data: error: {e}", file=sys.stderr)
         return 2
     summary["pairs"] = src.kind
+    if data.get("queries") == "users":  # what the user queries pool ('auto' resolved, datamodules.choices)
+        timed = ds.interactions.timestamps is not None
+        try:
+            summary["user_queries"] = resolve_user_queries(data["user_queries"], "users", timed)
+            summary["user_recency_half_life"] = resolve_half_life(data["user_recency_half_life"], timed)
+        except ValueError as e:
+            print(f"pinsage data: error: {e}", file=sys.stderr)
+            return 2
     summary["min_weight"] = data["min_weight"]
     summary["num_epoch_pairs"] = src.num_pairs
     for part, name in (("val", "validation"), ("test", "test")):

@@ -108,3 +108,19 @@ def test_half_life_auto_reads_the_log_on_first_use(tmp_path):
     """``user_recency_half_life`` read before ``setup`` (e.g. by an evaluator) is the resolved value."""
     dm = table_dm(tmp_path, write_log(tmp_path / "timed.csv", timed=True), reader_args={"time_col": "ts"})
     assert dm.user_recency_half_life == choices.AUTO_HALF_LIFE and dm.dataset is not None
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_pinsage_data_says_what_the_user_queries_pool(tmp_path, capsys, timed):
+    import json
+
+    from app.data_command import main
+
+    write_log(tmp_path / "log.csv", timed=timed)
+    ra = {"path": "log.csv", **({"time_col": "ts"} if timed else {})}
+    assert main(["--config", str(PROJECT / "configs" / "data" / "table.yaml"), "--data.root", str(tmp_path),
+                 "--data.cache_dir", str(tmp_path / "c"), "--data.reader_args", json.dumps(ra)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["split"] == ("temporal" if timed else "random")
+    assert out["user_queries"] == ("before" if timed else "leave_one_out")
+    assert out["user_recency_half_life"] == (choices.AUTO_HALF_LIFE if timed else None)
