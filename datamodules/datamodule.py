@@ -303,16 +303,16 @@ class PinSageDataModule(pl.LightningDataModule):
         if self.dataset is not None:
             return
         ds = self._load()
+        if self._user_queries_setting == "before" and ds.interactions.timestamps is None:
+            raise ValueError(f"user_queries='before' needs a log with timestamps (the items before a positive "
+                             f"must be earlier in time); dataset {self.dataset_name!r} has none: use "
+                             "user_queries='leave_one_out' or 'auto'")
         settings = {"split": self.split, "split_seed": self.split_seed, "pairs": self.pairs,
                     "queries": self.queries, "user_queries": self._user_queries_setting,
                     "user_query_window": self.user_query_window, "user_recency_half_life": self._half_life_setting,
                     "weighted_walks": self.weighted_walks}
         self._chosen = choices.resolve_all(ds, settings)
         choices.announce(ds, settings, self._chosen)
-        if self._user_queries_setting == "before" and ds.interactions.timestamps is None:
-            raise ValueError(f"user_queries='before' needs a log with timestamps (the items before a positive "
-                             f"must be earlier in time); dataset {self.dataset_name!r} has none: use "
-                             "user_queries='leave_one_out'")
         g = ds.train_graph
         if self.sampler == "pinsage":
             nbr = PinSageSampler(g, num_walks=self.num_walks, walk_length=self.walk_length,
