@@ -35,12 +35,20 @@ def _scores(z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor], z_hard: Option
     return (z_q * z_pos).sum(dim=-1), neg_score
 
 
+def _mean(per_pair: Tensor, weight: Optional[Tensor]) -> Tensor:
+    """The mean of ``per_pair [B]``, weighted by ``weight [B]`` when given."""
+    if weight is None:
+        return per_pair.mean()
+    return (per_pair * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
 def max_margin_loss(
     z_q: Tensor,
     z_pos: Tensor,
     z_easy: Optional[Tensor] = None,
     z_hard: Optional[Tensor] = None,
     margin: float = 0.1,
+    weight: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     r"""Max-margin ranking loss
 
@@ -57,6 +65,8 @@ def max_margin_loss(
         z_easy: ``[N, d]`` easy negatives shared by every pair, or :obj:`None` (``N = 0``).
         z_hard: ``[B, H, d]`` per-pair hard negatives, or :obj:`None` (``H = 0``).
         margin: :math:`\Delta \ge 0`. (default: :obj:`0.1`)
+        weight: ``[B]`` non-negative pair weights (the loss is their weighted mean), or
+            :obj:`None` (every pair counts the same).
 
     Returns:
         ``(loss, stats)``: the scalar loss and detached scalars ``"violated"`` (share of
@@ -68,7 +78,7 @@ def max_margin_loss(
         raise ValueError(f"margin={margin!r} is invalid: expected a float >= 0")
     pos_score, neg_score = _scores(z_q, z_pos, z_easy, z_hard)
     hinge = neg_score - pos_score.unsqueeze(1) + margin  # [B, N + H]
-    loss = hinge.clamp(min=0).mean()  # same count per pair: mean over all = mean of means
+    loss = _mean(hinge.clamp(min=0).mean(1), weight)  # same count per pair: mean of means
     with torch.no_grad():
         stats = {
             "violated": (hinge > 0).float().mean(),
@@ -92,8 +102,8 @@ class MaxMarginLoss(torch.nn.Module):
         self.margin = float(margin)
 
     def forward(self, z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
-                z_hard: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        return max_margin_loss(z_q, z_pos, z_easy, z_hard, margin=self.margin)
+                z_hard: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return max_margin_loss(z_q, z_pos, z_easy, z_hard, margin=self.margin, weight=weight)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(margin={self.margin})"
@@ -105,6 +115,7 @@ def sampled_softmax_loss(
     z_easy: Optional[Tensor] = None,
     z_hard: Optional[Tensor] = None,
     temperature: float = 0.1,
+    weight: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     r"""Sampled-softmax (InfoNCE) loss over the same negatives as :func:`max_margin_loss`:
 
@@ -114,13 +125,13 @@ def sampled_softmax_loss(
         + \sum_n e^{\mathbf{z}_q\cdot\mathbf{z}_n/\tau}}
 
     Same arguments, shapes and ``stats`` as :func:`max_margin_loss` (``violated`` counts
-    negatives scoring at least the positive); ``temperature`` :math:`\tau > 0`.
+    negatives scoring at least the positive, ``weight`` as there); ``temperature`` :math:`\tau > 0`.
     """
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} is invalid: expected a float > 0")
     pos_score, neg_score = _scores(z_q, z_pos, z_easy, z_hard)
     logits = torch.cat([pos_score.unsqueeze(1), neg_score], dim=1) / temperature
-    loss = torch.logsumexp(logits, dim=1).mean() - logits[:, 0].mean()
+    loss = _mean(torch.logsumexp(logits, dim=1) - logits[:, 0], weight)
     with torch.no_grad():
         stats = {
             "violated": (neg_score >= pos_score.unsqueeze(1)).float().mean(),
@@ -144,8 +155,8 @@ class SampledSoftmaxLoss(torch.nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, z_q: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
-                z_hard: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        return sampled_softmax_loss(z_q, z_pos, z_easy, z_hard, temperature=self.temperature)
+                z_hard: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return sampled_softmax_loss(z_q, z_pos, z_easy, z_hard, temperature=self.temperature, weight=weight)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(temperature={self.temperature})"

@@ -89,6 +89,13 @@ class PinSageModule(pl.LightningModule):
         item_loss: with user queries, weight of an item-to-item term: each positive is also ranked
             by one random other training item of the same user (a co-engagement pair, as the
             ``item`` protocol and "similar items" ask), against the same negatives (0 = off).
+        history_dropout: with whole-history user queries (``data.user_queries=leave_one_out``,
+            no time order), hold out this share of each batch user's history at random: the
+            kept items pool into the query, every held-out item is a positive of it (each user's
+            positives weigh 1 in all; a denoising, Mult-DAE-style set objective: a random
+            split's held-out item is any item of the set). 0 = leave one out (one positive per
+            row of the batch, the query the rest of the history). Per-pair hard negatives are
+            not used with it.
     """
 
     def __init__(
@@ -122,10 +129,13 @@ class PinSageModule(pl.LightningModule):
         cold_dropout: float = 0.0,
         cold_loss: float = 0.0,
         item_loss: float = 0.0,
+        history_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(cold_dropout) < 1.0:
             raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
+        if not 0.0 <= float(history_dropout) < 1.0:
+            raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
         if not float(item_loss) >= 0.0:
             raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
         if not float(cold_loss) >= 0.0:
@@ -222,6 +232,8 @@ class PinSageModule(pl.LightningModule):
             if batch.queries == "users" and batch.history.numel():  # causal: the items before pos
                 w = batch.history_weight.unsqueeze(-1).to(z.dtype)
                 zq = self.user_encoder((z[batch.history.clamp(min=0)] * w).sum(1))
+            elif batch.queries == "users" and self.hparams.get("history_dropout", 0.0) > 0:
+                zq = None  # one query per held-out item: _held_out_queries
             elif batch.queries == "users":
                 pooled = self._full_graph()["history"].matmul(z, normalize=False)
                 zq = self.user_encoder.leave_one_out(pooled[batch.query], z[batch.pos], batch.pos_weight)
@@ -230,6 +242,34 @@ class PinSageModule(pl.LightningModule):
         z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
         z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
         return zq, z[batch.pos], z_easy, z_hard, z
+
+    def _held_out_queries(self, users: Tensor, z: Tensor):
+        """``(z_query [T, d], pos [T], weight [T], user [T])``: one row per held-out item of the
+        batch's users (``history_dropout``): the query pools the user's kept items (history
+        weights as the evaluator's), ``weight`` = 1 / the user's held-out count. Users with
+        fewer than 2 training items are skipped; each user keeps >= 1 item and holds out >= 1."""
+        hist = self._full_graph()["history"]
+        ptr, col, dev = hist.ptr.to(z.device), hist.col.to(z.device), z.device
+        users = users.unique()
+        users = users[(ptr[users + 1] - ptr[users]) >= 2]
+        lo, deg = ptr[users], ptr[users + 1] - ptr[users]
+        seg = torch.repeat_interleave(torch.arange(users.numel(), device=dev), deg)
+        start = torch.cumsum(deg, 0) - deg
+        pos_in = torch.arange(seg.numel(), device=dev) - start[seg]
+        idx = lo[seg] + pos_in
+        held = torch.rand(seg.numel(), device=dev) < float(self.hparams.history_dropout)
+        n_held = torch.zeros(users.numel(), dtype=torch.long, device=dev).index_add_(0, seg, held.long())
+        pick = start + (torch.rand(users.numel(), device=dev) * deg).long().clamp(max=deg - 1)
+        held[pick[n_held == 0]] = True  # at least one positive each
+        all_held = n_held == deg
+        held[pick[all_held]] = False  # at least one kept item (deg >= 2: one stays held)
+        n_held = n_held.clamp(min=1) - all_held.long()
+        w = hist.weight.to(dev)[idx].to(z.dtype) if hist.weight is not None else torch.ones_like(idx, dtype=z.dtype)
+        keep = ~held
+        pooled = torch.zeros(users.numel(), z.size(1), dtype=z.dtype, device=dev).index_add_(
+            0, seg[keep], z[col[idx[keep]]] * w[keep].unsqueeze(-1))
+        row = seg[held]
+        return self.user_encoder(pooled)[row], col[idx[held]], 1.0 / n_held[row].to(z.dtype), users[row]
 
     def _coengaged(self, users: Tensor) -> Tensor:
         """One random training item of each user (``[B]``): an item-query partner of the positive."""
@@ -261,17 +301,21 @@ class PinSageModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)
-        loss, stats = self.loss_fn(zq, zp, z_easy, z_hard)
+        pos, users, row_w = batch.pos, getattr(batch, "query", None), None
+        if zq is None:  # history_dropout: one row per held-out item
+            zq, pos, row_w, users = self._held_out_queries(batch.query, z)
+            zp, z_hard = z[pos], None
+        loss, stats = self.loss_fn(zq, zp, z_easy, z_hard, weight=row_w)
         wi = float(self.hparams.get("item_loss", 0.0))
         if wi > 0 and getattr(batch, "queries", None) == "users":
-            item, _ = self.loss_fn(z[self._coengaged(batch.query)], zp, z_easy, z_hard)
+            item, _ = self.loss_fn(z[self._coengaged(users)], zp, z_easy, z_hard, weight=row_w)
             self.log("train/item_loss", item, batch_size=int(batch.query.numel()))
             loss = loss + wi * item
         w = float(self.hparams.get("cold_loss", 0.0))
         if w > 0 and not hasattr(batch, "blocks"):
             zc = self.content_only()
-            cold, _ = self.loss_fn(zq.detach(), zc[batch.pos], zc[batch.easy_neg] if z_easy is not None else None,
-                                   zc[batch.hard_neg] if z_hard is not None else None)
+            cold, _ = self.loss_fn(zq.detach(), zc[pos], zc[batch.easy_neg] if z_easy is not None else None,
+                                   zc[batch.hard_neg] if z_hard is not None else None, weight=row_w)
             self.log("train/cold_loss", cold, batch_size=int(batch.query.numel()))
             loss = loss + w * cold
         bs = int(batch.query.numel())

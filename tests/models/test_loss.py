@@ -83,3 +83,17 @@ def test_bad_args():
     with pytest.raises(ValueError, match="z_pos"):
         max_margin_loss(z, torch.randn(3, 3), torch.randn(4, 3))
     assert repr(MaxMarginLoss(0.2)) == "MaxMarginLoss(margin=0.2)"
+
+
+def test_pair_weights_give_a_weighted_mean():
+    """weight 2 on a pair = that pair twice; no weight = every pair the same."""
+    import torch
+
+    from models.loss import max_margin_loss, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    q, p, n = torch.randn(3, 8), torch.randn(3, 8), torch.randn(5, 8)
+    for fn in (max_margin_loss, sampled_softmax_loss):
+        twice = fn(q[[0, 0, 1, 2]], p[[0, 0, 1, 2]], n)[0]
+        assert torch.allclose(fn(q, p, n, weight=torch.tensor([2.0, 1.0, 1.0]))[0], twice)
+        assert torch.allclose(fn(q, p, n, weight=torch.ones(3))[0], fn(q, p, n)[0])

@@ -48,3 +48,37 @@ def test_cold_dropout_must_be_a_share():
 
     with pytest.raises(ValueError, match=r"cold_dropout=1\.0 is not valid.*\[0, 1\)"):
         PinSageModule(in_channels=4, num_items=10, cold_dropout=1.0)
+
+
+def test_history_dropout_must_be_a_share():
+    with pytest.raises(ValueError, match=r"history_dropout=1\.0 is not valid.*\[0, 1\)"):
+        PinSageModule(in_channels=4, num_items=10, history_dropout=1.0)
+
+
+@pytest.mark.parametrize("p", [0.02, 0.5, 0.98])
+def test_held_out_queries_split_each_history_into_query_and_positives(p):
+    """history_dropout: per user, kept items (pooled into the query) and held-out positives
+    partition the training history; >= 1 of each; the positives of a user weigh 1 in all."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.sparse import SparseAdjacency
+
+    torch.manual_seed(0)
+    hist = {0: [1, 2, 3, 4, 5, 6], 1: [7], 2: [0, 9], 3: list(range(10))}
+    ptr = torch.tensor([0] + list(torch.tensor([len(hist[u]) for u in range(4)]).cumsum(0)))
+    col = torch.tensor([i for u in range(4) for i in hist[u]])
+    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=p)
+    m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
+    z = F.normalize(torch.randn(10, 4), dim=-1)
+    for _ in range(20):
+        zq, pos, w, users = m._held_out_queries(torch.tensor([3, 0, 1, 2, 0]), z)
+        assert set(users.tolist()) == {0, 2, 3}  # user 1 has one item: no query without it
+        for u in (0, 2, 3):
+            rows = (users == u).nonzero().flatten()
+            held = set(pos[rows].tolist())
+            kept = set(hist[u]) - held
+            assert held and kept and held <= set(hist[u]) and len(held) == rows.numel()
+            assert w[rows].sum().item() == pytest.approx(1.0)
+            expect = F.normalize(z[sorted(kept)].sum(0), dim=-1)  # identity user layer at start
+            assert torch.allclose(zq[rows], expect.expand(rows.numel(), -1), atol=1e-6)
