@@ -129,7 +129,10 @@ class SparseAdjacency:
         w = self.weight if weighted else torch.ones_like(self.weight)
         return torch.zeros(self.num_dst, dtype=w.dtype, device=w.device).index_add_(0, self.row, w)
 
-    def _pair(self, weighted: bool, normalize: bool, device) -> tuple:
+    def matrices(self, weighted: bool = True, normalize: bool = True, device=None) -> tuple:
+        """``(A, A^T)`` as CSR tensors on ``device`` (default: where the graph is), ``A`` with the
+        weights of :meth:`matmul` (``weighted`` / ``normalize``); built once per setting."""
+        device = self.ptr.device if device is None else device
         key = (weighted, normalize, str(device))
         if key not in self._mats:
             w = self.weight if weighted else torch.ones_like(self.weight)
@@ -150,7 +153,7 @@ class SparseAdjacency:
         """``x [n_src, d]`` -> ``[n_dst, d]`` (differentiable in ``x``)."""
         if x.dim() != 2 or x.size(0) != self.num_src:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected [{self.num_src}, d] (one row per source)")
-        a, a_t = self._pair(weighted, normalize, x.device)
+        a, a_t = self.matrices(weighted, normalize, x.device)
         if x.dtype != a.dtype:
             x = x.to(a.dtype)
         return _SpMM.apply(a, a_t, x)
