@@ -66,3 +66,25 @@ def test_unfused_paths_off_the_cpu_fast_path():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer.forward_prefix(h, 30, adj)
     assert "ConvolveCSR" not in out.grad_fn.name()
+
+
+@pytest.mark.parametrize("weighted,normalize", [(True, True), (False, True), (True, False), (False, False)])
+def test_csr_weights_kernel_equals_the_torch_formula(weighted, normalize):
+    adj = _adj(30, 40, seed=3)
+    adj.weight[:4] = 0.0  # a row whose weights sum to 0 stays 0 (clamped divisor)
+    a, a_t = adj.matrices(weighted, normalize)
+    w = adj.weight if weighted else torch.ones_like(adj.weight)
+    if normalize:
+        w = w / adj.degree(weighted).clamp(min=torch.finfo(w.dtype).tiny)[adj.row]
+    dense = torch.zeros(30, 40).index_put_((adj.row, adj.col), w, accumulate=True)
+    torch.testing.assert_close(a.to_dense(), dense)
+    torch.testing.assert_close(a_t.to_dense(), dense.t())
+
+
+def test_sorted_block_pointer_and_refusals():
+    ei = torch.tensor([[4, 0, 2, 1], [0, 2, 2, 3]])
+    adj = SparseAdjacency.from_sorted_edges(ei, None, 5, 4)
+    assert adj.ptr.tolist() == [0, 1, 1, 3, 4]
+    assert SparseAdjacency.from_sorted_edges(ei, None, 5, 3) is None  # target 3 out of [0, 3)
+    assert SparseAdjacency.from_sorted_edges(torch.tensor([[0, 1], [-1, 0]]), None, 2, 2) is None
+    assert SparseAdjacency.from_sorted_edges(torch.tensor([[0, 1], [1, 0]]), None, 2, 2) is None
