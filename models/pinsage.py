@@ -116,6 +116,9 @@ class PinSage(torch.nn.Module):
         self.skip = bool(skip)
         #: minibatch blocks run as CSR products (see :meth:`_csr_block`); ``False``: PyG's edge list
         self.fused_blocks = True
+        #: CPU float32 training runs each CSR-block layer and the head as one autograd node
+        #: (``models.fused``); ``False``: op by op (same values and gradients)
+        self.fused_nodes = True
 
         d = hidden_channels
         self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
@@ -192,7 +195,7 @@ class PinSage(torch.nn.Module):
             if self.skip:
                 out.add_(h0) if self.lin_skip is None else out.addmm_(h0, self.lin_skip.weight.t())
             return epilogue_(out, relu=False, normalize=True)
-        if fused_ok(h, *([h0] if self.skip else [])):  # one autograd node (models.fused.HeadFn)
+        if self.fused_nodes and fused_ok(h, *([h0] if self.skip else [])):  # one autograd node (models.fused.HeadFn)
             skip = 0 if not self.skip else (1 if self.lin_skip is None else 2)
             return HeadFn.apply(h, h0 if self.skip else None, self.lin_g1.weight, self.lin_g1.bias,
                                 self.lin_g2.weight, self.lin_g2.bias,
@@ -219,13 +222,13 @@ class PinSage(torch.nn.Module):
             h = F.dropout(h, p=self.dropout, training=self.training)
             adj = block if isinstance(block, SparseAdjacency) else self._csr_block(k, block)
             h_src = h if n_src == h.size(0) else h[:n_src]  # no slice node when it is all of h
-            if adj is not None and isinstance(self.convs[k], Convolve):
+            if adj is not None and self.fused_nodes and isinstance(self.convs[k], Convolve):
                 h = self.convs[k].forward_prefix(h_src, n_dst, adj)
             elif adj is not None:
                 h = self.layer(k, h_src, h[:n_dst], adj)
             else:
                 h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
-        return self.head(h, h0[:h.size(0)] if self.skip else None)
+        return self.head(h, (h0 if h0.size(0) == h.size(0) else h0[:h.size(0)]) if self.skip else None)
 
     def _csr_block(self, k: int, block) -> Optional[SparseAdjacency]:
         """A minibatch block as a CSR matrix (its edges are grouped by target, as
