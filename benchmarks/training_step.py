@@ -61,19 +61,24 @@ def _count_step(step) -> tuple:
     return counter.get_total_flops() / 1e9, read[0] / 1e9
 
 
-def _time_paths(step, paths: dict, reps: int) -> dict:
-    """Median wall and CPU ms of ``step()`` per path (``{name: switch}``, ``switch()`` selects it),
-    the paths interleaved (round robin, 2 warm-up rounds), so that all see the same load."""
+def _time_paths(step, paths: dict, reps: int, block: int = 4) -> dict:
+    """Median wall and CPU ms of ``step()`` per path (``{name: switch}``, ``switch()`` selects it).
+    The paths take turns in blocks of ``block`` consecutive steps, the first of each block not
+    counted: all paths see the same load drift, and no step is timed right after another path's
+    (the edge-list path's large per-step allocations and page faults would be billed to the next
+    path's step in a strict alternation; that inflated the fused step by ~15-25%)."""
     times = {k: [] for k in paths}
     cpu = {k: [] for k in paths}
-    for r in range(reps + 2):
+    rounds = -(-reps // (block - 1))
+    for _ in range(rounds):
         for name, switch in paths.items():
             switch()
-            t, c = time.perf_counter(), time.process_time()
-            step()
-            if r >= 2:
-                times[name].append(time.perf_counter() - t)
-                cpu[name].append(time.process_time() - c)
+            for i in range(block):
+                t, c = time.perf_counter(), time.process_time()
+                step()
+                if i:
+                    times[name].append(time.perf_counter() - t)
+                    cpu[name].append(time.process_time() - c)
     med = lambda v: round(sorted(v)[len(v) // 2] * 1e3, 2)  # noqa: E731
     return {k: (med(times[k]), med(cpu[k])) for k in paths}
 
@@ -167,7 +172,8 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
             **_floor_fields(gflop, read_gb, rate, threads, wall, cpu), "parts_cpu_ms": parts,
             "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "model step only (forward, loss, backward, Adam; no data loading); medians of "
-                    f"{reps} steps per path, interleaved; floor = FLOPs at the measured 4096^3 GEMM rate on "
+                    f"{reps} steps per path, interleaved in blocks of 4 (the first of each not counted); "
+                    "floor = FLOPs at the measured 4096^3 GEMM rate on "
                     "every thread; op_by_op = the same CSR blocks without the fused autograd nodes"}
 
 
@@ -243,7 +249,8 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
             **_floor_fields(gflop, read_gb, rate, threads, wall, cpu), "parts_cpu_ms": parts,
             "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "whole-catalogue step (training_step + backward + Adam, no data loading), medians of "
-                    f"{reps} steps per path, interleaved; floor_ms = dense FLOPs at the 4096^3 GEMM rate "
+                    f"{reps} steps per path, interleaved in blocks of 4 (the first of each not counted); "
+                    "floor_ms = dense FLOPs at the 4096^3 GEMM rate "
                     "(the CSR products' row reads, sparse_read_gb, are not in it); parts_cpu_ms measured "
                     "separately"}
 
