@@ -91,9 +91,16 @@ def _relu_mask_(grad, act):  # pragma: no cover - numba
                 g[j] = 0.0
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def fused_ok(*tensors: Tensor) -> bool:
     """The fused kernels apply: contiguous float32 CPU tensors, autocast off."""
-    return (not torch.is_autocast_enabled("cpu")
+    return (not _cpu_autocast()
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
 
 
