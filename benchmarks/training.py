@@ -195,86 +195,6 @@ def _profile_step(mod, dm, out_txt: str) -> dict:
     return {**{k: round(v, 4) for k, v in med.items()}, **sizes, "top_ops_one_step": top_ops}
 
 
-def _gemm_rate(repeats: int = 3) -> float:
-    """This machine's float32 GEMM rate now: GFLOP per CPU-second of a 4096^3 ``torch.mm`` (best of
-    ``repeats``)."""
-    import torch
-
-    a = torch.randn(4096, 4096)
-    c = torch.empty(4096, 4096)
-    torch.mm(a, a, out=c)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.process_time()
-        torch.mm(a, a, out=c)
-        best = max(best, 2 * 4096 ** 3 / (time.process_time() - t) / 1e9)
-    return best
-
-
-def step_worker(batch_size: int, hard_epoch: int, reps: int = 15) -> dict:
-    """One training step of the model (forward, loss, backward, Adam) on a fixed MovieLens-100K
-    batch, with the blocks as CSR products (``fused_blocks``) and as PyG edge lists, interleaved:
-    median wall ms and CPU ms, the step's FLOPs (``torch.utils.flop_counter``, forward + backward)
-    and the dense floor ``step_gflop / (GEMM rate x threads)`` from a GEMM rate measured here."""
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    dm, mod = _build(batch_size, 0, hard_epoch)
-    dm.train_dataloader()  # creates the sampler, at the curriculum epoch
-    data = dm.train_dataset()
-    idx = next(iter(dm._train_sampler))
-    batch = data[idx]
-    opt = torch.optim.Adam(mod.parameters(), lr=1e-3)
-    mod.train()
-
-    def step():
-        _train_step(mod, batch, opt)
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    gflop = counter.get_total_flops() / 1e9
-    times = {True: [], False: []}
-    cpu = {True: [], False: []}
-    for r in range(2 * reps + 4):
-        flag = bool(r % 2)
-        mod.model.fused_blocks = flag
-        t, c = time.perf_counter(), time.process_time()
-        step()
-        if r >= 4:
-            times[flag].append(time.perf_counter() - t)
-            cpu[flag].append(time.process_time() - c)
-    mod.model.fused_blocks = True
-    rate = _gemm_rate()
-    threads = torch.get_num_threads()
-    med = lambda v: sorted(v)[len(v) // 2] * 1e3  # noqa: E731
-    floor_ms = gflop / (rate * threads) * 1e3
-    return {"dataset": DATASET, "batch_size": batch_size, "hard_negatives_per_pair": int(batch.hard_neg.shape[1]),
-            "n_nodes_layer0": int(batch.x.shape[0]), "x_dim": int(batch.x.shape[1]),
-            "edges_per_block": [int(b.edge_index.shape[1]) for b in batch.blocks],
-            "step_ms": round(med(times[True]), 2), "step_cpu_ms": round(med(cpu[True]), 2),
-            "step_ms_edge_list": round(med(times[False]), 2), "step_cpu_ms_edge_list": round(med(cpu[False]), 2),
-            "step_gflop": round(gflop, 3), "gemm_gflop_per_cpu_s": round(rate, 1), "threads": threads,
-            "floor_ms": round(floor_ms, 2), "ratio_to_floor": round(med(times[True]) / floor_ms, 2),
-            "ratio_to_floor_cpu": round(med(cpu[True]) / (floor_ms * threads), 2),
-            "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "note": "model step only (forward, loss, backward, Adam; no data loading); medians of "
-                    f"{reps} steps per path, interleaved; floor = FLOPs at the measured 4096^3 GEMM rate on "
-                    "every thread"}
-
-
-def write_step_rows(out: str, rows: list, command: str) -> None:
-    """Put ``rows`` under ``step_rows`` of the results file (its other keys kept), atomically."""
-    path = Path(out)
-    res = json.loads(path.read_text()) if path.exists() else {}
-    res["step_rows"] = rows
-    res["step_command"] = command
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # --setup-dgl: the harness written next to DGL's example in the temp folder (our code; none of
 # DGL's files is copied into this project)
@@ -604,14 +524,23 @@ def main(argv=None) -> int:
     p.add_argument("--step", action="store_true",
                    help="only the model step (step_ms, step_gflop, floor_ms) at each batch size, into "
                         "--out's step_rows (its other rows kept)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="with --step: torch threads of the step, one set of rows each (0: as configured)")
+    p.add_argument("--gowalla", action="store_true",
+                   help="with --step: also Gowalla's whole-catalogue step (configs/gowalla.yaml)")
     a = p.parse_args(argv)
 
     if a.step:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from training_step import gowalla_step_worker, step_worker, write_step_rows
         rows = []
-        for bs in a.batch_sizes:
-            rows.append(step_worker(bs, 6 if a.hard_epoch is None else a.hard_epoch))
-            print(json.dumps(rows[-1]), flush=True)
+        for threads in a.threads:
+            for bs in a.batch_sizes:
+                rows.append(step_worker(bs, 6 if a.hard_epoch is None else a.hard_epoch, threads))
+                print(json.dumps(rows[-1]), flush=True)
+            if a.gowalla:
+                rows.append(gowalla_step_worker(threads))
+                print(json.dumps(rows[-1]), flush=True)
         write_step_rows(a.out, rows, "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
-import math
-
 import torch
 import torch.nn.functional as F
-from numba import njit, prange
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter
 
+from models.fused import ConvolveCSR, epilogue_rows_, fused_ok
 from models.sparse import SparseAdjacency
 
 PairTensor = Tuple[Tensor, Tensor]
@@ -57,32 +55,12 @@ def linear_into(lin: torch.nn.Module, x: Tensor, out: Optional[Tensor] = None) -
     return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
 
 
-@njit(parallel=True, nogil=True, fastmath=True, cache=True)
-def _epilogue_rows(out, bias, has_bias, relu, normalize):  # pragma: no cover - numba
-    n, d = out.shape
-    for r in prange(n):
-        o = out[r]
-        ss = 0.0
-        for j in range(d):
-            v = o[j] + bias[j] if has_bias else o[j]
-            if relu and v < 0.0:
-                v = 0.0
-            o[j] = v
-            ss += v * v
-        if normalize:
-            scale = 1.0 / max(math.sqrt(ss), 1e-12)
-            for j in range(d):
-                o[j] *= scale
-
-
 def epilogue_(out: Tensor, bias: Optional[Tensor] = None, relu: bool = True, normalize: bool = True) -> Tensor:
     """``out <- out + bias``, ``ReLU``, then each row divided by ``max(||row||_2, 1e-12)`` (as
     ``F.normalize``), in place and in one pass over ``out`` (a numba kernel for contiguous CPU
     float32; torch ops elsewhere). No autograd: inference only."""
     if out.device.type == "cpu" and out.dtype == torch.float32 and out.dim() == 2 and out.is_contiguous():
-        b = bias.detach() if bias is not None else out.new_empty(0)
-        _epilogue_rows(out.numpy(), b.numpy(), bias is not None, relu, normalize)
-        return out
+        return epilogue_rows_(out, bias, relu, normalize)
     if bias is not None:
         out.add_(bias)
     if relu:
@@ -180,6 +158,17 @@ class Convolve(MessagePassing):
 
         out = F.relu(self.lin_w(torch.cat([x_dst, n_u], dim=-1)))
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    def forward_prefix(self, h: Tensor, n_dst: int, adj: SparseAdjacency) -> Tensor:
+        """``forward((h, h[:n_dst]), adj)``: the minibatch layout, whose targets are the first
+        ``n_dst`` sources. On contiguous float32 CPU tensors (no autocast) one fused autograd node
+        (:class:`models.fused.ConvolveCSR`: no concatenation, one pass for bias + ReLU + norm and
+        one for their gradient, one gradient tensor for ``h``); elsewhere :meth:`forward`."""
+        if not fused_ok(h):
+            return self((h, h[:n_dst]), adj)
+        a, a_t = adj.matrices(weighted=self.use_weights, normalize=True, device=h.device)
+        return ConvolveCSR.apply(h, n_dst, a, a_t, self.lin_q.weight, self.lin_q.bias, self.lin_w.weight,
+                                 self.lin_w.bias, self.normalize)
 
     # -- layer-wise inference protocol (see app/inference.py): the same function, in stages ------
     @property

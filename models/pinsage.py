@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.convolve import Convolve, epilogue_, linear_into, linear_relu_into
+from models.fused import HeadFn, fused_ok
 from models.sage import AGGREGATORS, SAGEConvolve
 from models.sparse import SparseAdjacency
 
@@ -115,6 +116,9 @@ class PinSage(torch.nn.Module):
         self.skip = bool(skip)
         #: minibatch blocks run as CSR products (see :meth:`_csr_block`); ``False``: PyG's edge list
         self.fused_blocks = True
+        #: CPU float32 training runs each CSR-block layer and the head as one autograd node
+        #: (``models.fused``); ``False``: op by op (same values and gradients)
+        self.fused_nodes = True
 
         d = hidden_channels
         self.lin_in = torch.nn.Linear(in_channels, d) if in_channels > 0 else None
@@ -191,6 +195,11 @@ class PinSage(torch.nn.Module):
             if self.skip:
                 out.add_(h0) if self.lin_skip is None else out.addmm_(h0, self.lin_skip.weight.t())
             return epilogue_(out, relu=False, normalize=True)
+        if self.fused_nodes and fused_ok(h, *([h0] if self.skip else [])):  # one autograd node (models.fused.HeadFn)
+            skip = 0 if not self.skip else (1 if self.lin_skip is None else 2)
+            return HeadFn.apply(h, h0 if self.skip else None, self.lin_g1.weight, self.lin_g1.bias,
+                                self.lin_g2.weight, self.lin_g2.bias,
+                                self.lin_skip.weight if skip == 2 else None, skip)
         out = self.lin_g2(F.relu(self.lin_g1(h)))
         if self.skip:
             out = out + (h0 if self.lin_skip is None else self.lin_skip(h0))
@@ -212,11 +221,14 @@ class PinSage(torch.nn.Module):
                     f"n_src <= {h.size(0)} (nested prefix layout)")
             h = F.dropout(h, p=self.dropout, training=self.training)
             adj = block if isinstance(block, SparseAdjacency) else self._csr_block(k, block)
-            if adj is not None:
-                h = self.layer(k, h[:n_src], h[:n_dst], adj)
+            h_src = h if n_src == h.size(0) else h[:n_src]  # no slice node when it is all of h
+            if adj is not None and self.fused_nodes and isinstance(self.convs[k], Convolve):
+                h = self.convs[k].forward_prefix(h_src, n_dst, adj)
+            elif adj is not None:
+                h = self.layer(k, h_src, h[:n_dst], adj)
             else:
                 h = self.layer(k, h[:n_src], h[:n_dst], block.edge_index, block.edge_weight)
-        return self.head(h, h0[:h.size(0)] if self.skip else None)
+        return self.head(h, (h0 if h0.size(0) == h.size(0) else h0[:h.size(0)]) if self.skip else None)
 
     def _csr_block(self, k: int, block) -> Optional[SparseAdjacency]:
         """A minibatch block as a CSR matrix (its edges are grouped by target, as

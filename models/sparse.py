@@ -61,6 +61,42 @@ def _csr_transpose(ptr, col, w, num_src):  # pragma: no cover - numba
     return t_ptr, t_col, t_w
 
 
+@njit(nogil=True, cache=True)
+def _row_weights(ptr, w, weighted, normalize):  # pragma: no cover - numba
+    """The product's weights: ``w`` or ones (``weighted``), divided by their row sum
+    (``normalize``; float32 sums in edge order and ``max(sum, tiny)``, as ``degree`` / ``clamp``)."""
+    out = np.empty(w.shape[0], dtype=np.float32)
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    one = np.float32(1.0)
+    for r in range(ptr.shape[0] - 1):
+        total = np.float32(0.0)
+        for e in range(ptr[r], ptr[r + 1]):
+            out[e] = w[e] if weighted else one
+            total += out[e]
+        if normalize:
+            total = max(total, tiny)
+            for e in range(ptr[r], ptr[r + 1]):
+                out[e] = out[e] / total
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _sorted_ptr(dst, num_dst):  # pragma: no cover - numba
+    """``(ptr [num_dst + 1], True)`` for targets in ascending order within ``[0, num_dst)``,
+    ``(_, False)`` otherwise: one pass, no sort."""
+    ptr = np.zeros(num_dst + 1, dtype=np.int64)
+    prev = 0
+    for e in range(dst.shape[0]):
+        d = dst[e]
+        if d < prev or d >= num_dst:
+            return ptr, False
+        ptr[d + 1] += 1
+        prev = d
+    for i in range(num_dst):
+        ptr[i + 1] += ptr[i]
+    return ptr, True
+
+
 def _csr(ptr: Tensor, col: Tensor, val: Tensor, shape) -> Tensor:
     return torch.sparse_csr_tensor(ptr, col, val, size=shape, check_invariants=False)
 
@@ -102,11 +138,18 @@ class SparseAdjacency:
         (``datamodules.minibatch`` builds them so), on the edges' device; ``None`` when they are
         not (the caller keeps the edge list)."""
         src, dst = edge_index[0], edge_index[1]
-        if dst.numel() and (bool((dst[1:] < dst[:-1]).any()) or int(dst[-1]) >= num_dst):
-            return None
+        if dst.device.type == "cpu" and dst.dtype == torch.int64:  # one numba pass
+            ptr, ok = _sorted_ptr(dst.contiguous().numpy(), int(num_dst))
+            if not ok:
+                return None
+            ptr = torch.from_numpy(ptr)
+        else:
+            if dst.numel() and (bool((dst[1:] < dst[:-1]).any()) or int(dst[-1]) >= num_dst):
+                return None
+            counts = torch.bincount(dst, minlength=num_dst)
+            ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self = cls.__new__(cls)
-        counts = torch.bincount(dst, minlength=num_dst)
-        self.ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.ptr = ptr
         self.col = src
         self.weight = (torch.ones(src.numel(), device=src.device) if edge_weight is None
                        else edge_weight.to(torch.float32))
@@ -129,13 +172,20 @@ class SparseAdjacency:
         w = self.weight if weighted else torch.ones_like(self.weight)
         return torch.zeros(self.num_dst, dtype=w.dtype, device=w.device).index_add_(0, self.row, w)
 
-    def _pair(self, weighted: bool, normalize: bool, device) -> tuple:
+    def matrices(self, weighted: bool = True, normalize: bool = True, device=None) -> tuple:
+        """``(A, A^T)`` as CSR tensors on ``device`` (default: where the graph is), ``A`` with the
+        weights of :meth:`matmul` (``weighted`` / ``normalize``); built once per setting."""
+        device = self.ptr.device if device is None else device
         key = (weighted, normalize, str(device))
         if key not in self._mats:
-            w = self.weight if weighted else torch.ones_like(self.weight)
-            if normalize:
-                deg = self.degree(weighted)
-                w = w / deg.clamp(min=torch.finfo(w.dtype).tiny)[self.row]
+            if self.ptr.device.type == "cpu" and self.weight.dtype == torch.float32:
+                w = torch.from_numpy(_row_weights(self.ptr.numpy(), self.weight.contiguous().numpy(),
+                                                  weighted, normalize))
+            else:
+                w = self.weight if weighted else torch.ones_like(self.weight)
+                if normalize:
+                    deg = self.degree(weighted)
+                    w = w / deg.clamp(min=torch.finfo(w.dtype).tiny)[self.row]
             a = _csr(self.ptr, self.col, w, (self.num_dst, self.num_src))
             if self.ptr.device.type == "cpu":  # counting sort, O(nnz + n): no comparison sort
                 t_ptr, t_col, t_w = _csr_transpose(self.ptr.numpy(), self.col.numpy(), w.numpy(), self.num_src)
@@ -150,7 +200,7 @@ class SparseAdjacency:
         """``x [n_src, d]`` -> ``[n_dst, d]`` (differentiable in ``x``)."""
         if x.dim() != 2 or x.size(0) != self.num_src:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected [{self.num_src}, d] (one row per source)")
-        a, a_t = self._pair(weighted, normalize, x.device)
+        a, a_t = self.matrices(weighted, normalize, x.device)
         if x.dtype != a.dtype:
             x = x.to(a.dtype)
         return _SpMM.apply(a, a_t, x)

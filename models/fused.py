@@ -1,0 +1,204 @@
+"""Fused CPU training kernels: a CONVOLVE layer on a CSR block and the output head as single
+autograd nodes with hand-written backward passes.
+
+PyTorch's autograd runs :class:`~models.convolve.Convolve` on a minibatch block as ~25 small ops
+(two ``Linear``, ReLU, the CSR product, a concatenation, ``F.normalize``'s norm / clamp / divide,
+their backward nodes, and the zero-filled gradient buffers of the ``h[:n_src]`` / ``h[:n_dst]``
+slices). On a 2-core CPU at batch 512 those memory-bound passes cost about as much as the GEMMs
+themselves. Here each layer is: 3 GEMMs and one CSR product forward, 6 GEMMs and one CSR product
+backward, plus one numba pass per elementwise stage:
+
+* forward: ``msg = ReLU(Q h + q)`` (GEMM, ReLU in place), ``n = A msg`` (CSR), ``W`` applied as
+  its self and neighbour halves (two GEMMs into one buffer, no concatenation), then bias, ReLU
+  and the L2 norm in one pass (:func:`_epilogue_rows`, which also keeps each row's ``1 / norm``);
+* backward: the normalisation and ReLU gradients in one pass (:func:`_normalize_backward`), the
+  weight gradients, ``A^T`` (the precomputed transpose) on the neighbour half, the ReLU mask of
+  the messages in place (:func:`_relu_mask_`), and the target rows' gradient added into the
+  sources' (targets are a prefix of the sources in the minibatch layout), so ``h`` gets one
+  gradient tensor and no slice buffers.
+
+The head (``norm(G2 ReLU(G1 h + g) [+ skip])``) is fused the same way. Values and gradients equal
+the unfused path (``tests/models/test_fused.py``). Used only for contiguous float32 CPU tensors
+outside autocast (:func:`fused_ok`); everything else takes the op-by-op path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from numba import njit, prange
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+EPS = 1e-12  #: as ``F.normalize``: rows are divided by ``max(||row||_2, EPS)``
+
+_EMPTY = torch.empty(0)
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _epilogue_rows(out, bias, has_bias, relu, normalize, scale):  # pragma: no cover - numba
+    """In place per row: ``+ bias``, ReLU, ``/ max(||row||, EPS)``; ``scale[r] = 1 / max(...)``
+    when ``scale`` has a slot per row (the backward pass reads it)."""
+    n, d = out.shape
+    keep = scale.shape[0] == n
+    for r in prange(n):
+        o = out[r]
+        ss = 0.0
+        for j in range(d):
+            v = o[j] + bias[j] if has_bias else o[j]
+            if relu and v < 0.0:
+                v = 0.0
+            o[j] = v
+            ss += v * v
+        if normalize:
+            s = 1.0 / max(math.sqrt(ss), 1e-12)
+            if keep:
+                scale[r] = s
+            for j in range(d):
+                o[j] *= s
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _normalize_backward(grad, y, scale, relu, out):  # pragma: no cover - numba
+    """Gradient of ``y = f(p) / max(||f(p)||, EPS)`` w.r.t. ``p`` (``f`` = ReLU or identity), from
+    the output ``y`` and ``scale = 1 / max(||f(p)||, EPS)``: ``scale * (g - y (g . y))`` (no
+    projection on a row whose norm was clamped), zero where the ReLU was off (``y <= 0``)."""
+    n, d = grad.shape
+    for r in prange(n):
+        g, yr, o = grad[r], y[r], out[r]
+        s = scale[r]
+        dot = 0.0
+        if s < 1e12:  # 1 / EPS: the norm was clamped, the denominator is a constant
+            for j in range(d):
+                dot += g[j] * yr[j]
+        for j in range(d):
+            if relu and yr[j] <= 0.0:
+                o[j] = 0.0
+            else:
+                o[j] = s * (g[j] - yr[j] * dot)
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _relu_mask_(grad, act):  # pragma: no cover - numba
+    """``grad[act <= 0] = 0`` in place (ReLU's backward, from its output ``act``)."""
+    n, d = grad.shape
+    for r in prange(n):
+        g, a = grad[r], act[r]
+        for j in range(d):
+            if a[j] <= 0.0:
+                g[j] = 0.0
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def fused_ok(*tensors: Tensor) -> bool:
+    """The fused kernels apply: contiguous float32 CPU tensors, autocast off."""
+    return (not _cpu_autocast()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+
+
+def _norm_grad(g: Tensor, y: Tensor, scale: Tensor, relu: bool, normalize: bool) -> Tensor:
+    g = g.contiguous()
+    if normalize:
+        out = torch.empty_like(y)
+        _normalize_backward(g.numpy(), y.numpy(), scale.numpy(), relu, out.numpy())
+        return out
+    if relu:
+        g = g.clone()
+        _relu_mask_(g.numpy(), y.numpy())
+    return g
+
+
+def epilogue_rows_(out: Tensor, bias: Optional[Tensor], relu: bool, normalize: bool,
+                   scale: Optional[Tensor] = None) -> Tensor:
+    """:func:`_epilogue_rows` on contiguous CPU float32 ``out`` (no autograd)."""
+    b = bias.detach() if bias is not None else _EMPTY
+    _epilogue_rows(out.numpy(), b.numpy(), bias is not None, relu, normalize,
+                   (scale if scale is not None else _EMPTY).numpy())
+    return out
+
+
+class ConvolveCSR(torch.autograd.Function):
+    """``norm(ReLU(W [h[:n_dst] ; A ReLU(Q h + q)] + w))`` for ``h [n_src, d]`` and a CSR
+    ``A [n_dst, n_src]`` with its transpose ``A_t``; one gradient for ``h`` (both uses)."""
+
+    @staticmethod
+    def forward(ctx, h, n_dst, a, a_t, q_w, q_b, w_w, w_b, normalize):  # type: ignore[override]
+        msg = _linear(h, q_w, q_b).relu_()
+        nbr = torch.sparse.mm(a, msg)
+        d = h.size(1)
+        out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
+        scale = torch.empty(n_dst) if normalize else None
+        epilogue_rows_(out, w_b, relu=True, normalize=normalize, scale=scale)
+        ctx.save_for_backward(h, msg, nbr, out, scale if normalize else _EMPTY, q_w, w_w)
+        ctx.a_t, ctx.n_dst, ctx.normalize = a_t, n_dst, normalize
+        ctx.has_q_b, ctx.has_w_b = q_b is not None, w_b is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        h, msg, nbr, y, scale, q_w, w_w = ctx.saved_tensors
+        n_dst, d = ctx.n_dst, h.size(1)
+        gp = _norm_grad(grad, y, scale, relu=True, normalize=ctx.normalize)
+        gpt = gp.t()
+        d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
+        d_wb = gp.sum(0) if ctx.has_w_b else None
+        d_msg = torch.sparse.mm(ctx.a_t, torch.mm(gp, w_w[:, d:]))
+        _relu_mask_(d_msg.numpy(), msg.numpy())
+        d_q = torch.mm(d_msg.t(), h)
+        d_qb = d_msg.sum(0) if ctx.has_q_b else None
+        d_h = None
+        if ctx.needs_input_grad[0]:
+            d_h = torch.mm(d_msg, q_w)
+            d_h[:n_dst].addmm_(gp, w_w[:, :d])
+        return d_h, None, None, None, d_q, d_qb, d_w, d_wb, None
+
+
+class HeadFn(torch.autograd.Function):
+    """``norm(G2 ReLU(G1 h + g1) + g2 [+ h0 | + S h0])`` (``skip``: 0 none, 1 identity, 2 ``S``)."""
+
+    @staticmethod
+    def forward(ctx, h, h0, g1_w, g1_b, g2_w, g2_b, s_w, skip):  # type: ignore[override]
+        act = _linear(h, g1_w, g1_b).relu_()
+        out = _linear(act, g2_w, g2_b)
+        if skip == 1:
+            out.add_(h0)
+        elif skip == 2:
+            out.addmm_(h0, s_w.t())
+        scale = torch.empty(out.size(0))
+        epilogue_rows_(out, None, relu=False, normalize=True, scale=scale)
+        ctx.save_for_backward(h, act, out, scale, g1_w, g2_w, h0 if skip else _EMPTY, s_w if skip == 2 else _EMPTY)
+        ctx.skip, ctx.has_b = skip, (g1_b is not None, g2_b is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        h, act, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
+        go = _norm_grad(grad, y, scale, relu=False, normalize=True)
+        d_g2 = torch.mm(go.t(), act)
+        d_g2b = go.sum(0) if ctx.has_b[1] else None
+        d_act = torch.mm(go, g2_w)
+        _relu_mask_(d_act.numpy(), act.numpy())
+        d_g1 = torch.mm(d_act.t(), h)
+        d_g1b = d_act.sum(0) if ctx.has_b[0] else None
+        d_h = torch.mm(d_act, g1_w) if ctx.needs_input_grad[0] else None
+        d_h0 = d_s = None
+        if ctx.skip == 1:
+            d_h0 = go
+        elif ctx.skip == 2:
+            d_h0 = torch.mm(go, s_w) if ctx.needs_input_grad[1] else None
+            d_s = torch.mm(go.t(), h0)
+        return d_h, d_h0, d_g1, d_g1b, d_g2, d_g2b, d_s, None
