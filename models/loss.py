@@ -158,5 +158,24 @@ class SampledSoftmaxLoss(torch.nn.Module):
                 z_hard: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         return sampled_softmax_loss(z_q, z_pos, z_easy, z_hard, temperature=self.temperature, weight=weight)
 
+    def grouped(self, z_q: Tensor, row: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
+                weight: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        r"""The same loss for pairs that share queries: ``z_q [Q, d]`` queries, pair ``t`` =
+        (``z_q[row[t]]``, ``z_pos[t]``) against the shared easy negatives ``z_easy [N, d]``.
+        Equals ``self(z_q[row], z_pos, z_easy, weight=weight)`` with the ``[Q, N]`` negative
+        scores computed once per query instead of ``[T, N]`` once per pair:
+        :math:`\log(e^{s_{t}} + \sum_n e^{s_{qn}}) = \operatorname{logaddexp}(s_t, \operatorname{LSE}_n s_{qn})`."""
+        pos = (z_q[row] * z_pos).sum(-1) / self.temperature
+        if z_easy is None or z_easy.numel() == 0:
+            return _mean(torch.zeros_like(pos), weight), {"violated": pos.new_zeros(()), "pos_score": pos.mean().detach()
+                                                          * self.temperature, "neg_score": pos.new_zeros(())}
+        neg = z_q @ z_easy.t() / self.temperature  # [Q, N]
+        loss = _mean(torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[row]) - pos, weight)
+        with torch.no_grad():
+            hits = sum(int((neg[row[i:i + 8192]] >= pos[i:i + 8192, None]).sum()) for i in range(0, row.numel(), 8192))
+            stats = {"violated": pos.new_tensor(hits / max(1, row.numel() * neg.size(1))),
+                     "pos_score": pos.mean() * self.temperature, "neg_score": neg.mean(1)[row].mean() * self.temperature}
+        return loss, stats
+
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(temperature={self.temperature})"

@@ -244,14 +244,18 @@ class PinSageModule(pl.LightningModule):
         return zq, z[batch.pos], z_easy, z_hard, z
 
     def _held_out_queries(self, users: Tensor, z: Tensor):
-        """``(z_query [T, d], pos [T], weight [T], user [T])``: one row per held-out item of the
-        batch's users (``history_dropout``): the query pools the user's kept items (history
-        weights as the evaluator's), ``weight`` = 1 / the user's held-out count. Users with
-        fewer than 2 training items are skipped; each user keeps >= 1 item and holds out >= 1."""
+        """``(z_query [U, d], pos [T], weight [T], row [T], users [U])``: the batch's users
+        (``history_dropout``), each with a query pooling its kept items (history weights as the
+        evaluator's), and one row per held-out item (``row``: its user's position). A user
+        weighs ``count / degree`` in all (``count``: its rows in the batch), spread evenly over
+        its held-out items: every user weighs the same in expectation over an epoch, as the
+        evaluator counts users. Users with fewer than 2 training items are skipped; each user
+        keeps >= 1 item and holds out >= 1."""
         hist = self._full_graph()["history"]
         ptr, col, dev = hist.ptr.to(z.device), hist.col.to(z.device), z.device
-        users = users.unique()
-        users = users[(ptr[users + 1] - ptr[users]) >= 2]
+        users, count = users.unique(return_counts=True)
+        ok = (ptr[users + 1] - ptr[users]) >= 2
+        users, count = users[ok], count[ok]
         lo, deg = ptr[users], ptr[users + 1] - ptr[users]
         seg = torch.repeat_interleave(torch.arange(users.numel(), device=dev), deg)
         start = torch.cumsum(deg, 0) - deg
@@ -269,7 +273,8 @@ class PinSageModule(pl.LightningModule):
         pooled = torch.zeros(users.numel(), z.size(1), dtype=z.dtype, device=dev).index_add_(
             0, seg[keep], z[col[idx[keep]]] * w[keep].unsqueeze(-1))
         row = seg[held]
-        return self.user_encoder(pooled)[row], col[idx[held]], 1.0 / n_held[row].to(z.dtype), users[row]
+        w_user = count.to(z.dtype) / deg.to(z.dtype)
+        return self.user_encoder(pooled), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
 
     def _coengaged(self, users: Tensor) -> Tensor:
         """One random training item of each user (``[B]``): an item-query partner of the positive."""
@@ -302,10 +307,16 @@ class PinSageModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)
         pos, users, row_w = batch.pos, getattr(batch, "query", None), None
-        if zq is None:  # history_dropout: one row per held-out item
-            zq, pos, row_w, users = self._held_out_queries(batch.query, z)
+        if zq is None:  # history_dropout: one row per held-out item, one query per user
+            zu, pos, row_w, row, users = self._held_out_queries(batch.query, z)
             zp, z_hard = z[pos], None
-        loss, stats = self.loss_fn(zq, zp, z_easy, z_hard, weight=row_w)
+            if isinstance(self.loss_fn, SampledSoftmaxLoss):  # the negatives scored once per user
+                loss, stats = self.loss_fn.grouped(zu, row, zp, z_easy, weight=row_w)
+            else:
+                loss, stats = self.loss_fn(zu[row], zp, z_easy, None, weight=row_w)
+            zq, users = zu[row], users[row]
+        else:
+            loss, stats = self.loss_fn(zq, zp, z_easy, z_hard)
         wi = float(self.hparams.get("item_loss", 0.0))
         if wi > 0 and getattr(batch, "queries", None) == "users":
             item, _ = self.loss_fn(z[self._coengaged(users)], zp, z_easy, z_hard, weight=row_w)

@@ -97,3 +97,24 @@ def test_pair_weights_give_a_weighted_mean():
         twice = fn(q[[0, 0, 1, 2]], p[[0, 0, 1, 2]], n)[0]
         assert torch.allclose(fn(q, p, n, weight=torch.tensor([2.0, 1.0, 1.0]))[0], twice)
         assert torch.allclose(fn(q, p, n, weight=torch.ones(3))[0], fn(q, p, n)[0])
+
+
+def test_grouped_softmax_equals_the_expanded_pairs():
+    """Pairs sharing queries: the negatives scored once per query give the same loss, stats and
+    gradients as one row per pair."""
+    import torch
+
+    from models.loss import SampledSoftmaxLoss
+
+    torch.manual_seed(1)
+    fn = SampledSoftmaxLoss(temperature=0.2)
+    q = torch.randn(4, 8, requires_grad=True)
+    p, n = torch.randn(9, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    row, w = torch.tensor([0, 0, 1, 2, 2, 2, 3, 3, 1]), torch.rand(9)
+    a, sa = fn.grouped(q, row, p, n, weight=w)
+    ga = torch.autograd.grad(a, (q, p, n))
+    b, sb = fn(q[row], p, n, weight=w)
+    gb = torch.autograd.grad(b, (q, p, n))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ga, gb))
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in ("violated", "pos_score", "neg_score"))

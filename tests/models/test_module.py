@@ -71,14 +71,15 @@ def test_held_out_queries_split_each_history_into_query_and_positives(p):
     m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=p)
     m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
     z = F.normalize(torch.randn(10, 4), dim=-1)
+    batch_users = torch.tensor([3, 0, 1, 2, 0])  # user 0 twice: it weighs 2 / its degree
     for _ in range(20):
-        zq, pos, w, users = m._held_out_queries(torch.tensor([3, 0, 1, 2, 0]), z)
-        assert set(users.tolist()) == {0, 2, 3}  # user 1 has one item: no query without it
-        for u in (0, 2, 3):
-            rows = (users == u).nonzero().flatten()
+        zu, pos, w, row, users = m._held_out_queries(batch_users, z)
+        assert sorted(users.tolist()) == [0, 2, 3]  # user 1 has one item: no query without it
+        for k, u in enumerate(users.tolist()):
+            rows = (row == k).nonzero().flatten()
             held = set(pos[rows].tolist())
             kept = set(hist[u]) - held
             assert held and kept and held <= set(hist[u]) and len(held) == rows.numel()
-            assert w[rows].sum().item() == pytest.approx(1.0)
+            assert w[rows].sum().item() == pytest.approx(int((batch_users == u).sum()) / len(hist[u]))
             expect = F.normalize(z[sorted(kept)].sum(0), dim=-1)  # identity user layer at start
-            assert torch.allclose(zq[rows], expect.expand(rows.numel(), -1), atol=1e-6)
+            assert torch.allclose(zu[k], expect, atol=1e-6)
