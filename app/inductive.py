@@ -51,14 +51,15 @@ import torch
 
 from models.pinsage import PinSage
 
-from .recommend import Rows
+from . import artifact_format as fmt
+from .artifact_format import INDUCTIVE_FILES
+from .rows import Rows
 
 __all__ = ["NewItem", "NewItemError", "FeatureEncoder", "InductiveEmbedder", "write_inductive_files",
            "INDUCTIVE_FILES"]
 
 MODEL_ARGS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding",
               "conv", "importance_pooling", "dropout", "skip")
-INDUCTIVE_FILES = ("model.pt", "walk_graph.npz", "neighbourhoods.npz", "features.json")
 TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -99,7 +100,7 @@ class NewItem:
 
 
 # ----------------------------------------------------------------------------------------------
-# writing (called by app/artifacts.py)
+# writing (called by app/artifacts.py; file names: app/artifact_format.py)
 # ----------------------------------------------------------------------------------------------
 def _raw_columns(ds, names: List[str], cache_dir) -> Dict[str, np.ndarray]:
     """The raw (unstandardised) value of the non-binary built-in columns for every item."""
@@ -168,24 +169,24 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     ds = datamodule.dataset
     hparams = {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)}
     torch.save({"hparams": hparams, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-               folder / "model.pt")
+               folder / fmt.MODEL)
     for k, h in enumerate(layers):  # None: layer_k.npy is already in folder (streamed there)
         if h is not None:
-            np.save(folder / f"layer_{k}.npy", h.detach().cpu().numpy().astype(np.float32))
+            np.save(folder / fmt.layer_file(k), h.detach().cpu().numpy().astype(np.float32))
     sampler = datamodule.neighbour_sampler()
     item_ptr, item_users, user_ptr, user_items = getattr(sampler, "arrays", None) or (
         ds.train_graph.item_ptr, ds.train_graph.item_users, ds.train_graph.user_ptr, ds.train_graph.user_items)
-    np.savez(folder / "walk_graph.npz", item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
+    np.savez(folder / fmt.WALK_GRAPH, item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
              user_items=user_items)
-    np.savez(folder / "neighbourhoods.npz", ptr=nbr[0], items=nbr[1], weights=nbr[2])
+    np.savez(folder / fmt.NEIGHBOURHOODS, ptr=nbr[0], items=nbr[1], weights=nbr[2])
     spec = feature_spec(ds, getattr(datamodule, "cache_dir", None) or _default_cache_dir())
-    (folder / "features.json").write_text(json.dumps(spec))
+    (folder / fmt.FEATURES).write_text(json.dumps(spec))
     walks = {"num_walks": int(getattr(sampler, "num_walks", getattr(datamodule, "num_walks", 10))),
              "walk_length": int(getattr(sampler, "walk_length", getattr(datamodule, "walk_length", 2))),
              "restart_prob": float(getattr(sampler, "restart_prob", getattr(datamodule, "restart_prob", 0.5))),
              "top_t": int(getattr(sampler, "top_t", getattr(datamodule, "num_neighbors", 10))),
              "seed": int(getattr(sampler, "seed", 0))}
-    return {"layers": [f"layer_{k}.npy" for k in range(len(layers))], "hidden": int(model.hidden_channels),
+    return {"layers": [fmt.layer_file(k) for k in range(len(layers))], "hidden": int(model.hidden_channels),
             "walks": walks, "features_buildable": bool(spec["buildable"])}
 
 
@@ -312,7 +313,7 @@ class InductiveEmbedder:
         if not info or missing:
             raise FileNotFoundError(f"{folder} has no inductive files ({', '.join(missing) or 'manifest block'} "
                                     "missing): re-run `pinsage predict` with this version to add new items")
-        ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        ckpt = torch.load(folder / fmt.MODEL, map_location="cpu", weights_only=True)
         self.model = PinSage(**ckpt["hparams"])
         self.model.load_state_dict(ckpt["state_dict"])
         self.model.eval()
@@ -322,13 +323,13 @@ class InductiveEmbedder:
             if t.base.shape != (n, self.model.hidden_channels):
                 raise FileNotFoundError(f"{folder / name} has shape {t.base.shape}, expected ({n}, "
                                         f"{self.model.hidden_channels}): re-run `pinsage predict`")
-        g = np.load(folder / "walk_graph.npz", allow_pickle=False)
+        g = np.load(folder / fmt.WALK_GRAPH, allow_pickle=False)
         self.item_ptr, self.item_users = g["item_ptr"], g["item_users"]
         self.user_ptr, self.user_items = g["user_ptr"], g["user_items"]
-        nb = np.load(folder / "neighbourhoods.npz", allow_pickle=False)
+        nb = np.load(folder / fmt.NEIGHBOURHOODS, allow_pickle=False)
         self.nbr = (nb["ptr"], nb["items"], nb["weights"])
         self.walks = dict(info["walks"])
-        self.encoder = FeatureEncoder(json.loads((folder / "features.json").read_text()))
+        self.encoder = FeatureEncoder(json.loads((folder / fmt.FEATURES).read_text()))
         self.num_base = n
         self.user_index = user_index
         self.in_channels = self.model.in_channels

@@ -44,6 +44,7 @@ import numpy as np
 
 from datamodules.progress import progress_enabled
 
+from . import artifact_format as fmt
 from .projection import MAP_METHODS, ProjectionError, project_2d  # noqa: F401 (project_2d: the report's map)
 
 FIGURE_CAPTIONS = {
@@ -247,23 +248,16 @@ def _load_config(path: Path) -> dict:
 
 
 def load_artifacts(folder: Path, inp: ReportInputs, with_dataset: bool = True) -> None:
-    import csv
-
-    man = json.loads((folder / "manifest.json").read_text())
-    inp.embeddings = np.load(folder / "embeddings.npy")
+    man = fmt.read_manifest(folder)
+    inp.embeddings = np.load(folder / fmt.EMBEDDINGS)
     inp.artifacts = folder
-    with open(folder / "items.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    from .artifacts import read_title
-
-    titles = np.array([read_title(r.get("title") or "") or f"item {read_title(r.get('id') or '')}" for r in rows],
-                      dtype=object)
-    inp.titles = titles
-    if (folder / "metrics.json").is_file():
-        inp.metrics = json.loads((folder / "metrics.json").read_text())
-        inp.metrics_source = f"{folder / 'metrics.json'} (test split)"
+    items = fmt.read_items(folder)
+    inp.titles = np.array([t or f"item {i}" for i, t in zip(items.ids, items.titles)], dtype=object)
+    if (folder / fmt.METRICS).is_file():
+        inp.metrics = json.loads((folder / fmt.METRICS).read_text())
+        inp.metrics_source = f"{folder / fmt.METRICS} (test split)"
     inp.name = inp.name if inp.name != "pinsage" else str(man.get("dataset", folder.name))
-    inp.notes.append(f"embeddings: {folder / 'embeddings.npy'} ({inp.embeddings.shape[0]} x {inp.embeddings.shape[1]}, "
+    inp.notes.append(f"embeddings: {folder / fmt.EMBEDDINGS} ({inp.embeddings.shape[0]} x {inp.embeddings.shape[1]}, "
                      f"checkpoint {man.get('checkpoint')})")
     if with_dataset and man.get("config"):
         try:
@@ -281,13 +275,12 @@ def _matching_artifacts(run: Path, cfg: dict) -> Optional[Path]:
     ds = (cfg.get("data") or {}).get("dataset")
     if ds:
         cands.append(Path("artifacts") / ds)
-    cands += [p.parent for p in run.parent.glob("*/manifest.json")]
+    cands += [p.parent for p in run.parent.glob(f"*/{fmt.MANIFEST}")]
     root = run.resolve()
     for c in cands:
-        m = c / "manifest.json"
-        if not m.is_file() or not (c / "embeddings.npy").is_file():
+        if not fmt.looks_like_artifacts(c):
             continue
-        ck = json.loads(m.read_text()).get("checkpoint") or ""
+        ck = json.loads((c / fmt.MANIFEST).read_text()).get("checkpoint") or ""
         if ck and Path(ck).resolve().is_relative_to(root):
             return c
     return None
@@ -368,7 +361,7 @@ def load_inputs(paths: List[str], embed: bool = True) -> ReportInputs:
         if (p / "trials.csv").is_file():
             load_sweep(p, inp)
             kinds.append("sweep")
-        elif (p / "manifest.json").is_file() and (p / "embeddings.npy").is_file():
+        elif fmt.looks_like_artifacts(p):
             load_artifacts(p, inp)
             kinds.append("artifacts")
         elif any((p / n).exists() for n in ("checkpoints", "config.yaml", "wandb")) or list(p.glob("**/metrics.csv")) \

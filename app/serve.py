@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from .explorer import add_explorer_routes
+from . import artifact_format as fmt
 from .inductive import InductiveEmbedder, NewItem, NewItemError
 from .recommend import ArtifactError, Recommender, UnknownIdError
 
@@ -213,7 +214,7 @@ class ServiceState:
         t0 = time.perf_counter()
         self.folder = Path(folder)
         self.rec = Recommender(str(folder))
-        self.identity = hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+        self.identity = hashlib.sha256((self.folder / fmt.MANIFEST).read_bytes()).hexdigest()[:16]
         self.embedder: Optional[InductiveEmbedder] = None
         self.inductive_error = ""
         if inductive:
