@@ -290,11 +290,9 @@ def resolve_fit_config(argv: List[str]):
     from datamodules.datamodule import PinSageDataModule
     from models.module import PinSageModule
 
-    from .cli import _lightning_cli_class
+    from .lightning_cli import PinSageCLI
 
-    base = _lightning_cli_class()
-
-    class ParseOnly(base):
+    class ParseOnly(PinSageCLI):
         def instantiate_classes(self):
             pass
 
