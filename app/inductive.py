@@ -25,7 +25,10 @@ A new item ``n`` (:class:`InductiveEmbedder.embed`):
    hops from existing items follow the graph as at training; visits to ``n`` are not counted; the
    top-T items by visit count (ties: smaller index) with L1-normalised weights, as
    :mod:`datamodules.walks` defines it.  An inserted item reached by a walk ends that walk (it has
-   no users in the stored graph);
+   no users in the stored graph).  The walk settings (T = ``num_neighbors``) are the DataModule's
+   (:class:`datamodules.walk_settings.WalkSettings`, the manifest's ``inductive.walks``).  These
+   walks are uniform even when training walked by interaction weight (``weighted: true`` in the
+   manifest): the new item's hops are not yet run by the numba kernels of :mod:`datamodules.walks`;
 3. **layers**: ``h^(0)_n = encode(x_n)``; ``h^(k+1)_n = layer_k(h^(k)[N(n)], h^(k)_n)`` with the
    *stored* ``h^(k)`` of its neighbours; ``z_n = head(h^(K)_n)``.  Existing items keep their
    vectors.  The new item's own ``h^(0..K-1)`` are kept, so later new items can have it as a
@@ -49,6 +52,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from datamodules.walk_settings import WalkSettings
 from models.pinsage import PinSage
 
 from . import artifact_format as fmt
@@ -181,11 +185,7 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     np.savez(folder / fmt.NEIGHBOURHOODS, ptr=nbr[0], items=nbr[1], weights=nbr[2])
     spec = feature_spec(ds, getattr(datamodule, "cache_dir", None) or _default_cache_dir())
     (folder / fmt.FEATURES).write_text(json.dumps(spec))
-    walks = {"num_walks": int(getattr(sampler, "num_walks", getattr(datamodule, "num_walks", 10))),
-             "walk_length": int(getattr(sampler, "walk_length", getattr(datamodule, "walk_length", 2))),
-             "restart_prob": float(getattr(sampler, "restart_prob", getattr(datamodule, "restart_prob", 0.5))),
-             "top_t": int(getattr(sampler, "top_t", getattr(datamodule, "num_neighbors", 10))),
-             "seed": int(getattr(sampler, "seed", 0))}
+    walks = datamodule.walk_settings().to_dict()
     return {"layers": [fmt.layer_file(k) for k in range(len(layers))], "hidden": int(model.hidden_channels),
             "walks": walks, "features_buildable": bool(spec["buildable"])}
 
@@ -328,7 +328,7 @@ class InductiveEmbedder:
         self.user_ptr, self.user_items = g["user_ptr"], g["user_items"]
         nb = np.load(folder / fmt.NEIGHBOURHOODS, allow_pickle=False)
         self.nbr = (nb["ptr"], nb["items"], nb["weights"])
-        self.walks = dict(info["walks"])
+        self.walks = WalkSettings.from_dict(info["walks"])
         self.encoder = FeatureEncoder(json.loads((folder / fmt.FEATURES).read_text()))
         self.num_base = n
         self.user_index = user_index
@@ -342,12 +342,12 @@ class InductiveEmbedder:
     def neighbourhood(self, users: np.ndarray, co_items: np.ndarray, key: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-T items (and weights) by visit count of walks from a new item engaged by ``users``
         (dense training users) and co-engaged with ``co_items`` (dense items)."""
-        W, L = self.walks["num_walks"], self.walks["walk_length"]
-        p, T = self.walks["restart_prob"], self.walks["top_t"]
+        W, L = self.walks.num_walks, self.walks.walk_length
+        p, T = self.walks.restart_prob, self.walks.num_neighbors
         n_users = users.shape[0] + (1 if co_items.size else 0)
         if n_users == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        rng = np.random.default_rng([self.walks.get("seed", 0), key & 0xFFFFFFFF])
+        rng = np.random.default_rng([self.walks.seed, key & 0xFFFFFFFF])
         engaged = set(users.tolist())
         NEW = -1
         counts: Dict[int, int] = {}

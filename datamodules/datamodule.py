@@ -34,6 +34,7 @@ from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
 from .pairs import check_min_weight, check_pairs, make_pair_source
 from .splits import SPLITS, check_split_seed
+from .walk_settings import WalkSettings
 from .walks import PinSageSampler, UniformSampler
 
 SAMPLERS = ("pinsage", "uniform")
@@ -298,6 +299,11 @@ class PinSageDataModule(pl.LightningDataModule):
         self._pairs = make_pair_source(ds, self.pairs, self.min_weight, self.walk_length, self.restart_prob,
                                        self.seed, self.weighted_walks)
         self._builder, self._miner, self.dataset = builder, miner, ds
+
+    def walk_settings(self) -> WalkSettings:
+        """The walks of the importance neighbourhoods (what predict records for new items)."""
+        return WalkSettings(num_walks=self.num_walks, walk_length=self.walk_length, restart_prob=self.restart_prob,
+                            num_neighbors=self.num_neighbors, seed=self.seed, weighted=self.weighted_walks)
 
     def neighbour_sampler(self):
         """The importance (or uniform) neighbourhood sampler the model trains with."""

@@ -2,6 +2,7 @@
 input row from content as the dataset pipeline does, and samples its neighbourhood by walks
 through its engagements."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -54,20 +55,20 @@ def test_new_item_neighbourhood_walks_through_its_engagements(artifacts):
     g_users = emb.item_users[emb.item_ptr[j]:emb.item_ptr[j + 1]]
     assert g_users.size > 0
     items, w = emb.neighbourhood(g_users, np.zeros(0, np.int64), key=1)
-    assert 0 < items.size <= emb.walks["top_t"]
+    assert 0 < items.size <= emb.walks.num_neighbors
     np.testing.assert_allclose(w.sum(), 1.0, atol=1e-6)
     assert np.all(np.diff(w) <= 0)
     # a new item engaged by exactly item j's users walks like j itself (datamodules.walks): with many
     # walks its visit distribution (j left out) matches the sampler's for j
     from datamodules.walks import pinsage_neighbors
 
-    many = dict(emb.walks)
-    emb.walks.update(num_walks=4000, top_t=1000)
+    many = emb.walks
+    emb.walks = dataclasses.replace(many, num_walks=4000, num_neighbors=1000)
     a_items, a_w = emb.neighbourhood(g_users, np.zeros(0, np.int64), key=1)
     emb.walks = many
     _, b_items, b_w = pinsage_neighbors(emb.item_ptr, emb.item_users, emb.user_ptr, emb.user_items,
-                                        np.array([j]), num_walks=4000, walk_length=many["walk_length"],
-                                        restart_prob=many["restart_prob"], top_t=1000)
+                                        np.array([j]), num_walks=4000, walk_length=many.walk_length,
+                                        restart_prob=many.restart_prob, top_t=1000)
     a = {k: v for k, v in zip(a_items.tolist(), a_w.tolist()) if k != j}
     total = sum(a.values())
     b = dict(zip(b_items.tolist(), b_w.tolist()))
@@ -179,3 +180,19 @@ def test_feature_encoder_text(content_dataset):
     got = enc.encode([NewItem(id="q", title=str(t.titles[i]), categories=cats[np.asarray(t.categories[i]).astype(bool)].tolist())
                       for i in rows], [int(deg[i]) for i in rows])
     np.testing.assert_allclose(got, x[rows], atol=1e-3)
+
+
+def test_walk_settings_go_from_the_datamodule_to_the_manifest_by_name(artifacts, tiny_run):
+    """T is num_neighbors from the DataModule down to the embedder (it was top_t, with a silent
+    fallback to 10 where the DataModule's default is 20)."""
+    from datamodules.walk_settings import WalkSettings
+
+    _, _, args = tiny_run
+    walks = json.loads((artifacts / "manifest.json").read_text())["inductive"]["walks"]
+    assert set(walks) == {"num_walks", "walk_length", "restart_prob", "num_neighbors", "seed", "weighted"}
+    given = {a.split("=")[0]: a.split("=")[1] for a in args if a.startswith("--data.num_neighbors=")}
+    assert walks["num_neighbors"] == int(given.get("--data.num_neighbors", 20))
+    _, emb = _embedder(artifacts)
+    assert emb.walks == WalkSettings.from_dict(walks) and emb.walks.num_neighbors == walks["num_neighbors"]
+    legacy = {"num_walks": 20, "walk_length": 2, "restart_prob": 0.5, "top_t": 10, "seed": 0}
+    assert WalkSettings.from_dict(legacy) == WalkSettings(20, 2, 0.5, 10, 0, False)
