@@ -22,6 +22,7 @@ from .checkpoints import RESUME_KEYS, SPECIAL_PATHS, atomic_checkpoint_io, lock_
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 ENGINES = ("local", "ray")
+SIMILAR_ITEMS = 50  # --artifacts.similar_items: the top-K table predict precomputes
 
 
 class PinSageCLI(LightningCLI):
@@ -136,7 +137,7 @@ class PinSageCLI(LightningCLI):
                   "so no metrics.json (the embeddings and the index are written)", file=sys.stderr)
             evaluate = False
         write_artifacts(model, datamodule, out, index=art.index, chunk_size=art.chunk_size,
-                        neighbours=art.get("neighbours", 50),
+                        neighbours=similar_items(art),
                         evaluate=evaluate, ckpt_path=ckpt_path,
                         config=cfg.as_dict(), baselines=art.get("baselines"), engine=cfg.engine,
                         ray_address=cfg.ray.address, progress=progress_enabled())
@@ -152,9 +153,11 @@ def add_predict_arguments(parser) -> None:
                         help="FAISS index: auto | exact | hnsw | ivfpq")
     parser.add_argument("--artifacts.chunk_size", type=int, default=65536,
                         help="items per chunk of layer-wise inference (bounds memory)")
-    parser.add_argument("--artifacts.neighbours", type=int, default=50,
-                        help="precompute every item's top-K similar items from the index (neighbours.npy: "
-                             "`pinsage serve` answers k <= K from it); 0: none")
+    parser.add_argument("--artifacts.similar_items", type=Optional[int], default=None,
+                        help=f"precompute every item's top-K similar items from the index (neighbours.npy: "
+                             f"`pinsage serve` answers k <= K from it); 0: none (default {SIMILAR_ITEMS})")
+    parser.add_argument("--artifacts.neighbours", type=Optional[int], default=None,
+                        help="deprecated spelling of --artifacts.similar_items (T is --data.num_neighbors)")
     parser.add_argument("--artifacts.evaluate", type=bool, default=True,
                         help="also write metrics.json (every evaluation protocol + baselines)")
     # where predict's layer-wise inference runs (app/ray_inference.py)
@@ -167,6 +170,19 @@ def add_predict_arguments(parser) -> None:
                         help="baselines scored beside the model in metrics.json (default: the model's "
                              "--model.baselines; also itemknn, rp3beta, ease, pixie, gfcf with the settings "
                              "`pinsage baselines` tuned on validation, else untuned defaults)")
+
+
+def similar_items(art) -> int:
+    """``--artifacts.similar_items``, or its deprecated spelling ``--artifacts.neighbours`` (with a
+    line saying so), else the default."""
+    new, old = art.get("similar_items"), art.get("neighbours")
+    if old is not None:
+        print("pinsage predict: warning: --artifacts.neighbours is deprecated: use --artifacts.similar_items "
+              "(--data.num_neighbors is T, the neighbourhood size)", file=sys.stderr)
+        if new is not None and new != old:
+            raise ValueError(f"--artifacts.similar_items {new} and --artifacts.neighbours {old} disagree: give "
+                             "--artifacts.similar_items only")
+    return int(next(v for v in (new, old, SIMILAR_ITEMS) if v is not None))
 
 
 def _tidy_wandb(trainer) -> None:

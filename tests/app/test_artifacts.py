@@ -135,3 +135,17 @@ def test_the_report_reads_items_through_the_format_module(tmp_path):
     (tmp_path / fmt.ITEMS).write_text("index,id,title\n0,x,y\n")
     with pytest.raises(fmt.ArtifactError, match="items.csv has .* bytes"):
         fmt.verify_checksums(tmp_path, man)
+
+
+def test_similar_items_flag_and_its_deprecated_spelling(tiny_run, tmp_path, capsys):
+    """`--artifacts.similar_items` sizes the top-K table; `--artifacts.neighbours` (easily confused
+    with T, --data.num_neighbors) still works, with a line saying it is deprecated."""
+    _, last, args = tiny_run
+    assert predict(args, last, tmp_path / "a", "--artifacts.similar_items", "4") == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["neighbours"]["k"] == 4
+    assert "deprecated" not in capsys.readouterr().err
+    assert predict(args, last, tmp_path / "b", "--artifacts.neighbours", "3") == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["neighbours"]["k"] == 3
+    assert "--artifacts.neighbours is deprecated: use --artifacts.similar_items" in capsys.readouterr().err
+    assert predict(args, last, tmp_path / "c") == 0
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["neighbours"]["k"] == 50
