@@ -8,18 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from app.cli import main
 from app.inductive import FeatureEncoder, InductiveEmbedder, NewItem, NewItemError, feature_spec
 from app.recommend import Recommender
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_run, tmp_path_factory):
-    run, last, args = tiny_run
-    out = tmp_path_factory.mktemp("inductive-art") / "synthetic"
-    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
-                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
