@@ -168,17 +168,9 @@ def _evaluate(module, datamodule, emb: np.ndarray, baselines: Optional[Sequence[
     """Every test protocol, the model and the baselines scored by the same code (``metrics.json``)."""
     import torch
 
-    from .evaluation import evaluate as run_evaluation
-    from .evaluation import recency_weights
+    from .evaluation import evaluate_module
 
-    ds, hp = datamodule.dataset, module.hparams
-    half = getattr(datamodule, "user_recency_half_life", None)
-    return run_evaluation(
-        ds, torch.from_numpy(emb), part="test", log=log, ks=[k for k in hp.eval_ks if k < ds.num_items],
-        protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
-        seed=getattr(datamodule, "seed", 0),
-        user_fn=module.user_vectors, history_weights=None if half is None else (
-            lambda part: recency_weights(ds, part, half)), history_half_life=half)
+    return evaluate_module(module, datamodule, torch.from_numpy(emb), part="test", baselines=baselines, log=log)
 
 
 def item_categories_and_years(ds):

@@ -470,6 +470,24 @@ def recency_weights(ds: RecDataset, part: str, half_life: Optional[float]) -> Op
     return np.exp2(-recency_from_end(ds, part) / float(half_life)).astype(np.float32)
 
 
+def evaluate_module(module, datamodule, item_emb: Tensor, part: str = "test",
+                    baselines: Optional[Sequence[str]] = None, log: Optional[Callable[[str], None]] = None
+                    ) -> Dict[str, float]:
+    """Score a trained :class:`models.module.PinSageModule`'s item embeddings as ``pinsage test``
+    does: the module's ``eval_ks`` (below the catalogue size), ``test_protocols``, ``baselines``
+    (``baselines`` overrides them) and user representation; the DataModule's seed and recency
+    weights.  Predict's ``metrics.json`` and ``pinsage report`` both call this, so their numbers
+    are the same."""
+    ds, hp = datamodule.dataset, module.hparams
+    half = getattr(datamodule, "user_recency_half_life", None)
+    return evaluate(
+        ds, item_emb, part=part, log=log, ks=[k for k in hp.eval_ks if k < ds.num_items],
+        protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
+        seed=getattr(datamodule, "seed", 0),
+        user_fn=module.user_vectors, history_weights=None if half is None else (
+            lambda p: recency_weights(ds, p, half)), history_half_life=half)
+
+
 def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Sequence[int] = (10, 100, 500),
                      full_ks: Sequence[int] = (20,), baselines: Sequence[str] = ("popularity", "cooccurrence"),
                      batch_size: int = 512, seed: int = 0, embed_with: Optional[Callable] = None):

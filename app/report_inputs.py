@@ -257,7 +257,7 @@ def embed_run(run: Path, cfg: dict, inp: ReportInputs) -> None:
     from models.module import PinSageModule
 
     from .artifacts import load_weights
-    from .evaluation import evaluate
+    from .evaluation import evaluate_module
     from .inference import layerwise_embeddings
 
     ckpts = sorted((run / "checkpoints").glob("last*.ckpt")) or sorted((run / "checkpoints").glob("*.ckpt"))
@@ -277,8 +277,8 @@ def embed_run(run: Path, cfg: dict, inp: ReportInputs) -> None:
     inp.embeddings = emb.numpy().astype(np.float32)
     inp.notes.append(f"embeddings: computed from {ckpt} ({inp.embeddings.shape[0]} x {inp.embeddings.shape[1]})")
     _log("scoring the model and the baselines on the test split")
-    inp.metrics = evaluate(dm.dataset, torch.from_numpy(inp.embeddings), part="test",
-                           log=_log)
+    # the module's protocols, baselines and user representation: the numbers of predict's metrics.json
+    inp.metrics = evaluate_module(module, dm, torch.from_numpy(inp.embeddings), part="test", log=_log)
     inp.metrics_source = f"computed from {ckpt} (test split)"
 
 
