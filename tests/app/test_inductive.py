@@ -230,3 +230,22 @@ def test_new_item_walks_are_the_training_walks_weighted_by_interaction():
     assert np.array_equal(walker.neighbourhood(g_users, np.zeros(0, np.int64), key=7)[0], a_items)
     c_items, _ = walker.neighbourhood(np.zeros(0, np.int64), np.array([3, 80, 81]), key=1)
     assert {3, 80, 81} <= set(c_items.tolist()) and c_items.max() <= 81
+
+
+def test_predict_stores_the_walk_weights_only_for_weighted_walks():
+    from app.inductive import _walk_weights
+    from datamodules.graph import InteractionGraph
+    from datamodules.walk_settings import WalkSettings
+
+    g = InteractionGraph.from_edges(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3, 3,
+                                    weights=np.array([1.0, 5.0, 2.0, 1.0]))
+    on = WalkSettings(10, 2, 0.5, 5, 0, weighted=True)
+    got = _walk_weights(g, on, g.user_items)
+    np.testing.assert_array_equal(got["user_weights"], g.weights)
+    # item-major: the weight of each (item, user) edge of item_users
+    pairs = {(int(i), int(u)): float(w) for i in range(3) for u, w in zip(
+        g.item_users[g.item_ptr[i]:g.item_ptr[i + 1]], got["item_weights"][g.item_ptr[i]:g.item_ptr[i + 1]])}
+    assert pairs == {(0, 0): 1.0, (1, 0): 5.0, (1, 1): 2.0, (2, 2): 1.0}
+    assert _walk_weights(g, dataclasses.replace(on, weighted=False), g.user_items) == {}
+    flat = InteractionGraph.from_edges(np.array([0, 1]), np.array([0, 1]), 2, 2, weights=np.array([3.0, 3.0]))
+    assert _walk_weights(flat, on, flat.user_items) == {}
