@@ -131,7 +131,8 @@ class WandbFigures(pl.Callback):
 
         from datamodules.progress import progress_enabled
 
-        from .report import fit_report_inputs, make_figures
+        from .report_figures import make_figures
+        from .report_inputs import fit_report_inputs
 
         if _log_lines() or progress_enabled():
             print("pinsage: drawing the end-of-fit figures for wandb (embedding map, neighbourhood gallery, "

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -282,99 +283,146 @@ def evaluate(
     """
     emb = _check_args(ds, item_emb, part, protocols, ks, baselines, num_sampled_negatives, model_name,
                       full_ks, batch_size, baseline_params)
-    uemb = None
-    if user_emb is not None:
-        uemb = torch.as_tensor(user_emb).float()
-        if emb is None or uemb.dim() != 2 or uemb.shape != (ds.num_users, emb.size(1)):
-            raise ValueError(f"user_emb has shape {tuple(uemb.shape)}: expected [num_users={ds.num_users}, d] "
-                             "beside item_emb [num_items, d]")
-    g = ds.train_graph
-    graph = (g.user_ptr, g.user_items, g.item_ptr, g.item_users)
+    uemb = _check_user_emb(ds, emb, user_emb)
     out: Dict[str, float] = {"num_items": float(ds.num_items)}
-    models = ([model_name] if emb is not None else []) + list(baselines)
-    say = log or (lambda msg: None)
     matrices: Dict[str, object] = dict(baseline_matrices or {})
+    chosen = _choose_settings(ds, baselines, baseline_params, matrices, history_half_life, out)
+    run = _Run(ds, part, emb, uemb, model_name, ([model_name] if emb is not None else []) + list(baselines),
+               seed, batch_size, log or (lambda msg: None), user_fn, history_weights, chosen, matrices, out)
+    if "item" in protocols:
+        run.item_protocol(ks)
+    if "ncf" in protocols:
+        run.ncf_protocol(int(num_sampled_negatives))
+    if "full" in protocols:
+        run.full_protocol(full_ks)
+    return out
+
+
+def _choose_settings(ds, baselines, baseline_params, matrices, history_half_life, out) -> Dict[str, Tuple[dict, str]]:
+    """The settings of each item-item baseline built here (tuned record, given or default), said
+    on stderr and recorded in ``out["baseline_settings"]``."""
     chosen = {b: settings(ds, b, (baseline_params or {}).get(b), history_label(history_half_life))
               for b in baselines if b in ITEM_ITEM_BASELINES and b not in matrices}
     if chosen:
         out["baseline_settings"] = {b: {"params": p, "source": src} for b, (p, src) in chosen.items()}
         _announce_settings(chosen, ds)
+    return chosen
 
-    def matrix(name: str):
-        if name not in matrices:
+
+def _check_user_emb(ds, emb: Optional[Tensor], user_emb) -> Optional[Tensor]:
+    if user_emb is None:
+        return None
+    uemb = torch.as_tensor(user_emb).float()
+    if emb is None or uemb.dim() != 2 or uemb.shape != (ds.num_users, emb.size(1)):
+        raise ValueError(f"user_emb has shape {tuple(uemb.shape)}: expected [num_users={ds.num_users}, d] "
+                         "beside item_emb [num_items, d]")
+    return uemb
+
+
+@dataclass
+class _Run:
+    """One :func:`evaluate` call: its models, the item-item matrices (built on first use) and the
+    output dict every protocol writes into."""
+
+    ds: RecDataset
+    part: str
+    emb: Optional[Tensor]
+    uemb: Optional[Tensor]
+    model_name: str
+    models: List[str]
+    seed: int
+    batch_size: int
+    say: Callable[[str], None]
+    user_fn: Optional[Callable[..., Tensor]]
+    history_weights: Optional[Callable[[str], np.ndarray]]
+    chosen: Dict[str, Tuple[dict, str]]
+    matrices: Dict[str, object]
+    out: Dict[str, float]
+    _hist: Optional[CSR] = None
+
+    @property
+    def graph(self):
+        g = self.ds.train_graph
+        return g.user_ptr, g.user_items, g.item_ptr, g.item_users
+
+    @property
+    def hist(self) -> CSR:
+        if self._hist is None:
+            self._hist = history_csr(self.ds, self.part)
+        return self._hist
+
+    def matrix(self, name: str):
+        if name not in self.matrices:
             t0 = time.perf_counter()
-            matrices[name] = build(name, ds.train_graph, chosen[name][0], seed=seed)
-            out[f"{name}/build_seconds"] = time.perf_counter() - t0
-            say(f"{name}: matrix built in {out[f'{name}/build_seconds']:.1f}s")
-        return matrices[name]
+            self.matrices[name] = build(name, self.ds.train_graph, self.chosen[name][0], seed=self.seed)
+            self.out[f"{name}/build_seconds"] = time.perf_counter() - t0
+            self.say(f"{name}: matrix built in {self.out[f'{name}/build_seconds']:.1f}s")
+        return self.matrices[name]
 
-    def timed(name: str, protocol: str, fn: Callable[[], Dict[str, float]]) -> None:
+    def timed(self, name: str, protocol: str, fn: Callable[[], Dict[str, float]]) -> None:
         t0 = time.perf_counter()
         metrics = fn()
         dt = time.perf_counter() - t0
         for k, v in metrics.items():
-            out[f"{name}/{protocol}/{k}"] = float(v)
-        out[f"{name}/{protocol}/seconds"] = dt
-        say(f"{name}/{protocol}: {dt:.1f}s " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            self.out[f"{name}/{protocol}/{k}"] = float(v)
+        self.out[f"{name}/{protocol}/seconds"] = dt
+        self.say(f"{name}/{protocol}: {dt:.1f}s " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
-    if "item" in protocols:
-        pairs = torch.as_tensor(np.asarray(getattr(ds, f"{part}_pairs"), dtype=np.int64)).view(-1, 2)
+    def item_protocol(self, ks: Sequence[int]) -> None:
+        ds = self.ds
+        pairs = torch.as_tensor(np.asarray(getattr(ds, f"{self.part}_pairs"), dtype=np.int64)).view(-1, 2)
         q, t = pairs[:, 0], pairs[:, 1]
-        out["item/num_queries"] = float(q.numel())
-        for name in models:
-            if name == model_name and emb is not None:
-                scorer = embedding_item_scorer(emb)
+        self.out["item/num_queries"] = float(q.numel())
+        for name in self.models:
+            if name == self.model_name and self.emb is not None:
+                scorer = embedding_item_scorer(self.emb)
             elif name in ITEM_ITEM_BASELINES:
-                scorer = item_item_scorer(matrix(name))
+                scorer = item_item_scorer(self.matrix(name))
             else:
-                scorer = baseline_scorer(name, *graph, ds.num_items, seed=seed)
-            timed(name, "item", lambda s=scorer: item_to_item_metrics(
-                grouped_target_ranks(s, q, t, exclude_query=True, batch_size=batch_size), ks,
+                scorer = baseline_scorer(name, *self.graph, ds.num_items, seed=self.seed)
+            self.timed(name, "item", lambda s=scorer: item_to_item_metrics(
+                grouped_target_ranks(s, q, t, exclude_query=True, batch_size=self.batch_size), ks,
                 num_items=ds.num_items) if q.numel() else {})
 
-    if "ncf" in protocols or "full" in protocols:
-        hist = history_csr(ds, part)
+    def user_scorer(self, name: str):
+        emb, hist, weights = self.emb, self.hist, self.history_weights
+        if name == self.model_name and emb is not None and self.user_fn is not None:
+            prof = self.user_fn(emb, hist[0], hist[1], None if weights is None else weights(self.part)).float()
+            return lambda u, prof=prof: prof[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
+        if name == self.model_name and emb is not None:
+            if self.uemb is not None:
+                return lambda u: self.uemb[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
+            return embedding_user_scorer(emb, *hist)
+        if name in ITEM_ITEM_BASELINES:  # the model's history weights (recency), if any
+            return item_item_user_scorer(self.matrix(name), *hist, None if weights is None else weights(self.part))
+        return user_scorer(name, *self.graph, self.ds.num_items, seed=self.seed, history=hist)
 
-        def make_user_scorer(name):
-            if name == model_name and emb is not None and user_fn is not None:
-                w = None if history_weights is None else history_weights(part)
-                prof = user_fn(emb, hist[0], hist[1], w).float()
-                return lambda u, prof=prof: prof[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
-            if name == model_name and emb is not None:
-                if uemb is not None:
-                    return lambda u: uemb[torch.as_tensor(u, dtype=torch.long)] @ emb.t()
-                return embedding_user_scorer(emb, *hist)
-            if name in ITEM_ITEM_BASELINES:  # the model's history weights (recency), if any
-                w = None if history_weights is None else history_weights(part)
-                return item_item_user_scorer(matrix(name), *hist, w)
-            return user_scorer(name, *graph, ds.num_items, seed=seed, history=hist)
+    def ncf_protocol(self, num_negatives: int) -> None:
+        cases = ncf_cases(self.ds, self.part, num_negatives, self.seed)
+        users = torch.as_tensor(cases["users"])
+        cand = torch.as_tensor(cases["candidates"])
+        self.out["ncf/num_cases"] = float(users.numel())
+        self.out["ncf/num_candidates"] = float(cand.size(1))
+        self.out["ncf/from_file"] = float(cases["from_file"])
+        for name in self.models:
+            s = self.user_scorer(name)
 
-        if "ncf" in protocols:
-            cases = ncf_cases(ds, part, int(num_sampled_negatives), seed)
-            users = torch.as_tensor(cases["users"])
-            cand = torch.as_tensor(cases["candidates"])
-            out["ncf/num_cases"] = float(users.numel())
-            out["ncf/num_candidates"] = float(cand.size(1))
-            out["ncf/from_file"] = float(cases["from_file"])
-            for name in models:
-                s = make_user_scorer(name)
+            def ncf(s=s):
+                if users.numel() == 0:
+                    return {}
+                r = candidate_ranks_from_scorer(s, users, cand, batch_size=self.batch_size)
+                return {"hr@10": float(hit_rate_at_k(r, 10)), "ndcg@10": float(ndcg_at_k(r, 10))}
 
-                def ncf(s=s):
-                    if users.numel() == 0:
-                        return {}
-                    r = candidate_ranks_from_scorer(s, users, cand, batch_size=batch_size)
-                    return {"hr@10": float(hit_rate_at_k(r, 10)), "ndcg@10": float(ndcg_at_k(r, 10))}
+            self.timed(name, "ncf", ncf)
 
-                timed(name, "ncf", ncf)
-
-        if "full" in protocols:
-            gt = heldout_csr(ds, part)
-            out["full/num_users"] = float(int((np.diff(gt[0]) > 0).sum()))
-            for name in models:
-                s = make_user_scorer(name)
-                timed(name, "full", lambda s=s: full_ranking_from_scorer(
-                    s, *gt, ks=full_ks, exclude_ptr=hist[0], exclude_items=hist[1], batch_size=batch_size))
-    return out
+    def full_protocol(self, full_ks: Sequence[int]) -> None:
+        gt = heldout_csr(self.ds, self.part)
+        hist = self.hist
+        self.out["full/num_users"] = float(int((np.diff(gt[0]) > 0).sum()))
+        for name in self.models:
+            s = self.user_scorer(name)
+            self.timed(name, "full", lambda s=s: full_ranking_from_scorer(
+                s, *gt, ks=full_ks, exclude_ptr=hist[0], exclude_items=hist[1], batch_size=self.batch_size))
 
 
 def _announce_settings(chosen: Dict[str, Tuple[dict, str]], ds: RecDataset) -> None:
@@ -420,6 +468,24 @@ def recency_weights(ds: RecDataset, part: str, half_life: Optional[float]) -> Op
     if half_life is None:
         return None
     return np.exp2(-recency_from_end(ds, part) / float(half_life)).astype(np.float32)
+
+
+def evaluate_module(module, datamodule, item_emb: Tensor, part: str = "test",
+                    baselines: Optional[Sequence[str]] = None, log: Optional[Callable[[str], None]] = None
+                    ) -> Dict[str, float]:
+    """Score a trained :class:`models.module.PinSageModule`'s item embeddings as ``pinsage test``
+    does: the module's ``eval_ks`` (below the catalogue size), ``test_protocols``, ``baselines``
+    (``baselines`` overrides them) and user representation; the DataModule's seed and recency
+    weights.  Predict's ``metrics.json`` and ``pinsage report`` both call this, so their numbers
+    are the same."""
+    ds, hp = datamodule.dataset, module.hparams
+    half = getattr(datamodule, "user_recency_half_life", None)
+    return evaluate(
+        ds, item_emb, part=part, log=log, ks=[k for k in hp.eval_ks if k < ds.num_items],
+        protocols=hp.test_protocols, baselines=hp.baselines if baselines is None else list(baselines),
+        seed=getattr(datamodule, "seed", 0),
+        user_fn=module.user_vectors, history_weights=None if half is None else (
+            lambda p: recency_weights(ds, p, half)), history_half_life=half)
 
 
 def module_evaluator(dm, protocols_by_stage: Dict[str, Sequence[str]], ks: Sequence[int] = (10, 100, 500),

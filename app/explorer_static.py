@@ -13,7 +13,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .explorer import Explorer, page_file
-from .serve import ServiceState
+from .serve_state import ServiceState
 
 SNAPSHOT_FILE = "explorer-snapshot.js"
 

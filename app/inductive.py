@@ -20,12 +20,13 @@ A new item ``n`` (:class:`InductiveEmbedder.embed`):
    (MiniLM text of ``"title. genres"``), ``categories`` (multi-hot), ``year`` (decade one-hot) and
    ``log_degree`` (number of engaged users), standardised with the training statistics;
 2. **neighbourhood**: ``num_walks`` random walks with restarts from ``n`` over the training graph
-   augmented by ``n``'s engagements: a hop from ``n`` goes to one of ``engaged_users`` (or to the
-   "session" of ``co_engaged_items``) and on to one of that user's items (``n`` itself included);
-   hops from existing items follow the graph as at training; visits to ``n`` are not counted; the
-   top-T items by visit count (ties: smaller index) with L1-normalised weights, as
-   :mod:`datamodules.walks` defines it.  An inserted item reached by a walk ends that walk (it has
-   no users in the stored graph);
+   extended by ``n``'s engagements (a hop from ``n`` goes to one of ``engaged_users`` or to the
+   "session" of ``co_engaged_items``, and on to one of that user's items, ``n`` itself included),
+   run by the numba kernels of :mod:`datamodules.walks` and weighted like training when the folder
+   stores the interaction weights; the top-T items by visit count (ties: smaller index) with
+   L1-normalised weights (:mod:`app.new_item_walks`).  The walk settings (T = ``num_neighbors``)
+   are the DataModule's (:class:`datamodules.walk_settings.WalkSettings`, the manifest's
+   ``inductive.walks``);
 3. **layers**: ``h^(0)_n = encode(x_n)``; ``h^(k+1)_n = layer_k(h^(k)[N(n)], h^(k)_n)`` with the
    *stored* ``h^(k)`` of its neighbours; ``z_n = head(h^(K)_n)``.  Existing items keep their
    vectors.  The new item's own ``h^(0..K-1)`` are kept, so later new items can have it as a
@@ -49,16 +50,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from datamodules.walk_settings import WalkSettings
 from models.pinsage import PinSage
 
-from .recommend import Rows
+from . import artifact_format as fmt
+from .artifact_format import INDUCTIVE_FILES
+from .new_item_walks import NewItemWalks
+from .rows import Rows
 
 __all__ = ["NewItem", "NewItemError", "FeatureEncoder", "InductiveEmbedder", "write_inductive_files",
            "INDUCTIVE_FILES"]
 
 MODEL_ARGS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding",
               "conv", "importance_pooling", "dropout", "skip")
-INDUCTIVE_FILES = ("model.pt", "walk_graph.npz", "neighbourhoods.npz", "features.json")
 TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -99,7 +103,7 @@ class NewItem:
 
 
 # ----------------------------------------------------------------------------------------------
-# writing (called by app/artifacts.py)
+# writing (called by app/artifacts.py; file names: app/artifact_format.py)
 # ----------------------------------------------------------------------------------------------
 def _raw_columns(ds, names: List[str], cache_dir) -> Dict[str, np.ndarray]:
     """The raw (unstandardised) value of the non-binary built-in columns for every item."""
@@ -168,25 +172,32 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     ds = datamodule.dataset
     hparams = {k: getattr(model, k) for k in MODEL_ARGS if hasattr(model, k)}
     torch.save({"hparams": hparams, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-               folder / "model.pt")
+               folder / fmt.MODEL)
     for k, h in enumerate(layers):  # None: layer_k.npy is already in folder (streamed there)
         if h is not None:
-            np.save(folder / f"layer_{k}.npy", h.detach().cpu().numpy().astype(np.float32))
+            np.save(folder / fmt.layer_file(k), h.detach().cpu().numpy().astype(np.float32))
     sampler = datamodule.neighbour_sampler()
     item_ptr, item_users, user_ptr, user_items = getattr(sampler, "arrays", None) or (
         ds.train_graph.item_ptr, ds.train_graph.item_users, ds.train_graph.user_ptr, ds.train_graph.user_items)
-    np.savez(folder / "walk_graph.npz", item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
-             user_items=user_items)
-    np.savez(folder / "neighbourhoods.npz", ptr=nbr[0], items=nbr[1], weights=nbr[2])
+    settings = datamodule.walk_settings()
+    np.savez(folder / fmt.WALK_GRAPH, item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
+             user_items=user_items, **_walk_weights(ds.train_graph, settings, user_items))
+    np.savez(folder / fmt.NEIGHBOURHOODS, ptr=nbr[0], items=nbr[1], weights=nbr[2])
     spec = feature_spec(ds, getattr(datamodule, "cache_dir", None) or _default_cache_dir())
-    (folder / "features.json").write_text(json.dumps(spec))
-    walks = {"num_walks": int(getattr(sampler, "num_walks", getattr(datamodule, "num_walks", 10))),
-             "walk_length": int(getattr(sampler, "walk_length", getattr(datamodule, "walk_length", 2))),
-             "restart_prob": float(getattr(sampler, "restart_prob", getattr(datamodule, "restart_prob", 0.5))),
-             "top_t": int(getattr(sampler, "top_t", getattr(datamodule, "num_neighbors", 10))),
-             "seed": int(getattr(sampler, "seed", 0))}
-    return {"layers": [f"layer_{k}.npy" for k in range(len(layers))], "hidden": int(model.hidden_channels),
+    (folder / fmt.FEATURES).write_text(json.dumps(spec))
+    walks = settings.to_dict()
+    return {"layers": [fmt.layer_file(k) for k in range(len(layers))], "hidden": int(model.hidden_channels),
             "walks": walks, "features_buildable": bool(spec["buildable"])}
+
+
+def _walk_weights(graph, settings: WalkSettings, user_items) -> dict:
+    """``item_weights`` / ``user_weights`` (aligned with ``item_users`` / ``user_items``) when the
+    DataModule walks by interaction weight and the weights are not all equal; else nothing."""
+    w = getattr(graph, "weights", None)
+    if not settings.weighted or w is None or len(w) != len(user_items) or len(w) == 0 or np.all(w == w[0]):
+        return {}
+    w = np.asarray(w, dtype=np.float64)
+    return {"user_weights": w, "item_weights": w[np.asarray(graph.item_to_user_edge, dtype=np.int64)]}
 
 
 def _default_cache_dir():
@@ -312,7 +323,7 @@ class InductiveEmbedder:
         if not info or missing:
             raise FileNotFoundError(f"{folder} has no inductive files ({', '.join(missing) or 'manifest block'} "
                                     "missing): re-run `pinsage predict` with this version to add new items")
-        ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        ckpt = torch.load(folder / fmt.MODEL, map_location="cpu", weights_only=True)
         self.model = PinSage(**ckpt["hparams"])
         self.model.load_state_dict(ckpt["state_dict"])
         self.model.eval()
@@ -322,13 +333,14 @@ class InductiveEmbedder:
             if t.base.shape != (n, self.model.hidden_channels):
                 raise FileNotFoundError(f"{folder / name} has shape {t.base.shape}, expected ({n}, "
                                         f"{self.model.hidden_channels}): re-run `pinsage predict`")
-        g = np.load(folder / "walk_graph.npz", allow_pickle=False)
-        self.item_ptr, self.item_users = g["item_ptr"], g["item_users"]
-        self.user_ptr, self.user_items = g["user_ptr"], g["user_items"]
-        nb = np.load(folder / "neighbourhoods.npz", allow_pickle=False)
+        g = np.load(folder / fmt.WALK_GRAPH, allow_pickle=False)
+        graph = [g[k] for k in ("item_ptr", "item_users", "user_ptr", "user_items")]
+        weights = {k: g[k] for k in ("item_weights", "user_weights") if k in g.files}
+        nb = np.load(folder / fmt.NEIGHBOURHOODS, allow_pickle=False)
         self.nbr = (nb["ptr"], nb["items"], nb["weights"])
-        self.walks = dict(info["walks"])
-        self.encoder = FeatureEncoder(json.loads((folder / "features.json").read_text()))
+        self.walks = WalkSettings.from_dict(info["walks"])
+        self.walker = NewItemWalks(*graph, self.walks, **weights)
+        self.encoder = FeatureEncoder(json.loads((folder / fmt.FEATURES).read_text()))
         self.num_base = n
         self.user_index = user_index
         self.in_channels = self.model.in_channels
@@ -337,54 +349,18 @@ class InductiveEmbedder:
     def num_items(self) -> int:
         return len(self.layers[0])
 
+    # the stored walk graph (CSR both ways), held by the walker
+    item_ptr = property(lambda self: self.walker.item_ptr)
+    item_users = property(lambda self: self.walker.item_users)
+    user_ptr = property(lambda self: self.walker.user_ptr)
+    user_items = property(lambda self: self.walker.user_items)
+
     # -- neighbourhood ---------------------------------------------------------------------------
     def neighbourhood(self, users: np.ndarray, co_items: np.ndarray, key: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-T items (and weights) by visit count of walks from a new item engaged by ``users``
-        (dense training users) and co-engaged with ``co_items`` (dense items)."""
-        W, L = self.walks["num_walks"], self.walks["walk_length"]
-        p, T = self.walks["restart_prob"], self.walks["top_t"]
-        n_users = users.shape[0] + (1 if co_items.size else 0)
-        if n_users == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        rng = np.random.default_rng([self.walks.get("seed", 0), key & 0xFFFFFFFF])
-        engaged = set(users.tolist())
-        NEW = -1
-        counts: Dict[int, int] = {}
-        for _ in range(W):
-            cur = NEW
-            for _hop in range(L):
-                if cur == NEW:
-                    j = int(rng.integers(n_users))
-                    if j < users.shape[0]:
-                        u = int(users[j])
-                        its = self.user_items[self.user_ptr[u]:self.user_ptr[u + 1]]
-                        r = int(rng.integers(its.shape[0] + 1))
-                        cur = NEW if r == its.shape[0] else int(its[r])
-                    else:
-                        r = int(rng.integers(co_items.shape[0] + 1))
-                        cur = NEW if r == co_items.shape[0] else int(co_items[r])
-                else:
-                    if cur >= self.item_ptr.shape[0] - 1:
-                        break  # an inserted item: no users in the stored graph
-                    us = self.item_users[self.item_ptr[cur]:self.item_ptr[cur + 1]]
-                    if us.shape[0] == 0:
-                        break
-                    u = int(us[int(rng.integers(us.shape[0]))])
-                    its = self.user_items[self.user_ptr[u]:self.user_ptr[u + 1]]
-                    extra = 1 if u in engaged else 0
-                    r = int(rng.integers(its.shape[0] + extra))
-                    cur = NEW if r == its.shape[0] else int(its[r])
-                if cur != NEW:
-                    counts[cur] = counts.get(cur, 0) + 1
-                if rng.random() < p:
-                    break
-        if not counts:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        items = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        cnt = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-        order = np.lexsort((items, -cnt))[:T]
-        items, cnt = items[order], cnt[order].astype(np.float32)
-        return items, cnt / cnt.sum()
+        (dense training users) and co-engaged with ``co_items`` (dense items):
+        :class:`app.new_item_walks.NewItemWalks`, the numba walks of training, keyed by ``key``."""
+        return self.walker.neighbourhood(users, co_items, key, self.walks)
 
     # -- layers ----------------------------------------------------------------------------------
     @torch.no_grad()

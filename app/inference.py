@@ -307,14 +307,7 @@ def layerwise_embeddings(
     x = _as_features(x, num_items, model)
     ptr, items, weights = _check_ragged(nbr, num_items)
     device = torch.device(device)
-    if layers_out is not None:
-        if len(layers_out) != model.num_layers:
-            raise ValueError(f"layers_out has {len(layers_out)} arrays: expected num_layers={model.num_layers}")
-        for k, a in enumerate(layers_out):
-            _check_out(f"layers_out[{k}]", a, (num_items, model.hidden_channels))
-    if out is not None:
-        _check_out("out", out, (num_items, model.out_channels))
-
+    _check_outputs(model, num_items, layers_out, out)
     was_training = model.training
     model.eval()
     model.to(device)
@@ -325,6 +318,17 @@ def layerwise_embeddings(
         if bar is not None:
             bar.close()
         model.train(was_training)
+
+
+def _check_outputs(model: PinSage, num_items: int, layers_out, out) -> None:
+    """``layers_out``: ``K`` arrays ``[I, hidden]``; ``out``: ``[I, out_channels]`` (either may be None)."""
+    if layers_out is not None:
+        if len(layers_out) != model.num_layers:
+            raise ValueError(f"layers_out has {len(layers_out)} arrays: expected num_layers={model.num_layers}")
+        for k, a in enumerate(layers_out):
+            _check_out(f"layers_out[{k}]", a, (num_items, model.hidden_channels))
+    if out is not None:
+        _check_out("out", out, (num_items, model.out_channels))
 
 
 def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: torch.device, bar,

@@ -11,56 +11,18 @@ never recommended.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from .artifacts import read_title
-
-
-class ArtifactError(ValueError):
-    """Missing, truncated or inconsistent artifacts, or an unknown id."""
+from . import artifact_format as fmt
+from .artifact_format import ArtifactError
+from .rows import Rows  # noqa: F401 - also imported from here
 
 
 class UnknownIdError(ArtifactError):
     """An item or user id that is not in the catalogue."""
-
-
-class Rows:
-    """``[n, d]`` float32 rows: a fixed base table (may be memory-mapped) plus appended rows, so
-    that adding a row never copies the base."""
-
-    def __init__(self, base: np.ndarray):
-        self.base = base
-        self.extra = np.zeros((0, base.shape[1]), dtype=np.float32)
-        self.n_extra = 0
-
-    def __len__(self) -> int:
-        return self.base.shape[0] + self.n_extra
-
-    def append(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, dtype=np.float32).reshape(-1, self.base.shape[1])
-        need = self.n_extra + rows.shape[0]
-        if need > self.extra.shape[0]:
-            grown = np.zeros((max(need, 2 * self.extra.shape[0], 1024), self.base.shape[1]), dtype=np.float32)
-            grown[:self.n_extra] = self.extra[:self.n_extra]
-            self.extra = grown
-        self.extra[self.n_extra:need] = rows
-        self.n_extra = need
-
-    def rows(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        nb = self.base.shape[0]
-        if ids.size == 0 or ids.max() < nb:
-            return np.ascontiguousarray(self.base[ids], dtype=np.float32)
-        out = np.empty((ids.shape[0], self.base.shape[1]), dtype=np.float32)
-        old = ids < nb
-        out[old] = self.base[ids[old]]
-        out[~old] = self.extra[ids[~old] - nb]
-        return out
 
 
 def user_vector(history_emb: np.ndarray, encoder: Optional[np.ndarray] = None) -> np.ndarray:
@@ -89,50 +51,30 @@ class Recommender:
         from .retrieval import load_index
 
         self.folder = Path(folder)
-        self.manifest = self._manifest()
-        self._verify_files()
+        self.manifest = fmt.read_manifest(self.folder)
+        fmt.verify_checksums(self.folder, self.manifest)
+        path = self.folder / fmt.EMBEDDINGS
         try:
-            self.emb = np.load(self.folder / "embeddings.npy", allow_pickle=False)
+            self.emb = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ArtifactError(f"{self.folder / 'embeddings.npy'} cannot be read ({e}): re-run `pinsage predict`") from e
+            raise ArtifactError(f"{path} cannot be read ({e}): re-run `pinsage predict`") from e
         n, d = self.manifest["count"], self.manifest["dims"]
         if self.emb.ndim != 2 or self.emb.shape != (n, d):
-            raise ArtifactError(f"embeddings.npy has shape {self.emb.shape}, manifest.json says ({n}, {d}): "
+            raise ArtifactError(f"{fmt.EMBEDDINGS} has shape {self.emb.shape}, {fmt.MANIFEST} says ({n}, {d}): "
                                 "the artifacts are truncated or mixed; re-run `pinsage predict`")
         self.vectors = Rows(self.emb)
-        self.index = load_index(self.folder / "index.faiss", expected_dim=d, expected_count=n)
-        try:
-            with open(self.folder / "items.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
-            self.item_ids = [read_title(r["id"]) for r in rows]
-            self.titles = [read_title(r["title"] or "") for r in rows]
-            # optional columns (predict writes them when the dataset has them): the trained catalogue's
-            # categories ("a|b") and years, None when absent (shown by the explorer's item cards)
-            cols = rows[0].keys() if rows else ()
-            self.categories = [read_title(r["categories"] or "") for r in rows] if "categories" in cols else None
-            self.years = [r["year"] or "" for r in rows] if "year" in cols else None
-        except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
-            raise ArtifactError(f"{self.folder / 'items.csv'} cannot be read ({type(e).__name__}: {e}): "
-                                "re-run `pinsage predict`") from None
-        if len(rows) != n:
-            raise ArtifactError(f"items.csv has {len(rows)} rows, embeddings.npy {n}: re-run `pinsage predict`")
+        self.index = load_index(self.folder / fmt.INDEX, expected_dim=d, expected_count=n)
+        items = fmt.read_items(self.folder)
+        self.item_ids, self.titles = items.ids, items.titles
+        # optional columns (predict writes them when the dataset has them): the trained catalogue's
+        # categories ("a|b") and years, None when absent (shown by the explorer's item cards)
+        self.categories, self.years = items.categories, items.years
+        if len(self.item_ids) != n:
+            raise ArtifactError(f"{fmt.ITEMS} has {len(self.item_ids)} rows, {fmt.EMBEDDINGS} {n}: "
+                                "re-run `pinsage predict`")
         self.item_index = {raw: i for i, raw in enumerate(self.item_ids)}
         self.neighbours = self._neighbour_table()
         self._users = None  # users.npz is read on the first --user query
-
-    def _manifest(self) -> dict:
-        path = self.folder / "manifest.json"
-        if not path.is_file():
-            raise ArtifactError(f"--artifacts {str(self.folder)!r} has no manifest.json: run `pinsage predict` first")
-        try:
-            man = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ArtifactError(f"{path} is not valid JSON ({e}): the artifacts are corrupt; re-run `pinsage predict`") from None
-        missing = [k for k in ("count", "dims") if not isinstance(man, dict) or not isinstance(man.get(k), int)]
-        if missing:
-            raise ArtifactError(f"{path} has no integer {' / '.join(repr(k) for k in missing)}: the artifacts are "
-                                "corrupt or not from `pinsage predict`; re-run it")
-        return man
 
     def _neighbour_table(self) -> Optional[np.ndarray]:
         """``neighbours.npy`` (``int32 [count, K]``, :func:`app.retrieval.neighbour_table`): every
@@ -140,7 +82,7 @@ class Recommender:
         info = self.manifest.get("neighbours")
         if not info:
             return None
-        path = self.folder / info.get("file", "neighbours.npy")
+        path = self.folder / info.get("file", fmt.NEIGHBOURS)
         try:
             table = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
@@ -150,25 +92,9 @@ class Recommender:
                                 f"({self.manifest['count']}, {info.get('k')}) int32: re-run `pinsage predict`")
         return table
 
-    def _verify_files(self) -> None:
-        """Sizes and SHA-256 checksums recorded by predict (manifests without them: skipped)."""
-        from .artifacts import file_digest
-
-        for name, want in (self.manifest.get("checksums") or {}).items():
-            path = self.folder / name
-            if not path.is_file():
-                raise ArtifactError(f"{path} is missing (listed in manifest.json): re-run `pinsage predict`")
-            size = path.stat().st_size
-            if size != want.get("size"):
-                raise ArtifactError(f"{path} has {size} bytes, manifest.json says {want.get('size')}: the file is "
-                                    "truncated or replaced; re-run `pinsage predict`")
-            if file_digest(path)["sha256"] != want.get("sha256"):
-                raise ArtifactError(f"{path} fails its SHA-256 check (manifest.json): the file is corrupt; "
-                                    "re-run `pinsage predict`")
-
     def _load_users(self):
         if self._users is None:
-            path = self.folder / "users.npz"
+            path = self.folder / fmt.USERS
             try:
                 with np.load(path, allow_pickle=False) as users:
                     ids, ptr, items = users["user_ids"].tolist(), users["ptr"], users["items"]

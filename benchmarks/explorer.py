@@ -69,7 +69,7 @@ def build(args) -> None:
     import shutil
 
     from ann import clustered_embeddings
-    from app.artifacts import ARTIFACTS_FORMAT
+    from app.artifact_format import FORMAT as ARTIFACTS_FORMAT
     from app.retrieval import build_index, save_index
 
     n, d = args.n, args.dims

@@ -179,7 +179,7 @@ def main() -> None:
                          "--artifacts.output_dir", str(work / "artifacts"), "--artifacts.evaluate", "false",
                          # the serving table (every item's top-50, `pinsage serve`'s similar-items
                          # answers) is a search of every item: a stage of its own, not measured here
-                         "--artifacts.neighbours", "0"]
+                         "--artifacts.similar_items", "0"]
     rows, summary = [], {}
     out_path = Path(args.out)
     old_doc = json.loads(out_path.read_text()) if out_path.is_file() else {}

@@ -35,6 +35,7 @@ from .minibatch import ComputationGraphBuilder
 from .negatives import DEFAULT_HARD_WINDOW, HardNegativeMiner, resolve_hard_window
 from .pairs import check_min_weight, check_pairs, make_pair_source
 from .splits import SPLITS, check_split_seed
+from .walk_settings import WalkSettings
 from .walks import PinSageSampler, UniformSampler
 
 SAMPLERS = ("pinsage", "uniform")
@@ -183,26 +184,29 @@ class PinSageDataModule(pl.LightningDataModule):
         new_item_degree: Literal["mean", "content"] = "mean",
     ):
         super().__init__()
-        if new_item_degree not in ("mean", "content"):
-            raise ValueError(f"new_item_degree={new_item_degree!r} is not valid; choose mean or content")
-        self.new_item_degree = new_item_degree
-        self.cold = check_cold(cold_items, cold_engagements) + (bool(cold_retrain),)
-        if queries not in ("items", "users"):
-            raise ValueError(f"queries={queries!r} is not valid; choose items or users")
-        if queries == "users" and full_graph is False:
-            raise ValueError("queries=users needs full_graph (a user's history spans the catalogue); "
-                             "set full_graph: true or leave it unset")
-        self.queries = queries
-        self.full_graph = (queries == "users") if full_graph is None else bool(full_graph)
-        # 'auto' settings are resolved from the log at setup (the properties below)
-        self._half_life_setting = choices.check_half_life(user_recency_half_life)
-        self.recency_in_training = bool(recency_in_training)
-        if choices.check_user_queries(user_queries) == "before" and queries != "users":
-            raise ValueError("user_queries='before' needs queries='users' (it says what a user query pools); "
-                             f"got queries={queries!r}")
-        self._user_queries_setting = user_queries
-        self._chosen: Optional[Dict[str, Any]] = None
-        self.user_query_window = _int("user_query_window", user_query_window, 1)
+        self._set_query_options(queries, full_graph, user_recency_half_life, recency_in_training, user_queries,
+                                user_query_window, cold_items, cold_engagements, cold_retrain, new_item_degree)
+        self._set_data(dataset, root, cache_dir, features, split, split_seed, pairs, min_weight, weighted_walks,
+                       reader_args, cache_shared, sampler)
+        self._set_sampling(num_layers, num_neighbors, num_walks, walk_length, restart_prob, sampler,
+                           uniform_num_samples, batch_size, eval_batch_size, num_easy_negatives, hard_negatives,
+                           max_hard_negatives, hard_negative_window, hard_num_walks, hard_cache_mb)
+        self.num_workers = _int("num_workers", num_workers, 0)
+        self.prefetch_factor = _int("prefetch_factor", prefetch_factor, 1)
+        self.persistent_workers = bool(persistent_workers)
+        self.pin_memory = pin_memory
+        self.drop_last = bool(drop_last)
+        self.seed = _int("seed", seed, 0)
+        self.dataset: Optional[RecDataset] = None
+        self.hard_negative_ranks: Optional[tuple] = None
+        self._builder: Optional[ComputationGraphBuilder] = None
+        self._miner: Optional[HardNegativeMiner] = None
+        self._train_sampler: Optional[EpochBatchSampler] = None
+        self.save_hyperparameters()
+
+    def _set_data(self, dataset, root, cache_dir, features, split, split_seed, pairs, min_weight, weighted_walks,
+                  reader_args, cache_shared, sampler) -> None:
+        """Which dataset, its split, pairs and cache (checked here)."""
         if dataset not in DATASET_NAMES:
             raise ValueError(f"dataset={dataset!r} is not known; choose one of {list(DATASET_NAMES)}")
         if split not in SPLITS:
@@ -222,6 +226,11 @@ class PinSageDataModule(pl.LightningDataModule):
         self.reader_args = dict(reader_args or {})
         self.cache_shared = bool(cache_shared)
         self.prepare_data_per_node = not self.cache_shared  # Lightning: who runs prepare_data
+
+    def _set_sampling(self, num_layers, num_neighbors, num_walks, walk_length, restart_prob, sampler,
+                      uniform_num_samples, batch_size, eval_batch_size, num_easy_negatives, hard_negatives,
+                      max_hard_negatives, hard_negative_window, hard_num_walks, hard_cache_mb) -> None:
+        """K, the walks and T of the neighbourhoods, batch sizes, the negatives (checked here)."""
         self.num_layers = _int("num_layers", num_layers, 0)
         self.num_neighbors = _int("num_neighbors", num_neighbors, 1)
         self.num_walks = _int("num_walks", num_walks, 1)
@@ -250,18 +259,30 @@ class PinSageDataModule(pl.LightningDataModule):
             self.hard_cache_mb = float("nan")
         if not self.hard_cache_mb >= 0:
             raise ValueError(f"hard_cache_mb must be a number >= 0, got {hard_cache_mb!r}")
-        self.num_workers = _int("num_workers", num_workers, 0)
-        self.prefetch_factor = _int("prefetch_factor", prefetch_factor, 1)
-        self.persistent_workers = bool(persistent_workers)
-        self.pin_memory = pin_memory
-        self.drop_last = bool(drop_last)
-        self.seed = _int("seed", seed, 0)
-        self.dataset: Optional[RecDataset] = None
-        self.hard_negative_ranks: Optional[tuple] = None
-        self._builder: Optional[ComputationGraphBuilder] = None
-        self._miner: Optional[HardNegativeMiner] = None
-        self._train_sampler: Optional[EpochBatchSampler] = None
-        self.save_hyperparameters()
+
+    def _set_query_options(self, queries, full_graph, user_recency_half_life, recency_in_training, user_queries,
+                           user_query_window, cold_items, cold_engagements, cold_retrain, new_item_degree) -> None:
+        """What a training query is, how a user's history is pooled, the cold-item protocol."""
+        if new_item_degree not in ("mean", "content"):
+            raise ValueError(f"new_item_degree={new_item_degree!r} is not valid; choose mean or content")
+        self.new_item_degree = new_item_degree
+        self.cold = check_cold(cold_items, cold_engagements) + (bool(cold_retrain),)
+        if queries not in ("items", "users"):
+            raise ValueError(f"queries={queries!r} is not valid; choose items or users")
+        if queries == "users" and full_graph is False:
+            raise ValueError("queries=users needs full_graph (a user's history spans the catalogue); "
+                             "set full_graph: true or leave it unset")
+        self.queries = queries
+        self.full_graph = (queries == "users") if full_graph is None else bool(full_graph)
+        # 'auto' settings are resolved from the log at setup (the properties below)
+        self._half_life_setting = choices.check_half_life(user_recency_half_life)
+        self.recency_in_training = bool(recency_in_training)
+        if choices.check_user_queries(user_queries) == "before" and queries != "users":
+            raise ValueError("user_queries='before' needs queries='users' (it says what a user query pools); "
+                             f"got queries={queries!r}")
+        self._user_queries_setting = user_queries
+        self._chosen: Optional[Dict[str, Any]] = None
+        self.user_query_window = _int("user_query_window", user_query_window, 1)
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self) -> RecDataset:
@@ -330,6 +351,11 @@ class PinSageDataModule(pl.LightningDataModule):
         self._pairs = make_pair_source(ds, self.pairs, self.min_weight, self.walk_length, self.restart_prob,
                                        self.seed, self.weighted_walks)
         self._builder, self._miner, self.dataset = builder, miner, ds
+
+    def walk_settings(self) -> WalkSettings:
+        """The walks of the importance neighbourhoods (what predict records for new items)."""
+        return WalkSettings(num_walks=self.num_walks, walk_length=self.walk_length, restart_prob=self.restart_prob,
+                            num_neighbors=self.num_neighbors, seed=self.seed, weighted=self.weighted_walks)
 
     def neighbour_sampler(self):
         """The importance (or uniform) neighbourhood sampler the model trains with."""

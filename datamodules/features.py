@@ -78,6 +78,17 @@ def build_item_features(
     deg = np.asarray(item_degree)
     if deg.shape != (n,):
         raise DataError(f"item_degree has shape {deg.shape}, expected ({n},) (one entry per dense item)")
+    blocks, names, binary, has_content = _feature_blocks(interactions, deg, feats, cache_dir, text_model, external)
+    if not blocks:
+        return np.zeros((n, 0), dtype=np.float32), [], has_content
+    return _standardised(blocks, names, binary, interactions), names, has_content
+
+
+def _feature_blocks(interactions: Interactions, deg: np.ndarray, feats: List[str], cache_dir, text_model: str,
+                    external: Optional[np.ndarray]):
+    """The raw column blocks of the requested features (FEATURES order), their names, which
+    columns are binary, and which items have content."""
+    n = interactions.num_items
     table = interactions.item_table
     blocks: List[np.ndarray] = []
     names: List[str] = []
@@ -132,8 +143,13 @@ def build_item_features(
         for a, b in _row_spans(n):
             has_content[a:b] |= (ext[a:b] != 0).any(axis=1)
 
-    if not blocks:
-        return np.zeros((n, 0), dtype=np.float32), [], has_content
+    return blocks, names, binary, has_content
+
+
+def _standardised(blocks: List[np.ndarray], names: List[str], binary: List[np.ndarray],
+                  interactions: Interactions) -> np.ndarray:
+    """The blocks side by side, finite-checked, non-binary columns standardised, as float32."""
+    n = interactions.num_items
     # x = the blocks side by side in float64, standardised, cast to float32; built one chunk of
     # rows at a time (the catalogue's features are never held in float64 at once): pass 1 checks
     # values and finds the binary columns, 2 and 3 take each column's mean and standard deviation
@@ -156,7 +172,7 @@ def build_item_features(
     if not cols.any() or n == 0:
         for a, b in _row_spans(n):
             out[a:b] = _rows(blocks, a, b)
-        return out, names, has_content
+        return out
     total = None
     for a, b in _row_spans(n):
         s = _rows(blocks, a, b)[:, cols].sum(axis=0)
@@ -176,7 +192,7 @@ def build_item_features(
         z[:, const] = 0.0
         x[:, cols] = z
         out[a:b] = x
-    return out, names, has_content
+    return out
 
 
 #: items per chunk of the feature passes (128K items x 65 float64 columns: ~68 MB per temporary)

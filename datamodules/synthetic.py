@@ -223,20 +223,7 @@ def make_synthetic(
     them out (file order is then the time order: the same splits and pairs, 8 bytes less per row
     in every stage).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not valid; choose one of {list(METHODS)}")
-    for name, v in (("num_users", num_users), ("num_items", num_items), ("num_interactions", num_interactions),
-                    ("num_communities", num_communities), ("feature_dim", feature_dim)):
-        _check_positive(name, v)
-    if num_interactions < max(num_users, num_items):
-        raise ValueError(
-            f"num_interactions={num_interactions} must be >= max(num_users, num_items)="
-            f"{max(num_users, num_items)} so every user and item is engaged at least once"
-        )
-    if num_communities > num_items:
-        raise ValueError(f"num_communities={num_communities} must be <= num_items={num_items}")
-    if not 0.0 <= p_in <= 1.0:
-        raise ValueError(f"p_in must be in [0, 1], got {p_in}")
+    _check_args(method, num_users, num_items, num_interactions, num_communities, feature_dim, p_in)
     rng = np.random.default_rng(seed)
     item_comm = rng.permutation(np.arange(num_items) % num_communities)
     user_comm = rng.integers(0, num_communities, num_users)
@@ -283,6 +270,23 @@ def make_synthetic(
     feats = (centroids[item_comm] + feature_noise * rng.normal(size=(num_items, feature_dim))).astype(np.float32)
     return _finish(all_users, all_items, item_comm, num_communities, feature_dim, feature_noise, rng, timestamps,
                    feats)
+
+
+def _check_args(method, num_users, num_items, num_interactions, num_communities, feature_dim, p_in) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not valid; choose one of {list(METHODS)}")
+    for name, v in (("num_users", num_users), ("num_items", num_items), ("num_interactions", num_interactions),
+                    ("num_communities", num_communities), ("feature_dim", feature_dim)):
+        _check_positive(name, v)
+    if num_interactions < max(num_users, num_items):
+        raise ValueError(
+            f"num_interactions={num_interactions} must be >= max(num_users, num_items)="
+            f"{max(num_users, num_items)} so every user and item is engaged at least once"
+        )
+    if num_communities > num_items:
+        raise ValueError(f"num_communities={num_communities} must be <= num_items={num_items}")
+    if not 0.0 <= p_in <= 1.0:
+        raise ValueError(f"p_in must be in [0, 1], got {p_in}")
 
 
 def _finish(all_users, all_items, item_comm, num_communities, feature_dim, feature_noise, rng, timestamps,

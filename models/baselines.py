@@ -30,9 +30,11 @@ dot products of item embeddings; a user's score for item ``j`` is ``z_j . p_u`` 
 worst possible ranks).
 
 Ranking (:func:`grouped_target_ranks`, :func:`candidate_ranks_from_scorer`,
-:func:`full_ranking_from_scorer`) follows :mod:`models.metrics`: ties are counted against the
-target, training items are masked with ``-inf``; each distinct query is scored once even when it
-has many targets, and at most ``[batch_size, num_items]`` scores exist at a time.
+:func:`full_ranking_from_scorer`) is written once, here, for the model and every baseline (the
+metrics of a rank list are :mod:`models.metrics`): ties are counted against the target, training
+items are masked with ``-inf``; each distinct query is scored once even when it has many targets,
+and at most ``[batch_size, num_items]`` scores exist at a time.  The tests check it against plain
+embedding rankers (``tests/models/reference_ranking.py``).
 """
 
 from __future__ import annotations
@@ -68,23 +70,6 @@ def baseline_scorer(name: str, user_ptr, user_items, item_ptr, item_users, num_i
         return torch.from_numpy(out)
 
     return score
-
-
-@torch.no_grad()
-def ranks_from_scorer(scorer: Callable[[Tensor], Tensor], query: Tensor, target: Tensor,
-                      batch_size: int = 512) -> Tensor:
-    """Rank (1 = best; ties counted against the target) of ``target`` among all items other
-    than the query itself, for scores from ``scorer``."""
-    out = []
-    for s in range(0, query.numel(), batch_size):
-        q, t = query[s:s + batch_size], target[s:s + batch_size]
-        scores = scorer(q)
-        rows = torch.arange(q.numel())
-        st = scores[rows, t].unsqueeze(1)
-        scores[rows, q] = float("-inf")
-        scores[rows, t] = float("-inf")
-        out.append(1 + (scores >= st).sum(1))
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def item_to_item_metrics(ranks: Tensor, ks=(10, 100, 500), num_items: int | None = None) -> Dict[str, float]:
@@ -337,8 +322,8 @@ def grouped_target_ranks(scorer: Callable[[Tensor], Tensor], query: Tensor, targ
                          exclude_query: bool = True, batch_size: int = 512) -> Tensor:
     """Rank (1 = best; ties against the target) of ``target[n]`` among all items for the scores
     of ``query[n]``, the query item itself left out when ``exclude_query`` (item-to-item).
-    Equals :func:`ranks_from_scorer` / :func:`models.metrics.target_ranks` for a deterministic
-    scorer, scoring each distinct query once."""
+    Equals the tests' plain ``target_ranks`` for a deterministic scorer, scoring each distinct
+    query once."""
     query = torch.as_tensor(query, dtype=torch.long).view(-1)
     target = torch.as_tensor(target, dtype=torch.long).view(-1)
     if query.shape != target.shape:
@@ -360,8 +345,7 @@ def grouped_target_ranks(scorer: Callable[[Tensor], Tensor], query: Tensor, targ
 def candidate_ranks_from_scorer(scorer: Callable[[Tensor], Tensor], query: Tensor, candidates: Tensor,
                                 batch_size: int = 512) -> Tensor:
     """Rank (1 = best; ties against the target) of column 0 of ``candidates [N, C]`` among its
-    row's ``C`` candidates for the scores of ``query[n]`` (NCF protocol); as
-    :func:`models.metrics.candidate_ranks`."""
+    row's ``C`` candidates for the scores of ``query[n]`` (NCF protocol)."""
     query = torch.as_tensor(query, dtype=torch.long).view(-1)
     candidates = torch.as_tensor(candidates, dtype=torch.long)
     if candidates.dim() != 2 or candidates.size(0) != query.numel() or candidates.size(1) < 1:
@@ -385,7 +369,7 @@ def _csr_rows(ptr: Tensor, items: Tensor, rows: Tensor):
 @torch.no_grad()
 def full_ranking_from_scorer(scorer: Callable[[Tensor], Tensor], gt_ptr, gt_items, ks=(20,),
                              exclude_ptr=None, exclude_items=None, batch_size: int = 512) -> Dict[str, float]:
-    """LightGCN full ranking (as :func:`models.metrics.full_ranking_metrics`): for every user
+    """LightGCN full ranking (Recall@K / NDCG@K as PyG's ``LinkPredRecall`` / ``LinkPredNDCG``): for every user
     ``u`` with ground truth ``gt_items[gt_ptr[u]:gt_ptr[u+1]]``, all items ranked by
     ``scorer([u])`` with ``exclude`` items (training history) masked; Recall@K / NDCG@K averaged
     over those users. Returns ``{"recall@K", "ndcg@K"}`` as floats."""

@@ -38,3 +38,16 @@ def tiny_args(tmp_path):
     def make(root):
         return TINY + ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(root)]
     return make
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_run, tmp_path_factory, request):
+    """A `pinsage predict` folder of the tiny run (exact index, no metrics), one per test module:
+    the serve, explorer and inductive tests each insert items into their own."""
+    from app.cli import main
+
+    _, last, args = tiny_run
+    out = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "-art") / "synthetic"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
+    return out

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from app.artifacts import check_output_dir, clean_stale_temps, read_title, safe_title
+from app.artifact_format import check_output_dir, clean_stale_temps, read_title, safe_title
 from app.cli import main
 
 
@@ -116,3 +116,36 @@ def test_items_csv_titles_with_formulas_and_newlines(tmp_path):
     assert [read_title(r["title"]) for r in rows] == ["=cmd|' /C calc'!A0", "two\nlines"]
     assert "\n" not in _one_line("two\nlines") and _one_line("two\nlines") == "two\\nlines"
     assert np.all([not r["title"].startswith("=") for r in rows])
+
+
+def test_the_report_reads_items_through_the_format_module(tmp_path):
+    """`pinsage report` decodes CSV-safe cells like the recommender (it once showed the leading ')."""
+    from app import artifact_format as fmt
+    from app.report import ReportInputs, load_artifacts
+
+    np.save(tmp_path / fmt.EMBEDDINGS, np.eye(3, dtype=np.float32))
+    fmt.write_items(tmp_path / fmt.ITEMS, ["=a", "b", "+c"], ["=SUM(A1)", "'quoted", ""], None, None)
+    man = fmt.write_manifest(tmp_path, {"dataset": "tiny", "count": 3, "dims": 3})
+    assert man["format"] == fmt.FORMAT and fmt.is_artifact_folder(tmp_path)
+    assert set(man["checksums"]) == {fmt.EMBEDDINGS, fmt.ITEMS}
+    fmt.verify_checksums(tmp_path, man)
+    inp = ReportInputs()
+    load_artifacts(tmp_path, inp, with_dataset=False)
+    assert list(inp.titles) == ["=SUM(A1)", "'quoted", "item +c"] and inp.name == "tiny"
+    (tmp_path / fmt.ITEMS).write_text("index,id,title\n0,x,y\n")
+    with pytest.raises(fmt.ArtifactError, match="items.csv has .* bytes"):
+        fmt.verify_checksums(tmp_path, man)
+
+
+def test_similar_items_flag_and_its_deprecated_spelling(tiny_run, tmp_path, capsys):
+    """`--artifacts.similar_items` sizes the top-K table; `--artifacts.neighbours` (easily confused
+    with T, --data.num_neighbors) still works, with a line saying it is deprecated."""
+    _, last, args = tiny_run
+    assert predict(args, last, tmp_path / "a", "--artifacts.similar_items", "4") == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["neighbours"]["k"] == 4
+    assert "deprecated" not in capsys.readouterr().err
+    assert predict(args, last, tmp_path / "b", "--artifacts.neighbours", "3") == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["neighbours"]["k"] == 3
+    assert "--artifacts.neighbours is deprecated: use --artifacts.similar_items" in capsys.readouterr().err
+    assert predict(args, last, tmp_path / "c") == 0
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["neighbours"]["k"] == 50

@@ -115,3 +115,22 @@ def test_shipped_configs_pass_the_alias_check():
 
     for f in sorted((PROJECT / "configs").rglob("*.yaml")):
         check_config_file(str(f))
+
+
+@pytest.mark.parametrize("path", [p for p in FULL if "callbacks: trainer/" in p.read_text()], ids=lambda p: p.name)
+def test_shared_checkpoint_block_resolves_in_every_config(path):
+    """The dataset configs point `trainer.callbacks` at one of configs/trainer/*.yaml (one owner of
+    the checkpoint policy); it resolves to the best-by-validation and the last-epoch checkpoints."""
+    cbs = parse_only(["fit", "--config", str(path)]).trainer.callbacks
+    assert [c.class_path.rsplit(".", 1)[-1] for c in cbs] == ["ModelCheckpoint", "ModelCheckpoint"]
+    best, last = (c.init_args for c in cbs)
+    assert str(best.monitor).startswith("val/pinsage/") and best.mode == "max" and best.filename == "best-{epoch:02d}"
+    assert last.filename == "last" and last.save_on_train_epoch_end is True and last.monitor is None
+
+
+def test_the_shared_checkpoint_blocks_are_used():
+    shared = sorted((CONFIGS / "trainer").glob("*.yaml"))
+    assert shared, "configs/trainer/ holds the shared blocks"
+    used = {p.name for p in shared if any(f"trainer/{p.name}" in c.read_text() for c in FULL)}
+    assert used == {p.name for p in shared}
+    assert sum("callbacks: trainer/" in c.read_text() for c in FULL) >= 6

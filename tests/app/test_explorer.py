@@ -72,17 +72,6 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
 
 
-@pytest.fixture(scope="module")
-def artifacts(tiny_run, tmp_path_factory):
-    from app.cli import main
-
-    run, last, args = tiny_run
-    out = tmp_path_factory.mktemp("explorer-art") / "synthetic"
-    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
-                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
-    return out
-
-
 @pytest.fixture()
 def client(artifacts, tmp_path):
     from fastapi.testclient import TestClient

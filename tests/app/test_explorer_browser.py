@@ -8,15 +8,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.app.servers import free_port, wait_until_serving
 from tests.conftest import data_folder
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -71,18 +70,11 @@ def ml_artifacts(browser, tmp_path_factory):
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ml_artifacts, tmp_path_factory):
     """``pinsage serve`` as its own process (the console script's module), with the write token."""
-    import httpx
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("explorer-log") / "items.jsonl"
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "PINSAGE_SERVE_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--artifacts", str(ml_artifacts),
@@ -90,18 +82,7 @@ def server(ml_artifacts, tmp_path_factory):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"pinsage serve exited {proc.returncode}: {proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("pinsage serve did not answer /healthz in 120 s")
-            time.sleep(0.3)
+        wait_until_serving(proc, url, seconds=120)
         yield url
     finally:
         proc.terminate()

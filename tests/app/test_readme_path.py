@@ -4,13 +4,13 @@ predict -> recommend -> report -> serve + every curl), on the synthetic config, 
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.app.servers import free_port, wait_until_serving
 
 PROJECT = Path(__file__).resolve().parents[2]
 SMALL = ('{"num_users": 300, "num_items": 400, "num_interactions": 5000, "num_communities": 5, "feature_dim": 8, '
@@ -21,7 +21,7 @@ SMALL = ('{"num_users": 300, "num_items": 400, "num_interactions": 5000, "num_co
 def test_readme_sequence_on_the_synthetic_config(tmp_path):
     pytest.importorskip("matplotlib", reason="pinsage report needs matplotlib (the dev / tools extra)")
     pytest.importorskip("wandb", reason="the README's runs log to wandb (offline)")
-    httpx = pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
+    pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "WANDB_MODE": "offline", "PINSAGE_SERVE_TOKEN": "tok"}
     cfg = str(PROJECT / "configs" / "synthetic.yaml")
     data = ["--data.reader_args", SMALL, "--data.cache_dir", str(tmp_path / "cache")]
@@ -53,19 +53,11 @@ def test_readme_sequence_on_the_synthetic_config(tmp_path):
     assert inp.history is not None and "train/loss" in inp.history, inp.history_source
     assert inp.labels is not None and len({int(x) for x in inp.labels} - {-1}) > 1
     # serve, then every curl of the README against it
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--artifacts", str(art), "--port", str(port)],
                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            assert srv.poll() is None, srv.stderr.read().decode()[-2000:]
+        wait_until_serving(srv, f"http://127.0.0.1:{port}", seconds=240)
         from tests.app.test_serve_faults import _readme_curls
 
         for cmd in _readme_curls():

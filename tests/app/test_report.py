@@ -76,7 +76,8 @@ def test_report_inputs_of_a_run(csv_run, tmp_path, monkeypatch):
     assert {"train/loss", "lr", "val/pinsage/item/mrr"} <= set(inp.history.columns)
     assert inp.history["val/pinsage/item/mrr"].notna().sum() == 2  # one validation per epoch
     assert inp.embeddings.shape == (400, 16) and inp.label_kind == "community" and len(inp.label_names) == 5
-    assert inp.metrics["pinsage/item/mrr"] > inp.metrics["random/item/mrr"]
+    # scored as `pinsage test` scores it: the module's baselines (popularity, cooccurrence), no random
+    assert inp.metrics["pinsage/item/mrr"] > inp.metrics["popularity/item/mrr"] and "random/item/mrr" not in inp.metrics
     ptr, items, w = inp.nbr
     assert len(ptr) == 401 and (np.diff(ptr) <= 5).all()
     figs = make_figures(inp, map_method="pca")
@@ -196,3 +197,22 @@ def test_fit_logs_the_figures_to_wandb(tmp_path, monkeypatch):
     history, source = read_history(tmp_path / "run")
     assert source.endswith(".wandb") and history["val/pinsage/item/mrr"].notna().sum() == 2
     assert history["train/loss"].notna().sum() >= 2
+
+
+def test_report_scores_a_run_as_predicts_metrics_json(tiny_run, tmp_path):
+    """`pinsage report` on a run folder embeds its last checkpoint and scores it with the module's
+    protocols, baselines and user representation: the numbers of predict's metrics.json (it once
+    scored users by the plain mean of their history and default settings)."""
+    from app.report_inputs import ReportInputs, _load_config, embed_run
+
+    run, last, args = tiny_run
+    out = tmp_path / "art"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.index", "exact"]) == 0
+    want = json.loads((out / "metrics.json").read_text())
+    inp = ReportInputs()
+    embed_run(run, _load_config(run / "config.yaml"), inp)
+    keys = sorted(k for k, v in want.items() if isinstance(v, float) and not k.endswith("seconds"))
+    assert any(k.startswith("pinsage/full/") for k in keys)
+    assert sorted(k for k, v in inp.metrics.items() if isinstance(v, float) and not k.endswith("seconds")) == keys
+    assert max(abs(inp.metrics[k] - want[k]) for k in keys) <= 1e-6

@@ -4,11 +4,9 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,47 +16,12 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
 
-from app.cli import main  # noqa: E402
 from app.serve import ItemLog, ServiceState, create_app, default_log_path  # noqa: E402
+from tests.app.servers import InProcessServer as Server  # noqa: E402
+from tests.app.servers import free_port, wait_until_serving  # noqa: E402
 
 TOKEN = "test-token-123"
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a thread on 127.0.0.1 (the real HTTP stack, in-process)."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                break
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_run, tmp_path_factory):
-    run, last, args = tiny_run
-    out = tmp_path_factory.mktemp("serve-art") / "synthetic"
-    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
-                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
-    return out
 
 
 @pytest.fixture()
@@ -327,7 +290,7 @@ def test_serve_refuses_write_endpoints_without_token(artifacts, capsys, monkeypa
     from app.serve import serve_main
 
     monkeypatch.delenv("PINSAGE_SERVE_TOKEN", raising=False)
-    assert serve_main(["--artifacts", str(artifacts), "--port", str(_free_port())]) == 2
+    assert serve_main(["--artifacts", str(artifacts), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert "PINSAGE_SERVE_TOKEN is not set" in err and "--read-only" in err
     app = create_app(artifacts, read_only=True)
@@ -352,24 +315,15 @@ def test_kill_9_restart_keeps_acknowledged_items(artifacts, tmp_path):
     """A real `pinsage serve` process: insert, kill -9, restart, every acknowledged item is back."""
     F = _width(artifacts)
     log = tmp_path / "k9.jsonl"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PINSAGE_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(PROJECT)}
     cmd = [sys.executable, "-m", "app.cli", "serve", "--artifacts", str(artifacts), "--port", str(port),
            "--log", str(log)]
 
     def start():
         p = subprocess.Popen(cmd, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return p
-            except httpx.HTTPError:
-                pass
-            if p.poll() is not None:
-                raise AssertionError(p.stderr.read().decode())
-            time.sleep(0.1)
-        p.kill()
-        raise AssertionError("server did not start")
+        wait_until_serving(p, f"http://127.0.0.1:{port}", seconds=120)
+        return p
 
     p = start()
     acked = []

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed: pip install -e '.[serve]'")
@@ -12,22 +11,12 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
 
 import app.serve as serve  # noqa: E402
-from app.cli import main  # noqa: E402
 from app.inductive import NewItem  # noqa: E402
 from app.recommend import ArtifactError  # noqa: E402
 from app.serve import ServiceState, create_app  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_run, tmp_path_factory):
-    run, last, args = tiny_run
-    out = tmp_path_factory.mktemp("serve-faults-art") / "synthetic"
-    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
-                 "--artifacts.index", "exact", "--artifacts.evaluate", "false"]) == 0
-    return out
 
 
 def _width(artifacts):
@@ -172,32 +161,19 @@ def _readme_curls():
 def test_readme_curl_examples_work_as_written(artifacts, tmp_path):
     """issue 20 item 15: the README's POST examples answered 422 (no Content-Type)."""
     import shutil
-    import socket
     import subprocess
-    import threading
-    import time
 
-    import uvicorn
+    from tests.app.servers import InProcessServer
 
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     cmds = _readme_curls()
     assert len(cmds) >= 4 and any("POST localhost:8000/items" in c for c in cmds)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(artifacts, token=TOKEN, log_path=tmp_path / "log.jsonl"),
-                                           host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
+    server = InProcessServer(create_app(artifacts, token=TOKEN, log_path=tmp_path / "log.jsonl"))
     try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
         env = {**os.environ, "PINSAGE_SERVE_TOKEN": TOKEN}
         for cmd in cmds:
-            cmd = cmd.replace("localhost:8000", f"127.0.0.1:{port}")
+            cmd = cmd.replace("localhost:8000", f"127.0.0.1:{server.port}")
             p = subprocess.run(["bash", "-c", cmd + " -s -o /dev/stderr -w '%{http_code}'"], env=env,
                                capture_output=True, text=True, timeout=60)
             status = int(p.stdout.strip()[-3:])
@@ -206,8 +182,7 @@ def test_readme_curl_examples_work_as_written(artifacts, tmp_path):
                 continue
             assert status in (200, 201), (cmd, status, p.stderr)
     finally:
-        server.should_exit = True
-        t.join(10)
+        server.stop()
 
 
 def test_body_without_json_content_type_names_the_header(artifacts, tmp_path):

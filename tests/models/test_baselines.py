@@ -1,5 +1,6 @@
 """Baseline and embedding scorers, and the scorer-based ranking functions, against dense
-references and against :mod:`models.metrics` (the same numbers by two code paths)."""
+references and against the plain embedding rankers of ``reference_ranking.py`` (the same numbers
+by two code paths)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from models.baselines import (
     full_ranking_from_scorer,
     grouped_target_ranks,
     hash_uniform,
-    ranks_from_scorer,
     user_profiles,
     user_scorer,
 )
-from models.metrics import candidate_ranks, full_ranking_metrics, target_ranks
+from tests.models.reference_ranking import candidate_ranks, full_ranking_metrics, ranks_from_scorer, target_ranks
 
 
 def _graph(dense: np.ndarray):

@@ -4,18 +4,8 @@ import pytest
 import torch
 from torch_geometric.metrics import LinkPredNDCG, LinkPredRecall
 
-from models.metrics import (
-    candidate_ranks,
-    full_ranking_metrics,
-    hit_rate_at_k,
-    mrr,
-    ndcg_at_k,
-    sampled_metrics,
-    scaled_mrr,
-    target_ranks,
-    to_csr,
-    topk_items,
-)
+from models.metrics import hit_rate_at_k, mrr, ndcg_at_k, scaled_mrr, to_csr, topk_items
+from tests.models.reference_ranking import candidate_ranks, full_ranking_metrics, sampled_metrics, target_ranks
 
 
 @pytest.fixture(autouse=True)
