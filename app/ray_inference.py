@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from datamodules.checks import check_int
+
 from .inference import FixedNeighbourhoods, convolve_chunk, encode_chunk
 
 __all__ = ["ray_layerwise_embeddings", "ray_available"]
@@ -212,8 +214,7 @@ def ray_layerwise_embeddings(
 
     if not isinstance(model, PinSage):
         raise ValueError(f"model={type(model).__name__} is invalid: expected a models.pinsage.PinSage")
-    if isinstance(partition_size, bool) or not isinstance(partition_size, (int, np.integer)) or partition_size < 1:
-        raise ValueError(f"partition_size={partition_size!r} is invalid: expected an int >= 1")
+    check_int("partition_size", partition_size, 1)
     num_items = int(len(x) if num_items is None else num_items)
     if len(x) != num_items:
         raise ValueError(f"x has {len(x)} rows: expected one row per item, num_items={num_items}")

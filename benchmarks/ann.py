@@ -34,11 +34,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.retrieval import DEFAULT_PARAMS, build_index, recall_at_k, set_search_params  # noqa: E402
+from app.retrieval import DEFAULT_PARAMS, build_index, recall_at_k, set_search_params
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model
 
 
 def clustered_embeddings(n: int, d: int, clusters: int, local_dim: int, seed: int, centres=None):

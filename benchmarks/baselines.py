@@ -43,8 +43,6 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from app import item_item_baselines as bl  # noqa: E402
 from app.baselines_command import tune as tune_on_validation  # noqa: E402

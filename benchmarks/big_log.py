@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.scale import GIB, MemoryLimit  # noqa: E402
+from scale import GIB, MemoryLimit  # noqa: E402
 
 
 def write_log(path: Path, size: int) -> None:

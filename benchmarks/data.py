@@ -72,7 +72,6 @@ def main() -> None:
                    "load_from_cache_s": round(warm["seconds"], 3), "cache_peak_rss_mb": round(warm["peak_rss_mb"])}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from machine import cpu_model
 
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(),

@@ -29,12 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SYNTHETIC = dict(num_users=50_000, num_items=20_000, num_interactions=1_000_000, num_communities=50,
                  feature_dim=64, seed=0)

@@ -38,8 +38,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = ROOT / "benchmarks" / "results" / "explorer.json"
 QUERIES = ["the", "star", "dark river", "night of", "(1987)", "zebra crossing", "no such title", "42"]
 

@@ -41,8 +41,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -53,7 +51,6 @@ from datamodules.datasets import load_dataset  # noqa: E402
 from datamodules.walks import PinSageSampler  # noqa: E402
 from models.pinsage import PinSage  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model  # noqa: E402
 
 SYNTHETIC_1M = dict(num_users=500_000, num_items=1_000_000, num_interactions=5_000_000,

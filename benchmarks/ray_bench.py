@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from app.inference import layerwise_embeddings, neighbourhoods_for_all  # noqa: E402
-from benchmarks.machine import cpu_model  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from datamodules.datasets import load_dataset  # noqa: E402
 from datamodules.walks import PinSageSampler  # noqa: E402
 from models.pinsage import PinSage  # noqa: E402

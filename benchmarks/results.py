@@ -93,7 +93,6 @@ def run_model(name: str, seed: int, epochs: int | None) -> dict:
 
 
 def run_baselines(dataset: str, seed: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from app.evaluation import evaluate
     from datamodules.datasets import load_dataset
 

@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +130,6 @@ class _DGL:
 
 
 def _load_graphs(args):
-    sys.path.insert(0, str(ROOT))
     from datamodules.graph import InteractionGraph
 
     graphs = []
@@ -270,7 +268,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
-    sys.path.insert(0, str(ROOT))
     import numba
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))

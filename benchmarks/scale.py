@@ -33,9 +33,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_model  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic-100m.yaml"
 DATA_CONFIG = ROOT / "configs" / "data" / "synthetic-100m.yaml"
@@ -218,8 +217,7 @@ def main() -> None:
         os.replace(tmp, out_path)
 
     if "generate" in stages:
-        code = ("import sys; sys.path.insert(0, %r); from datamodules.synthetic import make_synthetic; "
-                "make_synthetic(**%r)" % (str(ROOT), ra))
+        code = "from datamodules.synthetic import make_synthetic; make_synthetic(**%r)" % (ra,)
         add("generate", run_stage("generate", [py, "-c", code], work / "generate.log"))
     if not summary and (work / "data.log.out").is_file():
         summary = json.loads((work / "data.log.out").read_text().strip().splitlines()[-1])

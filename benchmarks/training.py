@@ -41,12 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "movielens-100k"
-
 
 
 def _train_step(mod, batch, opt) -> None:
@@ -418,7 +416,6 @@ print(json.dumps(res))
     'shims/torchtext/data/__init__.py': '',
     'shims/dask/__init__.py': '',
 }
-
 
 
 BUILDER_IMPORT = """from pandas.api.types import (

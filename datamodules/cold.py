@@ -21,6 +21,7 @@ from typing import Tuple
 
 import numpy as np
 
+from .checks import check_int
 from .interactions import Interactions
 
 
@@ -32,9 +33,7 @@ def check_cold(fraction, engagements) -> Tuple[float, int]:
         f = float("nan")
     if not 0.0 <= f < 1.0:
         raise ValueError(f"cold_items={fraction!r} is invalid: expected a fraction of the catalogue in [0, 1)")
-    if isinstance(engagements, bool) or not isinstance(engagements, (int, np.integer)) or engagements < 0:
-        raise ValueError(f"cold_engagements={engagements!r} is invalid: expected an int >= 0")
-    return f, int(engagements)
+    return f, check_int("cold_engagements", engagements, 0)
 
 
 def cold_holdout(inter: Interactions, fraction: float, engagements: int = 3,

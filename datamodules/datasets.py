@@ -8,7 +8,8 @@ every byte). Later calls with the same files and arguments open the arrays with
 ``mmap_mode="r"``: loading takes well under a second whatever the size, the pages are read on
 demand, and forked DataLoader workers share them (nothing is pickled into workers).
 
-Cache rules:
+Cache rules (the folder's format, its streaming writer and checked opener live in
+:mod:`datamodules.dataset_cache`; the key and what goes in are this module's):
 
 * the key hashes *every* argument of :func:`load_dataset` that shapes the data (all of them but
   ``root``, ``cache_dir``, ``use_cache``, ``progress``: a new argument enters the key by itself)
@@ -38,13 +39,10 @@ Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw la
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -57,23 +55,16 @@ from . import chunks
 from .graph import InteractionGraph
 from .interactions import DataError, Interactions, ItemTable
 from .cold import check_cold, cold_holdout
-from .digests import DigestMemo, sha256_file
+from .dataset_cache import (  # noqa: F401 (CACHE_FORMAT, CACHE_VERSION, MANIFEST: re-exported, as before the split)
+    CACHE_FORMAT, CACHE_VERSION, MANIFEST, CacheError, CacheWriter, default_cache_dir, open_cache)
+from .digests import DigestMemo
 from .splits import Split, announce_split, check_split, check_split_seed, split_and_pairs
 
-#: format version of the cache folder (1 was a single ``.npz``); a cache of another version is rebuilt
-CACHE_VERSION = 3  # 3: whole-file digests (2 hashed the first and last MiB)
-CACHE_FORMAT = "pinsage-dataset-cache"
-MANIFEST = "manifest.json"
 #: load_dataset arguments that do not shape the data (everything else enters the cache key)
 _NOT_IN_KEY = ("root", "cache_dir", "use_cache", "progress", "announce")
-_MIB = 1 << 20
 # cached arrays are read-only memory maps on purpose (nothing may write into the cache); torch only
 # reads the tensors it wraps around them, so its "not writable" warning is noise here
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-
-
-class CacheError(Exception):
-    """A dataset cache folder that cannot be used (old format, damaged): rebuild it."""
 
 
 @dataclass
@@ -295,163 +286,11 @@ class RecDataset:
         Raises:
             CacheError: the folder is of another format version or damaged (the reason says how).
         """
-        manifest, arrays = _open_cache(Path(path), mmap)
+        manifest, arrays = open_cache(Path(path), mmap)
         try:
             return cls.from_arrays(arrays, manifest["meta"])
         except (KeyError, TypeError, ValueError) as err:
             raise CacheError(f"the manifest's arrays or metadata are incomplete ({type(err).__name__}: {err})") from None
-
-
-class CacheWriter:
-    """The temp folder a cache is built in (beside ``path``): :meth:`put` writes an array as soon as
-    the build has it and hands back a read-only memory map of the file (so the build holds one
-    stage's arrays in RAM, not the whole cache); :meth:`finish` writes the manifest and publishes
-    the folder with one ``rename``; :meth:`abort` removes it."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.path)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-{_HOST}-{os.getpid()}-", dir=self.path.parent))
-        self.entries: Dict[str, dict] = {}
-
-    def put(self, name: str, arr) -> np.ndarray:
-        arr = np.asarray(arr)
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        fn = self.tmp / f"{name}.npy"
-        np.save(fn, arr, allow_pickle=False)
-        self.entries[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "bytes": fn.stat().st_size,
-                              "digest": f"{fn.stat().st_size}:{sha256_file(fn)}"}
-        if arr.nbytes < _MIB or arr.dtype.hasobject:
-            return arr
-        return np.load(fn, mmap_mode="r", allow_pickle=False)
-
-    def finish(self, meta: dict, order: Optional[List[str]] = None) -> None:
-        names = [k for k in (order or []) if k in self.entries] + [k for k in self.entries if k not in (order or [])]
-        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "meta": meta,
-                    "arrays": {k: self.entries[k] for k in names}}
-        with open(self.tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(self.tmp, 0o777 & ~_umask())
-        _publish(self.tmp, self.path)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def _open_cache(path: Path, mmap: bool = True):
-    """``(manifest, {name: array})`` of a cache folder, every array checked against the manifest."""
-    manifest = _read_manifest(path)
-    arrays: Dict[str, np.ndarray] = {}
-    memo = DigestMemo(path.parent)
-    for name, e in manifest["arrays"].items():
-        fn = path / f"{name}.npy"
-        try:
-            size = fn.stat().st_size
-        except FileNotFoundError:
-            raise CacheError(f"array file {fn.name} is missing") from None
-        if size != e["bytes"]:
-            raise CacheError(f"array file {fn.name} has {size} bytes, the manifest says {e['bytes']} (truncated?)")
-        if memo.digest(fn) != e["digest"]:
-            raise CacheError(f"array file {fn.name} does not match the digest in the manifest")
-        try:
-            arr = np.load(fn, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise CacheError(f"array file {fn.name} cannot be read: {err}") from None
-        if arr.dtype.str != e["dtype"] or list(arr.shape) != list(e["shape"]):
-            raise CacheError(f"array file {fn.name} holds {arr.dtype.str} {list(arr.shape)}, the manifest "
-                             f"says {e['dtype']} {e['shape']}")
-        arrays[name] = arr
-    memo.save()
-    return manifest, arrays
-
-
-def _read_manifest(path: Path) -> dict:
-    mf = path / MANIFEST
-    if not path.is_dir():
-        raise CacheError(f"{path} is not a cache folder")
-    try:
-        manifest = json.loads(mf.read_text())
-    except FileNotFoundError:
-        raise CacheError(f"{MANIFEST} is missing") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CacheError(f"{MANIFEST} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-        raise CacheError(f"{MANIFEST} is not a {CACHE_FORMAT} manifest")
-    if manifest.get("version") != CACHE_VERSION:
-        raise CacheError(f"it was written in format version {manifest.get('version')!r}, this version reads "
-                         f"{CACHE_VERSION}")
-    if not isinstance(manifest.get("arrays"), dict) or not isinstance(manifest.get("meta"), dict):
-        raise CacheError(f"{MANIFEST} lacks its 'arrays' or 'meta' entry")
-    return manifest
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``path`` (race-safe across processes and nodes)."""
-    for attempt in range(5):
-        if path.exists() and not path.is_dir():
-            raise OSError(f"cannot write the dataset cache {path}: a file that is not a cache folder is in the way")
-        try:
-            os.rename(tmp, path)
-            return
-        except OSError as err:
-            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-                raise
-        try:  # someone else published first: keep theirs when it is valid
-            _open_cache(path)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        except CacheError:
-            pass
-        aside = path.with_name(f".{path.name}.stale-{os.getpid()}-{attempt}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            continue
-        _remove_cache_folder(aside)
-    raise OSError(f"could not publish the dataset cache {path}: it keeps being replaced by other processes")
-
-
-_HOST = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Temp folders of builds killed on this host (their process is gone) are removed."""
-    prefix = f".{path.name}.tmp-{_HOST}-"
-    for d in path.parent.glob(prefix + "*"):
-        try:
-            pid = int(d.name[len(prefix):].split("-", 1)[0])
-        except ValueError:
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # still building
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        if d.is_dir():
-            _remove_cache_folder(d)
-
-
-def _remove_cache_folder(path: Path) -> None:
-    """Remove a cache folder we wrote (only ``*.npy`` and the manifest; anything else stays)."""
-    for f in path.iterdir():
-        if f.is_file() and (f.suffix == ".npy" or f.name == MANIFEST):
-            f.unlink()
-    try:
-        path.rmdir()
-    except OSError:
-        pass
 
 
 def _feature_groups(names: List[str]) -> Dict[str, int]:
@@ -498,9 +337,6 @@ def _fingerprint(paths: List[Path], memo: DigestMemo) -> List[Any]:
     memo.save()
     return out
 
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PINSAGE_CACHE", Path.home() / ".cache" / "pinsage"))
 
 
 def load_dataset(
@@ -553,23 +389,10 @@ def load_dataset(
     if not cold[0]:  # no cold items: the key stays what it was before the option existed
         for k in ("cold_items", "cold_engagements", "cold_retrain"):
             key_parts.pop(k)
-    folder = None
-    if dataset != "synthetic":
-        spec = _specs()[dataset]
-        args = {**spec.reader_defaults, **reader_args}
-        if dataset == "table" and "path" not in args:
-            raise ValueError("dataset='table' needs reader_args.path (the CSV/Parquet interaction log)")
-        folder = resolve_folder(dataset, root, spec) if spec.files else Path(root).expanduser()
-        files = [folder / f for f in spec.files]
-        for k in ("path", "items_path", "features_path"):
-            if args.get(k):
-                p = Path(args[k]) if Path(args[k]).is_absolute() else folder / args[k]
-                if not p.is_file():
-                    raise DataError(f"dataset {dataset!r}: reader_args.{k} file {str(p)!r} does not exist")
-                files.append(p)
+    source = None if dataset == "synthetic" else _Source.resolve(dataset, root, reader_args)
     cdir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if folder is not None:
-        key_parts["files"] = _fingerprint(files, DigestMemo(cdir if use_cache else None))
+    if source is not None:
+        key_parts["files"] = _fingerprint(source.files, DigestMemo(cdir if use_cache else None))
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache_path = cdir / f"{dataset}-{key}"
     if use_cache and (cache_path.exists() or cache_path.is_symlink()):
@@ -582,19 +405,52 @@ def load_dataset(
         except CacheError as err:
             print(f"pinsage: the dataset cache {cache_path} is unusable ({err}); rebuilding it",
                   file=sys.stderr, flush=True)
+    return _build_and_cache(dataset, source, reader_args, cache_path if use_cache else None, cdir, log,
+                            features=features, split=split, split_seed=split_seed, announce=announce, cold=cold)
 
+
+@dataclass
+class _Source:
+    """A named dataset's files: its spec, the folder they are in, the reader's arguments, every input."""
+
+    spec: DatasetSpec
+    folder: Path
+    args: Dict[str, Any]
+    files: List[Path]
+
+    @classmethod
+    def resolve(cls, dataset: str, root, reader_args: Dict[str, Any]) -> "_Source":
+        spec = _specs()[dataset]
+        args = {**spec.reader_defaults, **reader_args}
+        if dataset == "table" and "path" not in args:
+            raise ValueError("dataset='table' needs reader_args.path (the CSV/Parquet interaction log)")
+        folder = resolve_folder(dataset, root, spec) if spec.files else Path(root).expanduser()
+        files = [folder / f for f in spec.files]
+        for k in ("path", "items_path", "features_path"):
+            if args.get(k):
+                p = Path(args[k]) if Path(args[k]).is_absolute() else folder / args[k]
+                if not p.is_file():
+                    raise DataError(f"dataset {dataset!r}: reader_args.{k} file {str(p)!r} does not exist")
+                files.append(p)
+        return cls(spec, folder, args, files)
+
+
+def _read_source(dataset: str, source: Optional[_Source], reader_args: Dict[str, Any], log):
+    """``(interactions, external features or None, extras, default feature names)`` parsed from the
+    dataset's files (or generated, for ``synthetic``)."""
     extras: Dict[str, np.ndarray] = {}
     external = None
-    log(f"parsing {dataset} from {folder if folder else 'generator'}")
-    if dataset == "synthetic":
+    log(f"parsing {dataset} from {source.folder if source is not None else 'generator'}")
+    if source is None:
         from .synthetic import make_synthetic
 
         inter, external, comm = make_synthetic(**reader_args)
         extras["item_community"] = comm
         default_features = ["log_degree", "external"]
     else:
+        args, folder = dict(source.args), source.folder
         features_path = args.pop("features_path", None)
-        inter = spec.reader(folder, **args)
+        inter = source.spec.reader(folder, **args)
         if features_path:
             fp = Path(features_path) if Path(features_path).is_absolute() else folder / features_path
             external, _mask = _readers().read_item_features(fp, inter.item_ids)
@@ -602,23 +458,32 @@ def load_dataset(
     tn = getattr(inter, "test_negatives", None)
     if tn is not None:
         extras["test_negatives"] = tn
+    return inter, external, extras, default_features
+
+
+def _build_and_cache(dataset: str, source: Optional[_Source], reader_args: Dict[str, Any],
+                     cache_path: Optional[Path], cdir: Path, log, *, features, split: str, split_seed: int,
+                     announce: bool, cold: Tuple[float, int, bool]) -> RecDataset:
+    """The cold path of :func:`load_dataset`: read, split and build, streamed into the cache folder
+    ``cache_path`` (``None``: no cache) and handed out as its memory maps."""
+    inter, external, extras, default_features = _read_source(dataset, source, reader_args, log)
     log(f"read {inter.num_interactions} interactions; splitting")
     announce_split(split, inter, split_seed, dataset, announce)
     # the build streams its arrays into the cache's temp folder as it makes them (CacheWriter)
-    writer = CacheWriter(cache_path) if use_cache else None
+    writer = CacheWriter(cache_path) if cache_path is not None else None
     try:
         ds = build_dataset(dataset, inter, split=split, split_seed=split_seed,
                            features=features if features is not None else default_features,
                            external=external, cache_dir=cdir, extras=extras,
                            store=None if writer is None else writer.put, log=log, cold=cold)
         del inter, external
-        if use_cache:
+        if writer is not None:
             ds.save(cache_path, writer)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    if use_cache:
+    if cache_path is not None:
         log(f"cached at {cache_path}")
         # hand out the memory-mapped copy: the build's RAM is freed and a first run behaves like
         # every later one (read-only arrays shared by forked workers)

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .batch import EvalBatch, IdBatch, PinSageBatch
+from .checks import check_int
 from .minibatch import ComputationGraphBuilder
 from .negatives import HardNegativeMiner, num_hard_for_epoch, sample_easy_negatives
 from .pairs import StaticPairs
@@ -62,17 +63,8 @@ def resolve_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -
             world_size = torch.distributed.get_world_size() if world_size is None else world_size
     rank = 0 if rank is None else rank
     world_size = 1 if world_size is None else world_size
-    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
-        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
-    return int(rank), int(world_size)
-
-
-def _check_positive(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
+    world_size = check_int("world_size", world_size, 1)
+    return check_int("rank", rank, 0, world_size, hint=f" (world_size={world_size})"), world_size
 
 
 class EpochBatchSampler(DistributedSampler):
@@ -90,13 +82,9 @@ class EpochBatchSampler(DistributedSampler):
     def __init__(self, num_pairs: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None):
         # deliberately not calling DistributedSampler.__init__ (it requires an initialised group)
-        if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 0:
-            raise ValueError(f"num_pairs must be an integer >= 0, got {num_pairs!r}")
-        self.num_pairs = int(num_pairs)
-        self.batch_size = _check_positive("batch_size", batch_size)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = int(seed)
+        self.num_pairs = check_int("num_pairs", num_pairs, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self._rank, self._world_size = rank, world_size
@@ -113,9 +101,7 @@ class EpochBatchSampler(DistributedSampler):
         return resolve_rank(self._rank, self._world_size)[1]
 
     def set_epoch(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def num_batches(self, world_size: Optional[int] = None) -> int:
         w = resolve_rank(self._rank, self._world_size)[1] if world_size is None else world_size
@@ -346,7 +332,7 @@ class EvalChunkDataset(Dataset):
     def __init__(self, builder: ComputationGraphBuilder, chunk_size: int, epoch: int = 0,
                  items: Optional[np.ndarray] = None):
         self.builder = builder
-        self.chunk_size = _check_positive("eval_batch_size", chunk_size)
+        self.chunk_size = check_int("eval_batch_size", chunk_size, 1)
         self.epoch = int(epoch)
         self.items = np.arange(builder.num_items, dtype=np.int64) if items is None else np.asarray(items, np.int64)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .batch import Block, EvalBatch, PinSageBatch
+from .checks import check_int
 
 
 def _as_ids(name: str, a, num_items: int) -> np.ndarray:
@@ -52,8 +53,7 @@ class ComputationGraphBuilder:
     """
 
     def __init__(self, sampler, item_features: np.ndarray, num_layers: int = 2):
-        if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 0:
-            raise ValueError(f"num_layers must be an integer >= 0, got {num_layers!r}")
+        check_int("num_layers", num_layers, 0)
         feats = np.asarray(item_features)
         if feats.ndim != 2:
             raise ValueError(f"item_features must be a 2-d [num_items, F] array, got shape {feats.shape}")

@@ -46,6 +46,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checks import check_int
 from .walks import visit_ranking
 
 DEFAULT_HARD_WINDOW = (0.01, 0.05)
@@ -55,8 +56,7 @@ _VISITS_PER_RANK = 2.0
 
 def num_hard_for_epoch(epoch: int, max_hard_negatives: int, enabled: bool = True) -> int:
     """Hard negatives per query for Lightning epoch ``epoch`` (0-based): ``min(epoch, max)``."""
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise ValueError(f"epoch must be an integer >= 0 (Lightning's current_epoch), got {epoch!r}")
+    check_int("epoch", epoch, 0, hint=" (Lightning's current_epoch)")
     if not enabled:
         return 0
     return int(min(int(epoch), int(max_hard_negatives)))
@@ -194,9 +194,7 @@ class HardNegativeMiner:
         self.restart_prob = float(restart_prob)
         if num_walks is None:
             num_walks = auto_hard_num_walks(self.hi, self.walk_length, self.restart_prob)
-        if isinstance(num_walks, bool) or not isinstance(num_walks, (int, np.integer)) or num_walks < 1:
-            raise ValueError(f"hard_num_walks must be a positive integer or null (auto), got {num_walks!r}")
-        self.num_walks = int(num_walks)
+        self.num_walks = check_int("hard_num_walks", num_walks, 1, hint=" or null (auto)")
         self.seed = int(seed)
         try:
             cache_mb = float(cache_mb)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import chunks
+from .checks import check_int
 from .interactions import Interactions
 
 SPLITS = ("auto", "temporal", "random", "fixed")
@@ -58,9 +59,7 @@ def check_split(split: str) -> str:
 
 
 def check_split_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"split_seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
+    return check_int("split_seed", seed, 0)
 
 
 def resolve_split(split: str, inter: Interactions) -> str:

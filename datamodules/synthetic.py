@@ -35,12 +35,8 @@ from typing import Tuple
 import numba
 import numpy as np
 
+from .checks import check_int
 from .interactions import Interactions, ItemTable
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -277,7 +273,7 @@ def _check_args(method, num_users, num_items, num_interactions, num_communities,
         raise ValueError(f"method={method!r} is not valid; choose one of {list(METHODS)}")
     for name, v in (("num_users", num_users), ("num_items", num_items), ("num_interactions", num_interactions),
                     ("num_communities", num_communities), ("feature_dim", feature_dim)):
-        _check_positive(name, v)
+        check_int(name, v, 1)
     if num_interactions < max(num_users, num_items):
         raise ValueError(
             f"num_interactions={num_interactions} must be >= max(num_users, num_items)="

@@ -246,14 +246,6 @@ def _compact(out_items, out_cnt, out_len, K):
 # ----------------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------------
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}), got {value!r}")
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}), got {value!r}")
-    return int(value)
-
-
 def _check_prob(name: str, value) -> float:
     try:
         v = float(value)

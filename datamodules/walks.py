@@ -84,9 +84,10 @@ from typing import Optional, Tuple
 
 # first: it points numba at its cache folder before numba is imported
 from .walk_primitives import (_CHUNK, _GOLDEN, _GROUP, _LO32, _M2, Ragged, WalkWeights, _arrays_of, _below,  # noqa: F401, I001
-                              _check_graph, _check_int, _check_prob, _check_seeds, _check_walk_weights,
+                              _check_graph, _check_prob, _check_seeds, _check_walk_weights,
                               _compact, _count_topk, _empty, _hash_topk, _mix, _pick_weighted,
                               _stream_key, _use_parallel, alias_table, walk_weights)
+from .checks import check_int  # noqa: E402
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
@@ -344,7 +345,7 @@ def visit_ranking(item_ptr, item_users, user_ptr, user_items, seeds, num_walks: 
     Working memory is ``12 * len(seeds) * min(max_rank, num_walks * walk_length)`` bytes, so rank
     large windows in batches of a few hundred seeds.
     """
-    max_rank = _check_int("max_rank", max_rank, 1)
+    max_rank = check_int("max_rank", max_rank, 1)
     res = _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_walks, walk_length,
                             restart_prob, max_rank, seed, epoch, parallel, walk_weights)
     ptr, items, _, counts = res
@@ -355,12 +356,12 @@ def _walk_counts_full(item_ptr, item_users, user_ptr, user_items, seeds, num_wal
                       top_t, seed, epoch, parallel=None, walk_weights=None):
     """(ptr, items, weight, counts) -- the shared body of the public walk functions."""
     item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
-    num_walks = _check_int("num_walks", num_walks, 1)
-    walk_length = _check_int("walk_length", walk_length, 1)
-    top_t = _check_int("top_t", top_t, 1)
+    num_walks = check_int("num_walks", num_walks, 1)
+    walk_length = check_int("walk_length", walk_length, 1)
+    top_t = check_int("top_t", top_t, 1)
     restart_prob = _check_prob("restart_prob", restart_prob)
-    seed = _check_int("seed", seed, 0)
-    epoch = _check_int("epoch", epoch, 0)
+    seed = check_int("seed", seed, 0)
+    epoch = check_int("epoch", epoch, 0)
     seeds = _check_seeds(seeds, item_ptr.shape[0] - 1)
     if num_walks * walk_length >= 2**31:
         raise ValueError(f"num_walks * walk_length must be < 2**31, got {num_walks * walk_length}")
@@ -390,9 +391,9 @@ def uniform_neighbors(item_ptr, item_users, user_ptr, user_items, seeds, num_sam
     over the draws). Deterministic in ``(seed, epoch)``.
     """
     item_ptr, item_users, user_ptr, user_items = _check_graph(item_ptr, item_users, user_ptr, user_items)
-    num_samples = _check_int("num_samples", num_samples, 1)
-    seed = _check_int("seed", seed, 0)
-    epoch = _check_int("epoch", epoch, 0)
+    num_samples = check_int("num_samples", num_samples, 1)
+    seed = check_int("seed", seed, 0)
+    epoch = check_int("epoch", epoch, 0)
     seeds = _check_seeds(seeds, item_ptr.shape[0] - 1)
     if seeds.shape[0] == 0:
         return _empty()
@@ -421,11 +422,11 @@ class PinSageSampler:
         self.walk_weights = walk_weights(graph) if weighted else None
         self.parallel = parallel
         self.num_items = self.arrays[0].shape[0] - 1
-        self.num_walks = _check_int("num_walks", num_walks, 1)
-        self.walk_length = _check_int("walk_length", walk_length, 1)
+        self.num_walks = check_int("num_walks", num_walks, 1)
+        self.walk_length = check_int("walk_length", walk_length, 1)
         self.restart_prob = _check_prob("restart_prob", restart_prob)
-        self.top_t = _check_int("top_t", top_t, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.top_t = check_int("top_t", top_t, 1)
+        self.seed = check_int("seed", seed, 0)
 
     def sample(self, seeds, epoch: int = 0) -> Ragged:
         return pinsage_neighbors(*self.arrays, seeds, self.num_walks, self.walk_length, self.restart_prob,
@@ -451,8 +452,8 @@ class UniformSampler:
         self.arrays = _check_graph(*_arrays_of(graph))
         self.parallel = parallel
         self.num_items = self.arrays[0].shape[0] - 1
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.seed = check_int("seed", seed, 0)
 
     def sample(self, seeds, epoch: int = 0) -> Ragged:
         return uniform_neighbors(*self.arrays, seeds, self.num_samples, self.seed, epoch, self.parallel)

@@ -134,3 +134,10 @@ def test_the_shared_checkpoint_blocks_are_used():
     used = {p.name for p in shared if any(f"trainer/{p.name}" in c.read_text() for c in FULL)}
     assert used == {p.name for p in shared}
     assert sum("callbacks: trainer/" in c.read_text() for c in FULL) >= 6
+
+
+def test_no_dataset_config_carries_its_own_copy_of_a_checkpoint_block():
+    """Best-by-validation checkpoints come from configs/trainer/ in every config (one owner); only a
+    config with another policy (synthetic-100m.yaml: last only) writes its own."""
+    inline = [p.name for p in FULL if "ModelCheckpoint" in p.read_text() and "monitor: val/" in p.read_text()]
+    assert inline == []

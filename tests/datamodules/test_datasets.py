@@ -259,13 +259,13 @@ def test_shared_cache_is_built_by_global_rank_zero_only():
 
 
 def test_temp_folder_of_a_killed_build_is_cleaned_on_the_next_build(tmp_path):
-    from datamodules import datasets
+    from datamodules import dataset_cache
 
     ds = load_dataset("synthetic", cache_dir=str(tmp_path / "a"), reader_args=SYN)
     target = tmp_path / "b" / "synthetic-x"
     target.parent.mkdir()
-    dead = target.parent / f".synthetic-x.tmp-{datasets._HOST}-{2 ** 22 + 4321}-abc"  # no such pid
-    live = target.parent / f".synthetic-x.tmp-{datasets._HOST}-{os.getpid()}-def"  # a build in progress
+    dead = target.parent / f".synthetic-x.tmp-{dataset_cache._HOST}-{2 ** 22 + 4321}-abc"  # no such pid
+    live = target.parent / f".synthetic-x.tmp-{dataset_cache._HOST}-{os.getpid()}-def"  # a build in progress
     for d in (dead, live):
         d.mkdir()
         np.save(d / "users.npy", np.arange(3))

@@ -14,7 +14,8 @@ from datamodules.walks import (
     uniform_neighbors,
     visit_ranking,
 )
-from datamodules.walks import _arrays_of, _check_graph, _check_int, _check_seeds
+from datamodules.checks import check_int
+from datamodules.walks import _arrays_of, _check_graph, _check_seeds
 
 
 def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Optional[int] = None,
@@ -42,7 +43,7 @@ def exact_ppr(graph_or_arrays, source_item, restart_prob: float, walk_length: Op
     if not (0.0 < a < 1.0):
         raise ValueError(f"restart_prob must be in (0, 1) for exact_ppr, got {restart_prob!r}")
     if walk_length is not None:
-        walk_length = _check_int("walk_length", walk_length, 0)
+        walk_length = check_int("walk_length", walk_length, 0)
     num_items = item_ptr.shape[0] - 1
     scalar = np.ndim(source_item) == 0
     src = _check_seeds(source_item, num_items)
