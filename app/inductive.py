@@ -50,6 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from datamodules import chunks
 from datamodules.walk_settings import WalkSettings
 from models.pinsage import PinSage
 
@@ -183,6 +184,7 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     np.savez(folder / fmt.WALK_GRAPH, item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
              user_items=user_items, **_walk_weights(ds.train_graph, settings, user_items))
     np.savez(folder / fmt.NEIGHBOURHOODS, ptr=nbr[0], items=nbr[1], weights=nbr[2])
+    chunks.release(item_ptr, item_users, user_ptr, user_items)  # read once: the cache's pages, not ours
     spec = feature_spec(ds, getattr(datamodule, "cache_dir", None) or _default_cache_dir())
     (folder / fmt.FEATURES).write_text(json.dumps(spec))
     walks = settings.to_dict()
