@@ -155,10 +155,18 @@ def _write_users(tmp: Path, ds, module, dims: int) -> None:
         _npz_array(zf, "ptr", ptr)
         del ptr
         n = items.shape[0] if src is None else src.shape[0]
-        _npz_chunks(zf, "items", np.dtype(np.int64), (n,),
-                    ((items[a:b] if src is None else items[src[a:b]]).astype(np.int64) for a, b in chunks.spans(n)))
+        _npz_chunks(zf, "items", np.dtype(np.int64), (n,), _items_in_order(items, src, n))
         _npz_array(zf, "encoder", encoder)
-    chunks.release(items)
+
+
+def _items_in_order(items: np.ndarray, src: Optional[np.ndarray], n: int):
+    """``items[src]`` (``items`` when ``src`` is None) as int64 chunks; a mapped log's pages are
+    handed back after each chunk."""
+    from datamodules import chunks
+
+    for a, b in chunks.spans(n):
+        yield (items[a:b] if src is None else items[src[a:b]]).astype(np.int64)
+        chunks.release(items)
 
 
 def _npz_array(zf: "zipfile.ZipFile", name: str, arr: np.ndarray) -> None:

@@ -71,6 +71,7 @@ def _as_matrix(x: Any, name: str, dim: Optional[int] = None) -> np.ndarray:
     for s in range(0, arr.shape[0], _ROWS):  # in chunks: no [n, d] temporary
         if not np.isfinite(arr[s:s + _ROWS]).all():
             raise ValueError(f"{name} contains NaN or infinite values")
+        _release(x)  # a memory-mapped x: its pages back to the page cache
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} dimension {arr.shape[1]} != index dimension {dim}")
     return arr
