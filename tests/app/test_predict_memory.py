@@ -124,13 +124,13 @@ def test_nonfinite_rows_found_in_any_chunk(monkeypatch):
         retrieval.build_index(x, "exact")
 
 
-def test_predict_setup_builds_no_miner_and_fit_setup_then_does(small_synthetic, cache_dir):
+def test_predict_setup_builds_no_miner_nor_pairs_and_fit_setup_then_does(small_synthetic, cache_dir):
     from datamodules.datamodule import PinSageDataModule
 
     dm = PinSageDataModule(dataset="synthetic", cache_dir=str(cache_dir), num_workers=0, max_hard_negatives=2,
                            reader_args=dict(num_users=400, num_items=300, num_interactions=6000, num_communities=6,
                                             feature_dim=8, seed=0))
     dm.setup("predict")
-    assert dm._miner is None and dm.dataset is not None
+    assert dm._miner is None and dm._pairs is None and dm.dataset is not None
     dm.setup("fit")
-    assert dm._miner is not None and dm.hard_negative_ranks is not None
+    assert dm._miner is not None and dm._pairs is not None and dm.hard_negative_ranks is not None
