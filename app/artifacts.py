@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -87,8 +88,9 @@ def write_artifacts(
     tmp = Path(tempfile.mkdtemp(prefix=fmt.temp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
         layers = _write_embeddings(module.model, datamodule, nbr, tmp, chunk_size, progress, engine, ray_address)
-        # read back from the file the model streamed it into (memory: the table, not the tables)
-        emb = np.load(tmp / fmt.EMBEDDINGS)
+        # read back from the file the model streamed it into, mapped (copy-on-write: evaluation may
+        # hand it to torch; nothing writes it): its pages are the file's, read where needed
+        emb = np.load(tmp / fmt.EMBEDDINGS, mmap_mode="c")
         log(f"embeddings {emb.shape} in {time.perf_counter() - t0:.1f}s")
         cats, years = item_categories_and_years(ds)
         fmt.write_items(tmp / fmt.ITEMS, ds.interactions.item_ids.tolist(), ds.item_titles(), cats, years)
@@ -131,17 +133,75 @@ def _write_embeddings(model, datamodule, nbr, tmp: Path, chunk_size: int, progre
 
 def _write_users(tmp: Path, ds, module, dims: int) -> None:
     """``users.npz``: each user's items in time order (the explorer's "recent history"; the log's
-    order without timestamps) and the model's user-encoder matrix (identity when it has none)."""
-    from datamodules.graph import InteractionGraph
+    order without timestamps) and the model's user-encoder matrix (identity when it has none).
+
+    The order is :meth:`InteractionGraph.from_edges`'s (its ``_csr``: by user, then timestamp, then
+    log position), but no second graph of the whole log is built: the user pointer is a chunked
+    count, an already grouped log (the synthetic generator's) needs no sort at all, and the
+    ``items`` / ``user_ids`` arrays are written to the archive chunk by chunk (one chunk of
+    temporaries, not the 100M-row copies; benchmarks/SCALE.md)."""
+    from datamodules import chunks
+    from datamodules.graph import _csr
 
     inter = ds.interactions
-    full = InteractionGraph.from_edges(inter.users, inter.items, inter.num_users, inter.num_items,
-                                       timestamps=inter.timestamps)
+    ptr, src = _csr(inter.users, inter.num_users, inter.timestamps)  # src None: the log's own order
+    chunks.release(inter.users, inter.timestamps)
     enc = module.user_encoder.lin
     encoder = (np.eye(dims, dtype=np.float32) if enc is None
                else enc.weight.detach().cpu().numpy().astype(np.float32))
-    np.savez(tmp / fmt.USERS, user_ids=np.asarray(inter.user_ids).astype(str), ptr=full.user_ptr,
-             items=full.user_items.astype(np.int64), encoder=encoder)
+    items = inter.items
+    with zipfile.ZipFile(tmp / fmt.USERS, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _npz_chunks(zf, "user_ids", *_as_str_chunks(np.asarray(inter.user_ids)))
+        _npz_array(zf, "ptr", ptr)
+        del ptr
+        n = items.shape[0] if src is None else src.shape[0]
+        _npz_chunks(zf, "items", np.dtype(np.int64), (n,), _items_in_order(items, src, n))
+        _npz_array(zf, "encoder", encoder)
+
+
+def _items_in_order(items: np.ndarray, src: Optional[np.ndarray], n: int):
+    """``items[src]`` (``items`` when ``src`` is None) as int64 chunks; a mapped log's pages are
+    handed back after each chunk."""
+    from datamodules import chunks
+
+    for a, b in chunks.spans(n):
+        yield (items[a:b] if src is None else items[src[a:b]]).astype(np.int64)
+        chunks.release(items)
+
+
+def _npz_array(zf: "zipfile.ZipFile", name: str, arr: np.ndarray) -> None:
+    """One array into an open ``.npz`` archive, as ``np.savez`` writes it."""
+    with zf.open(name + ".npy", "w", force_zip64=True) as fid:
+        np.lib.format.write_array(fid, np.asanyarray(arr), allow_pickle=False)
+
+
+def _npz_chunks(zf: "zipfile.ZipFile", name: str, dtype: np.dtype, shape: tuple, parts) -> None:
+    """An array of ``dtype`` and ``shape`` into an open ``.npz`` archive from its consecutive C-order
+    ``parts``: the bytes ``np.savez`` writes for the whole array, without the whole in memory."""
+    header = np.lib.format.header_data_from_array_1_0(np.empty(0, dtype=dtype))
+    header["shape"] = tuple(int(s) for s in shape)
+    want = int(np.prod(header["shape"])) * np.dtype(dtype).itemsize
+    done = 0
+    with zf.open(name + ".npy", "w", force_zip64=True) as fid:
+        np.lib.format.write_array_header_1_0(fid, header)
+        for part in parts:
+            part = np.ascontiguousarray(part, dtype=dtype)
+            fid.write(part.data)
+            done += part.nbytes
+    if done != want:
+        raise RuntimeError(f"{name}: {done} bytes written for shape {shape} of {dtype} ({want} expected)")
+
+
+def _as_str_chunks(ids: np.ndarray):
+    """``(dtype, shape, parts)`` of ``ids.astype(str)``: integer ids (whose string width depends only
+    on their dtype) are converted chunk by chunk; other ids at once."""
+    from datamodules import chunks
+
+    if ids.dtype.kind in "iu":
+        dtype = np.empty(0, dtype=ids.dtype).astype(str).dtype
+        return dtype, ids.shape, (ids[a:b].astype(dtype) for a, b in chunks.spans(ids.shape[0]))
+    s = ids.astype(str)
+    return s.dtype, s.shape, [s]
 
 
 def _write_index(tmp: Path, emb: np.ndarray, kind: str, neighbours: int, log: Callable[[str], None]) -> Optional[dict]:

@@ -50,6 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from datamodules import chunks
 from datamodules.walk_settings import WalkSettings
 from models.pinsage import PinSage
 
@@ -127,7 +128,7 @@ def feature_spec(ds, cache_dir=None) -> dict:
     checked against ``ds.item_features``; when they do not reproduce it (e.g. ``external``
     columns) ``"buildable": false`` and new items must come with a ``features`` row."""
     names = list(ds.feature_names)
-    x = np.asarray(ds.item_features, dtype=np.float64)
+    x = ds.item_features  # as stored (mapped): only the checked columns are read, as float64, below
     spec = {"names": names, "width": len(names), "text_model": TEXT_MODEL, "buildable": True,
             "mean": [0.0] * len(names), "std": [1.0] * len(names), "binary": [True] * len(names),
             "category_names": [n[len("category:"):] for n in names if n.startswith("category:")],
@@ -160,7 +161,7 @@ def feature_spec(ds, cache_dir=None) -> dict:
     rebuilt = enc.standardise(np.concatenate([raw.get(k, np.zeros((x.shape[0], 0))) for k in ("log_degree", "text")],
                                              axis=1), [c for k in ("log_degree", "text") for c in cols[k]])
     check = [c for k in ("log_degree", "text") for c in cols[k]]
-    if check and not np.allclose(rebuilt, x[:, check], atol=1e-4):
+    if check and not np.allclose(rebuilt, np.asarray(x[:, check], dtype=np.float64), atol=1e-4):
         spec.update(buildable=False, reason="the stored features could not be rebuilt from the item content")
     return spec
 
@@ -183,6 +184,8 @@ def write_inductive_files(folder: Path, model: PinSage, datamodule, nbr, layers:
     np.savez(folder / fmt.WALK_GRAPH, item_ptr=item_ptr, item_users=item_users, user_ptr=user_ptr,
              user_items=user_items, **_walk_weights(ds.train_graph, settings, user_items))
     np.savez(folder / fmt.NEIGHBOURHOODS, ptr=nbr[0], items=nbr[1], weights=nbr[2])
+    g = ds.train_graph  # read once: the cache's pages, not this process's (the sampler's may be views)
+    chunks.release(item_ptr, item_users, user_ptr, user_items, g.item_ptr, g.item_users, g.user_ptr, g.user_items)
     spec = feature_spec(ds, getattr(datamodule, "cache_dir", None) or _default_cache_dir())
     (folder / fmt.FEATURES).write_text(json.dumps(spec))
     walks = settings.to_dict()

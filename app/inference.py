@@ -304,6 +304,7 @@ def layerwise_embeddings(
     if not isinstance(nbr, (tuple, list)) or len(nbr) != 3:
         raise ValueError(f"nbr is invalid: expected a (ptr, items, weights) triple, got {type(nbr).__name__}")
     num_items = int(np.asarray(nbr[0]).shape[0]) - 1
+    x_file = x  # a memory-mapped feature table: its rows are handed back once encoded
     x = _as_features(x, num_items, model)
     ptr, items, weights = _check_ragged(nbr, num_items)
     device = torch.device(device)
@@ -313,7 +314,8 @@ def layerwise_embeddings(
     model.to(device)
     bar = _progress_bar(progress, num_items * (model.num_layers + 1), "layer-wise inference")
     try:
-        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers, layers_out, out)
+        return _layerwise(model, x, (ptr, items, weights), chunk_size, device, bar, return_layers, layers_out, out,
+                          x_file)
     finally:
         if bar is not None:
             bar.close()
@@ -332,7 +334,7 @@ def _check_outputs(model: PinSage, num_items: int, layers_out, out) -> None:
 
 
 def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: torch.device, bar,
-               return_layers: bool, layers_out=None, out=None):
+               return_layers: bool, layers_out=None, out=None, x_file=None):
     """The body of :func:`layerwise_embeddings` (arguments validated, model in eval mode).
 
     Tables are allocated once: the layer tables ``h^(0..K-1)`` (two that swap roles when no layer
@@ -363,7 +365,7 @@ def _layerwise(model: PinSage, x: Tensor, nbr: Ragged, chunk_size: int, device: 
             _release(layers_out[k], s, e)
 
     h = layer_table(0)
-    _encode_all(model, x, h, chunks, device, lambda s, e: (written(0, h, s, e), tick(e - s)))
+    _encode_all(model, x, h, chunks, device, lambda s, e: (written(0, h, s, e), _release(x_file, s, e), tick(e - s)))
     h0 = h if model.skip else None  # layer 0 kept for the head's skip connection
     need_msg = any(conv.pool is not None and conv.source_linear is not None for conv in model.convs)
     msg = _table(num_items, d, device) if need_msg else None

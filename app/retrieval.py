@@ -47,6 +47,10 @@ SEARCH_PARAMS = {"hnsw": ("efSearch",), "ivfpq": ("nprobe", "k_factor"), "exact"
 
 Exclude = Union[None, Sequence[Iterable[int]], Tuple[np.ndarray, np.ndarray], Any]
 
+#: rows per pass over the embeddings (finiteness check, ``index.add``): bounds the temporaries, and
+#: the pages of memory-mapped embeddings are handed back after each pass (:func:`_release`)
+_ROWS = 262_144
+
 
 # --------------------------------------------------------------------------- validation helpers
 
@@ -64,8 +68,10 @@ def _as_matrix(x: Any, name: str, dim: Optional[int] = None) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    for s in range(0, arr.shape[0], _ROWS):  # in chunks: no [n, d] temporary
+        if not np.isfinite(arr[s:s + _ROWS]).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        _release(x)  # a memory-mapped x: its pages back to the page cache
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} dimension {arr.shape[1]} != index dimension {dim}")
     return arr
@@ -108,7 +114,7 @@ def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.In
     n, d = x.shape
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
-        index.add(x)
+        _add(index, x, embeddings)
         return index
     if kind == "hnsw":
         m = _int_param("M", p["M"], 2, 1024)
@@ -117,7 +123,8 @@ def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.In
         index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = efc
         index.hnsw.efSearch = efs
-        index.add(x)
+        index.add(x)  # one call: HNSW inserts a batch level by level, so batches would change the graph
+        _release(embeddings)
         return index
     # ivfpq
     nbits = _int_param("nbits", p["nbits"], 1, 16)
@@ -147,6 +154,7 @@ def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.In
     if n_train < n:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
         sample = x[rows]
+        _release(embeddings)  # the sample's gather touched pages all over a mapped file
     else:
         sample = x
     quantizer = faiss.IndexFlatIP(d)
@@ -159,9 +167,31 @@ def build_index(embeddings: Any, kind: str = "exact", **params: Any) -> faiss.In
     quantizer.this.disown()
     ivf.own_fields = True
     index.train(sample)
-    index.add(x)
+    del sample
+    _add(index, x, embeddings)
     set_search_params(index, nprobe=nprobe, k_factor=float(k_factor))
     return index
+
+
+def _add(index: faiss.Index, x: np.ndarray, source: Any) -> None:
+    """``index.add(x)`` in batches of :data:`_ROWS` rows (the same index as one call: FAISS adds
+    rows in order either way), each batch's pages of a memory-mapped ``source`` handed back after
+    it; the flat codes of an exact or refine index are reserved once (no doubling copies)."""
+    flat = faiss.downcast_index(index.refine_index if isinstance(index, faiss.IndexRefine) else index)
+    if isinstance(flat, faiss.IndexFlatCodes) and flat.ntotal == 0:
+        flat.codes.resize(x.shape[0] * flat.code_size)  # capacity for every row, then size 0 again:
+        flat.codes.resize(0)  # the batches' resizes stay within it
+    for s in range(0, x.shape[0], _ROWS):
+        index.add(x[s:s + _ROWS])
+        _release(source)
+
+
+def _release(arr: Any) -> None:
+    """Drop this process's resident pages of a memory-mapped array (``np.load(mmap_mode=...)``):
+    the page cache keeps them; no-op for other arrays (see :func:`datamodules.chunks.release`)."""
+    from datamodules.chunks import release
+
+    release(arr)
 
 
 def index_kind(index: faiss.Index) -> str:
@@ -208,6 +238,33 @@ def _write_bytes(f, data: memoryview, chunk: int = 1 << 24) -> None:
         f.write(data[start : start + chunk])
 
 
+def _stream_index(index: faiss.Index, f) -> None:
+    """The bytes of ``faiss.write_index(index)`` (those of ``faiss.serialize_index``) into the open
+    file ``f`` as FAISS produces them, through :func:`_write_bytes`: no serialised copy of the
+    whole index in memory (at 5M items that copy and its growth were ~3 GB above the index)."""
+    failure: List[BaseException] = []
+
+    def write(block: bytes) -> None:
+        if not failure:  # after a failure FAISS may still call: write nothing more
+            try:
+                _write_bytes(f, memoryview(block))
+            except BaseException as e:  # noqa: B036 - re-raised below, after FAISS returns
+                failure.append(e)
+                raise
+
+    writer = faiss.PyCallbackIOWriter(write, 1 << 24)
+    try:
+        faiss.write_index(index, writer)
+    except BaseException:
+        if failure:
+            raise failure[0] from None
+        raise
+    finally:
+        del writer
+    if failure:
+        raise failure[0]
+
+
 def save_index(index: faiss.Index, path: Union[str, os.PathLike]) -> Path:
     """Write ``index`` to ``path`` atomically.
 
@@ -219,13 +276,12 @@ def save_index(index: faiss.Index, path: Union[str, os.PathLike]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot save the index to {path}: folder {folder} does not exist")
-    data = faiss.serialize_index(index)  # uint8 numpy array, the same bytes faiss.write_index writes
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; an index is not a secret
-            _write_bytes(f, memoryview(data).cast("B"))
+            _stream_index(index, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -404,6 +460,7 @@ def neighbour_table(index: faiss.Index, embeddings: Any, k: int, batch: int = 40
         # the query itself out where found, else the last candidate (stable: the order is kept)
         order = np.argsort(own, axis=1, kind="stable")[:, :k]
         out[s:e] = np.take_along_axis(ids, order, axis=1)
+        _release(embeddings)
         if progress is not None:
             progress(e, n)
     return out

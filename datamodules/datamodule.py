@@ -320,8 +320,14 @@ class PinSageDataModule(pl.LightningDataModule):
         self._load()
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load the dataset (from the cache ``prepare_data`` wrote) and build samplers; idempotent."""
+        """Load the dataset (from the cache ``prepare_data`` wrote) and build samplers; idempotent.
+
+        ``stage='predict'`` builds neither the training pair source nor the hard-negative miner
+        (predict draws no training examples; at 100M edges the pairs' target arrays alone are
+        1.3 GB): a later ``fit`` / ``validate`` / ``test`` setup builds them then."""
         if self.dataset is not None:
+            if stage != "predict" and self._pairs is None:
+                self._build_training_parts(self.dataset)
             return
         ds = self._load()
         if self._user_queries_setting == "before" and ds.interactions.timestamps is None:
@@ -342,15 +348,21 @@ class PinSageDataModule(pl.LightningDataModule):
         else:
             nbr = UniformSampler(g, num_samples=self.uniform_num_samples, seed=self.seed)
         builder = ComputationGraphBuilder(nbr, ds.item_features, self.num_layers)
-        miner = None
+        if stage != "predict":
+            self._build_training_parts(ds)
+        self._builder, self.dataset = builder, ds
+
+    def _build_training_parts(self, ds) -> None:
+        """The hard-negative miner of the training graph (``None`` when hard negatives are off) and
+        the training pair source (:func:`make_pair_source`, which refuses a setting with no pairs)."""
+        self._miner = None
         if self.hard_negatives and self.max_hard_negatives > 0:
-            miner = HardNegativeMiner(g, self.hard_negative_window, self.num_neighbors, self.hard_num_walks,
-                                      self.walk_length, self.restart_prob,
-                                      seed=self.seed + 7919, cache_mb=self.hard_cache_mb)
-            self.hard_negative_ranks = (miner.lo, miner.hi)
+            self._miner = HardNegativeMiner(ds.train_graph, self.hard_negative_window, self.num_neighbors,
+                                            self.hard_num_walks, self.walk_length, self.restart_prob,
+                                            seed=self.seed + 7919, cache_mb=self.hard_cache_mb)
+            self.hard_negative_ranks = (self._miner.lo, self._miner.hi)
         self._pairs = make_pair_source(ds, self.pairs, self.min_weight, self.walk_length, self.restart_prob,
                                        self.seed, self.weighted_walks)
-        self._builder, self._miner, self.dataset = builder, miner, ds
 
     def walk_settings(self) -> WalkSettings:
         """The walks of the importance neighbourhoods (what predict records for new items)."""
