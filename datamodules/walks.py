@@ -108,6 +108,32 @@ __all__ = [
 # kernels
 # ----------------------------------------------------------------------------------------------
 
+@njit(inline="always", cache=True)
+def _pick(ptr, tab, weighted, node, r):
+    """Edge slot of ``node``'s CSR row drawn with random ``r`` (by weight, or uniform)."""
+    a = ptr[node]
+    if weighted:
+        return _pick_weighted(tab, a, ptr[node + 1], r)
+    return a + _below(r, ptr[node + 1] - a)
+
+
+@njit(inline="always", cache=True)
+def _count_visit(hkeys, hcnt, used, m, it, shift, tmask):
+    """Count a visit of item ``it`` in the open-addressing table; returns the new ``m`` (slots used)."""
+    slot = np.int64((np.uint64(it) * _GOLDEN) >> shift)
+    while True:
+        hk = hkeys[slot]
+        if hk == it:
+            hcnt[slot] += 1
+            return m
+        if hk == -1:
+            hkeys[slot] = it
+            hcnt[slot] = 1
+            used[m] = slot
+            return m + 1
+        slot = (slot + 1) & tmask
+
+
 @njit(nogil=True, cache=True)
 def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_tab, weighted, seeds, lo, hi,
                    num_walks, walk_length, stop_threshold, K, key, out_items, out_cnt, out_len):
@@ -158,40 +184,18 @@ def _pinsage_chunk(item_ptr, item_users, user_ptr, user_items, item_tab, user_ta
                         st[j] = x
                         r = _mix(x)
                         rr[j] = r
-                        us = item_ptr[cur[j]]
-                        if weighted:
-                            pos[j] = _pick_weighted(item_tab, us, item_ptr[cur[j] + 1], r)
-                        else:
-                            pos[j] = us + _below(r, item_ptr[cur[j] + 1] - us)
+                        pos[j] = _pick(item_ptr, item_tab, weighted, cur[j], r)
                     # phase 2: load the user, pick an item slot
                     for j in range(na):
-                        u = item_users[pos[j]]
                         x = st[j] + _GOLDEN
                         st[j] = x
-                        r = _mix(x)
-                        is_ = user_ptr[u]
-                        if weighted:
-                            pos[j] = _pick_weighted(user_tab, is_, user_ptr[u + 1], r)
-                        else:
-                            pos[j] = is_ + _below(r, user_ptr[u + 1] - is_)
+                        pos[j] = _pick(user_ptr, user_tab, weighted, item_users[pos[j]], _mix(x))
                     # phase 3: load the item, count it, drop walks that stop
                     j = 0
                     while j < na:
                         it = np.int64(user_items[pos[j]])
                         if it != s:
-                            slot = np.int64((np.uint64(it) * _GOLDEN) >> shift)
-                            while True:
-                                hk = hkeys[slot]
-                                if hk == it:
-                                    hcnt[slot] += 1
-                                    break
-                                if hk == -1:
-                                    hkeys[slot] = it
-                                    hcnt[slot] = 1
-                                    used[m] = slot
-                                    m += 1
-                                    break
-                                slot = (slot + 1) & tmask
+                            m = _count_visit(hkeys, hcnt, used, m, it, shift, tmask)
                         if (rr[j] & _LO32) < thr:
                             na -= 1  # swap-remove the stopped walk
                             cur[j] = cur[na]
