@@ -159,19 +159,22 @@ class SampledSoftmaxLoss(torch.nn.Module):
         return sampled_softmax_loss(z_q, z_pos, z_easy, z_hard, temperature=self.temperature, weight=weight)
 
     def grouped(self, z_q: Tensor, row: Tensor, z_pos: Tensor, z_easy: Optional[Tensor] = None,
-                weight: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+                weight: Optional[Tensor] = None, neg_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         r"""The same loss for pairs that share queries: ``z_q [Q, d]`` queries, pair ``t`` =
         (``z_q[row[t]]``, ``z_pos[t]``) against the shared easy negatives ``z_easy [N, d]``.
         Equals ``self(z_q[row], z_pos, z_easy, weight=weight)`` with the ``[Q, N]`` negative
         scores computed once per query instead of ``[T, N]`` once per pair:
         :math:`\log(e^{s_{t}} + \sum_n e^{s_{qn}}) = \operatorname{logaddexp}(s_t, \operatorname{LSE}_n s_{qn})`.
         ``stats["violated"]`` is estimated on the first 1,024 pairs (a ``[T, N]`` count would cost
-        more than the loss)."""
+        more than the loss). ``neg_mask [Q, N]`` (bool): negatives left out of a query's sum (e.g.
+        the user's own training items)."""
         pos = (z_q[row] * z_pos).sum(-1) / self.temperature
         if z_easy is None or z_easy.numel() == 0:
             return _mean(torch.zeros_like(pos), weight), {"violated": pos.new_zeros(()), "pos_score": pos.mean().detach()
                                                           * self.temperature, "neg_score": pos.new_zeros(())}
         neg = z_q @ z_easy.t() / self.temperature  # [Q, N]
+        if neg_mask is not None:
+            neg = neg.masked_fill(neg_mask, float("-inf"))
         loss = _mean(torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[row]) - pos, weight)
         with torch.no_grad():
             k = min(row.numel(), 1024)  # a logged statistic: estimated on the first 1,024 pairs

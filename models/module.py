@@ -96,6 +96,9 @@ class PinSageModule(pl.LightningModule):
             split's held-out item is any item of the set). 0 = leave one out (one positive per
             row of the batch, the query the rest of the history). Per-pair hard negatives are
             not used with it.
+        mask_own_negatives: with ``history_dropout`` and the softmax loss, leave each user's own
+            training items out of its shared negatives (they are positives of the set, not
+            negatives).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class PinSageModule(pl.LightningModule):
         cold_loss: float = 0.0,
         item_loss: float = 0.0,
         history_dropout: float = 0.0,
+        mask_own_negatives: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(cold_dropout) < 1.0:
@@ -276,6 +280,21 @@ class PinSageModule(pl.LightningModule):
         w_user = count.to(z.dtype) / deg.to(z.dtype)
         return self.user_encoder(pooled), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
 
+    def _own_items(self, users: Tensor, negatives: Tensor) -> Tensor:
+        """``[U, N]`` bool: whether ``negatives[n]`` is among ``users[u]``'s training items."""
+        hist = self._full_graph()["history"]
+        ptr, col = hist.ptr.to(users.device), hist.col.to(users.device)
+        where = torch.full((int(hist.num_src),), -1, dtype=torch.long, device=users.device)
+        where[negatives] = torch.arange(negatives.numel(), device=users.device)
+        deg = ptr[users + 1] - ptr[users]
+        seg = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), deg)
+        idx = torch.repeat_interleave(ptr[users], deg) + torch.arange(seg.numel(), device=users.device) - \
+            torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+        at = where[col[idx]]
+        mask = torch.zeros(users.numel(), negatives.numel(), dtype=torch.bool, device=users.device)
+        mask[seg[at >= 0], at[at >= 0]] = True
+        return mask
+
     def _coengaged(self, users: Tensor) -> Tensor:
         """One random training item of each user (``[B]``): an item-query partner of the positive."""
         hist = self._full_graph()["history"]
@@ -311,7 +330,8 @@ class PinSageModule(pl.LightningModule):
             zu, pos, row_w, row, users = self._held_out_queries(batch.query, z)
             zp, z_hard = z[pos], None
             if isinstance(self.loss_fn, SampledSoftmaxLoss):  # the negatives scored once per user
-                loss, stats = self.loss_fn.grouped(zu, row, zp, z_easy, weight=row_w)
+                mask = self._own_items(users, batch.easy_neg) if self.hparams.get("mask_own_negatives") else None
+                loss, stats = self.loss_fn.grouped(zu, row, zp, z_easy, weight=row_w, neg_mask=mask)
             else:
                 loss, stats = self.loss_fn(zu[row], zp, z_easy, None, weight=row_w)
             zq, users = zu[row], users[row]

@@ -83,3 +83,26 @@ def test_held_out_queries_split_each_history_into_query_and_positives(p):
             assert w[rows].sum().item() == pytest.approx(int((batch_users == u).sum()) / len(hist[u]))
             expect = F.normalize(z[sorted(kept)].sum(0), dim=-1)  # identity user layer at start
             assert torch.allclose(zu[k], expect, atol=1e-6)
+
+
+def test_own_items_mask_and_masked_negatives():
+    """mask_own_negatives: a user's own training items are left out of its negatives' sum."""
+    import torch
+
+    from models.loss import SampledSoftmaxLoss
+    from models.sparse import SparseAdjacency
+
+    hist = {0: [1, 2, 3], 1: [4], 2: [0, 9]}
+    ptr = torch.tensor([0, 3, 4, 6])
+    col = torch.tensor([1, 2, 3, 4, 0, 9])
+    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=0.5, mask_own_negatives=True)
+    m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
+    negs = torch.tensor([9, 2, 5, 4])
+    mask = m._own_items(torch.tensor([0, 2, 1]), negs)
+    assert mask.tolist() == [[False, True, False, False], [True, False, False, False], [False, False, False, True]]
+    torch.manual_seed(0)
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4, 4)
+    fn, row = SampledSoftmaxLoss(0.5), torch.tensor([0, 1, 2])
+    masked = fn.grouped(q, row, p, n, neg_mask=mask)[0]
+    by_hand = torch.stack([fn(q[[r]], p[[r]], n[~mask[r]])[0] for r in range(3)]).mean()
+    assert torch.allclose(masked, by_hand, atol=1e-6)
