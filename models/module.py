@@ -32,6 +32,16 @@ SHAPE_KEYS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "n
 Evaluator = Callable[[str, Tensor, Callable, bool], Dict[str, float]]
 
 
+def _history_rows(ptr: Tensor, users: Tensor):
+    """The CSR rows ``users`` of ``ptr``, flattened: ``(seg [E], idx [E], start [U], deg [U])``,
+    entry ``e`` is slot ``idx[e]`` of user position ``seg[e]``, whose entries begin at ``start``."""
+    deg = ptr[users + 1] - ptr[users]
+    seg = torch.repeat_interleave(torch.arange(users.numel(), device=ptr.device), deg)
+    start = torch.cumsum(deg, 0) - deg
+    idx = ptr[users][seg] + torch.arange(seg.numel(), device=ptr.device) - start[seg]
+    return seg, idx, start, deg
+
+
 class WarmupExponential:
     """LR multiplier: linear warmup over the first ``warmup_steps`` optimiser steps from
     ``1/warmup_steps`` to 1, then ``decay ** epochs_done`` where an "epoch" is
@@ -260,11 +270,7 @@ class PinSageModule(pl.LightningModule):
         users, count = users.unique(return_counts=True)
         ok = (ptr[users + 1] - ptr[users]) >= 2
         users, count = users[ok], count[ok]
-        lo, deg = ptr[users], ptr[users + 1] - ptr[users]
-        seg = torch.repeat_interleave(torch.arange(users.numel(), device=dev), deg)
-        start = torch.cumsum(deg, 0) - deg
-        pos_in = torch.arange(seg.numel(), device=dev) - start[seg]
-        idx = lo[seg] + pos_in
+        seg, idx, start, deg = _history_rows(ptr, users)
         held = torch.rand(seg.numel(), device=dev) < float(self.hparams.history_dropout)
         n_held = torch.zeros(users.numel(), dtype=torch.long, device=dev).index_add_(0, seg, held.long())
         pick = start + (torch.rand(users.numel(), device=dev) * deg).long().clamp(max=deg - 1)
@@ -286,10 +292,7 @@ class PinSageModule(pl.LightningModule):
         ptr, col = hist.ptr.to(users.device), hist.col.to(users.device)
         where = torch.full((int(hist.num_src),), -1, dtype=torch.long, device=users.device)
         where[negatives] = torch.arange(negatives.numel(), device=users.device)
-        deg = ptr[users + 1] - ptr[users]
-        seg = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), deg)
-        idx = torch.repeat_interleave(ptr[users], deg) + torch.arange(seg.numel(), device=users.device) - \
-            torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+        seg, idx, _, _ = _history_rows(ptr, users)
         at = where[col[idx]]
         mask = torch.zeros(users.numel(), negatives.numel(), dtype=torch.bool, device=users.device)
         mask[seg[at >= 0], at[at >= 0]] = True
