@@ -106,9 +106,10 @@ class PinSageModule(pl.LightningModule):
             split's held-out item is any item of the set). 0 = leave one out (one positive per
             row of the batch, the query the rest of the history). Per-pair hard negatives are
             not used with it.
-        mask_own_negatives: with ``history_dropout`` and the softmax loss, leave each user's own
-            training items out of its shared negatives (they are positives of the set, not
-            negatives).
+        mask_own_negatives: with user queries and the softmax loss, leave each user's own
+            training items out of its shared negatives (positives of the set, or items the
+            evaluator masks anyway, not negatives); with one query per pair (leave one out,
+            ``before``) only when the batch has no per-pair hard negatives.
     """
 
     def __init__(
@@ -298,6 +299,13 @@ class PinSageModule(pl.LightningModule):
         mask[seg[at >= 0], at[at >= 0]] = True
         return mask
 
+    def _mask_pairs(self, batch, z_easy: Optional[Tensor], z_hard: Optional[Tensor]) -> bool:
+        """Whether a user-query batch with one query per pair leaves each user's own items out
+        of its negatives (``mask_own_negatives``, softmax loss, shared negatives only)."""
+        return (bool(self.hparams.get("mask_own_negatives")) and not hasattr(batch, "blocks")
+                and getattr(batch, "queries", None) == "users"
+                and isinstance(self.loss_fn, SampledSoftmaxLoss) and z_easy is not None and z_hard is None)
+
     def _coengaged(self, users: Tensor) -> Tensor:
         """One random training item of each user (``[B]``): an item-query partner of the positive."""
         hist = self._full_graph()["history"]
@@ -338,6 +346,10 @@ class PinSageModule(pl.LightningModule):
             else:
                 loss, stats = self.loss_fn(zu[row], zp, z_easy, None, weight=row_w)
             zq, users = zu[row], users[row]
+        elif self._mask_pairs(batch, z_easy, z_hard):  # one query per pair, its user's own items masked
+            mask = self._own_items(batch.query, batch.easy_neg)
+            row = torch.arange(zq.size(0), device=zq.device)
+            loss, stats = self.loss_fn.grouped(zq, row, zp, z_easy, neg_mask=mask)
         else:
             loss, stats = self.loss_fn(zq, zp, z_easy, z_hard)
         wi = float(self.hparams.get("item_loss", 0.0))

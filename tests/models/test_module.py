@@ -106,3 +106,33 @@ def test_own_items_mask_and_masked_negatives():
     masked = fn.grouped(q, row, p, n, neg_mask=mask)[0]
     by_hand = torch.stack([fn(q[[r]], p[[r]], n[~mask[r]])[0] for r in range(3)]).mean()
     assert torch.allclose(masked, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_own", [True, False])
+def test_own_items_masked_with_one_query_per_pair(mask_own):
+    """mask_own_negatives with one query per pair (leave one out / ``before``): each pair's
+    negatives leave out its user's own training items; off, every negative counts."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from models.loss import SampledSoftmaxLoss
+    from models.sparse import SparseAdjacency
+
+    ptr, col = torch.tensor([0, 3, 4, 6]), torch.tensor([1, 2, 3, 4, 0, 9])
+    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, loss="softmax", temperature=0.5,
+                      mask_own_negatives=mask_own)
+    m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
+    torch.manual_seed(0)
+    q, p, n = torch.randn(4, 4), torch.randn(4, 4), torch.randn(4, 4)
+    users, negs = torch.tensor([0, 2, 1, 0]), torch.tensor([9, 2, 5, 4])
+    m._training_embeddings = lambda batch: (q, p, n, None, None)
+    m.log = lambda *a, **k: None
+    batch = SimpleNamespace(queries="users", query=users, pos=torch.tensor([3, 0, 4, 1]), easy_neg=negs,
+                            hard_neg=torch.empty(0, dtype=torch.long))
+    loss = m.training_step(batch, 0)
+    own = {0: {1, 2, 3}, 1: {4}, 2: {0, 9}}
+    fn = SampledSoftmaxLoss(0.5)
+    keep = [[not (mask_own and int(i) in own[int(u)]) for i in negs] for u in users]
+    by_hand = torch.stack([fn(q[[r]], p[[r]], n[torch.tensor(keep[r])])[0] for r in range(4)]).mean()
+    assert torch.allclose(loss, by_hand, atol=1e-6)
