@@ -106,6 +106,10 @@ class PinSageModule(pl.LightningModule):
             split's held-out item is any item of the set). 0 = leave one out (one positive per
             row of the batch, the query the rest of the history). Per-pair hard negatives are
             not used with it.
+        history_dropout_weight: with ``history_dropout``, ``user``: each user weighs the same
+            over an epoch (``count / degree`` a step, as the evaluator counts users);
+            ``interaction``: each user weighs its degree, as leave-one-out's one row per
+            interaction does (heavy users' items get their share of the gradient).
         mask_own_negatives: with user queries and the softmax loss, leave each user's own
             training items out of its shared negatives (positives of the set, or items the
             evaluator masks anyway, not negatives); with one query per pair (leave one out,
@@ -145,12 +149,15 @@ class PinSageModule(pl.LightningModule):
         item_loss: float = 0.0,
         history_dropout: float = 0.0,
         mask_own_negatives: bool = False,
+        history_dropout_weight: str = "user",
     ) -> None:
         super().__init__()
         if not 0.0 <= float(cold_dropout) < 1.0:
             raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
         if not 0.0 <= float(history_dropout) < 1.0:
             raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
+        if history_dropout_weight not in ("user", "interaction"):
+            raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
         if not float(item_loss) >= 0.0:
             raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
         if not float(cold_loss) >= 0.0:
@@ -262,7 +269,8 @@ class PinSageModule(pl.LightningModule):
         """``(z_query [U, d], pos [T], weight [T], row [T], users [U])``: the batch's users
         (``history_dropout``), each with a query pooling its kept items (history weights as the
         evaluator's), and one row per held-out item (``row``: its user's position). A user
-        weighs ``count / degree`` in all (``count``: its rows in the batch), spread evenly over
+        weighs ``count / degree`` in all (``count``: its rows in the batch; ``count`` with
+        ``history_dropout_weight='interaction'``), spread evenly over
         its held-out items: every user weighs the same in expectation over an epoch, as the
         evaluator counts users. Users with fewer than 2 training items are skipped; each user
         keeps >= 1 item and holds out >= 1."""
@@ -284,7 +292,9 @@ class PinSageModule(pl.LightningModule):
         pooled = torch.zeros(users.numel(), z.size(1), dtype=z.dtype, device=dev).index_add_(
             0, seg[keep], z[col[idx[keep]]] * w[keep].unsqueeze(-1))
         row = seg[held]
-        w_user = count.to(z.dtype) / deg.to(z.dtype)
+        w_user = count.to(z.dtype)
+        if self.hparams.get("history_dropout_weight", "user") == "user":
+            w_user = w_user / deg.to(z.dtype)
         return self.user_encoder(pooled), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
 
     def _own_items(self, users: Tensor, negatives: Tensor) -> Tensor:

@@ -53,10 +53,12 @@ def test_cold_dropout_must_be_a_share():
 def test_history_dropout_must_be_a_share():
     with pytest.raises(ValueError, match=r"history_dropout=1\.0 is not valid.*\[0, 1\)"):
         PinSageModule(in_channels=4, num_items=10, history_dropout=1.0)
+    with pytest.raises(ValueError, match=r"history_dropout_weight='items' is not valid; choose user or interaction"):
+        PinSageModule(in_channels=4, num_items=10, history_dropout_weight="items")
 
 
-@pytest.mark.parametrize("p", [0.02, 0.5, 0.98])
-def test_held_out_queries_split_each_history_into_query_and_positives(p):
+@pytest.mark.parametrize("p,weighting", [(0.02, "user"), (0.5, "user"), (0.98, "user"), (0.5, "interaction")])
+def test_held_out_queries_split_each_history_into_query_and_positives(p, weighting):
     """history_dropout: per user, kept items (pooled into the query) and held-out positives
     partition the training history; >= 1 of each; the positives of a user weigh 1 in all."""
     import torch
@@ -68,7 +70,8 @@ def test_held_out_queries_split_each_history_into_query_and_positives(p):
     hist = {0: [1, 2, 3, 4, 5, 6], 1: [7], 2: [0, 9], 3: list(range(10))}
     ptr = torch.tensor([0] + list(torch.tensor([len(hist[u]) for u in range(4)]).cumsum(0)))
     col = torch.tensor([i for u in range(4) for i in hist[u]])
-    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=p)
+    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=p,
+                      history_dropout_weight=weighting)
     m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
     z = F.normalize(torch.randn(10, 4), dim=-1)
     batch_users = torch.tensor([3, 0, 1, 2, 0])  # user 0 twice: it weighs 2 / its degree
@@ -80,7 +83,8 @@ def test_held_out_queries_split_each_history_into_query_and_positives(p):
             held = set(pos[rows].tolist())
             kept = set(hist[u]) - held
             assert held and kept and held <= set(hist[u]) and len(held) == rows.numel()
-            assert w[rows].sum().item() == pytest.approx(int((batch_users == u).sum()) / len(hist[u]))
+            per_user = 1 / len(hist[u]) if weighting == "user" else 1.0  # interaction: a user weighs its degree
+            assert w[rows].sum().item() == pytest.approx(int((batch_users == u).sum()) * per_user)
             expect = F.normalize(z[sorted(kept)].sum(0), dim=-1)  # identity user layer at start
             assert torch.allclose(zu[k], expect, atol=1e-6)
 
