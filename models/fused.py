@@ -202,3 +202,72 @@ class HeadFn(torch.autograd.Function):
             d_h0 = torch.mm(go, s_w) if ctx.needs_input_grad[1] else None
             d_s = torch.mm(go.t(), h0)
         return d_h, d_h0, d_g1, d_g1b, d_g2, d_g2b, d_s, None
+
+
+# -- sampled softmax: the negatives' log-sum-exp as one node ----------------------------------------
+
+_NO_SHIFT = 60.0  #: ``|logit| <= 60`` everywhere: ``exp`` neither overflows nor underflows unshifted
+
+
+def _negative_logits(z_q: Tensor, z_easy: Tensor, tau: float, neg_mask: Optional[Tensor]) -> Tensor:
+    """``[Q, N]`` logits ``z_q z_easy^T / tau`` (``-inf`` where ``neg_mask``): one GEMM with
+    ``1/tau`` folded into the ``[Q, d]`` operand, the mask in place."""
+    s = torch.mm(z_q * (1.0 / tau), z_easy.t())
+    return s.masked_fill_(neg_mask, float("-inf")) if neg_mask is not None else s
+
+
+def _exp_rows_(s: Tensor, bound: float) -> Tensor:
+    """``exp(s - shift)`` in place, returns ``shift [Q]``: the row maximum (0 for a row that is all
+    ``-inf``), or 0 everywhere when ``bound`` (an upper bound of ``|s|``) is at most 60."""
+    if bound <= _NO_SHIFT:
+        shift = s.new_zeros(s.size(0))
+    else:
+        shift = s.amax(1)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        s.sub_(shift.unsqueeze(1))
+    s.exp_()
+    return shift
+
+
+class NegativesLSE(torch.autograd.Function):
+    r"""Each query's log-sum-exp over the shared negatives,
+    :math:`\mathrm{lse}_q = \log \sum_n e^{\mathbf{z}_q\cdot\mathbf{z}_n/\tau}` (``-inf`` where
+    ``neg_mask [Q, N]`` leaves a negative out), for ``z_q [Q, d]``, ``z_easy [N, d]`` -> ``[Q]``;
+    also returns the detached count of ``logit[probe_rows[k], n] >= probe_pos[k]`` (the logged
+    ``violated`` statistic, on the rows it is estimated from; ``probe_rows`` :obj:`None`: the
+    first ``probe_pos.numel()`` rows).
+
+    Forward: one GEMM (``1/tau`` folded into ``z_q``), the mask, the probe, ``exp`` in place
+    (shifted by the row maximum only when ``bound``, an upper bound of ``|logit|``, exceeds 60) and
+    a row sum, all in the GEMM's ``[Q, N]`` buffer. Backward: ``dS = E g / (sum tau)`` in place
+    in that buffer (the softmax over the negatives times the incoming gradient), then two GEMMs
+    for ``z_q`` and ``z_easy``. A second backward pass through the same graph
+    (``retain_graph=True``) recomputes the buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, z_q, z_easy, tau, neg_mask, bound, probe_pos, probe_rows):  # type: ignore[override]
+        e = _negative_logits(z_q, z_easy, tau, neg_mask)
+        probe = e[:probe_pos.numel()] if probe_rows is None else e.index_select(0, probe_rows)
+        count = torch.count_nonzero(probe >= probe_pos.unsqueeze(1))  # before exp: on the logits
+        shift = _exp_rows_(e, bound)
+        total = e.sum(1)
+        ctx.save_for_backward(z_q, z_easy, total, shift, neg_mask if neg_mask is not None else _EMPTY)
+        ctx.buf, ctx.tau, ctx.bound, ctx.has_mask = e, tau, bound, neg_mask is not None
+        ctx.mark_non_differentiable(count)
+        return shift + total.log(), count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _grad_count):  # type: ignore[override]
+        z_q, z_easy, total, shift, mask = ctx.saved_tensors
+        e = ctx.buf
+        ctx.buf = None
+        if e is None:  # second backward through a retained graph: the buffer was used in place
+            e = _negative_logits(z_q, z_easy, ctx.tau, mask if ctx.has_mask else None)
+            e.sub_(shift.unsqueeze(1)).exp_()
+        f = torch.where(total > 0, grad / (total * ctx.tau), torch.zeros_like(total))  # all masked: 0
+        ds = e.mul_(f.unsqueeze(1))  # dL / d(z_q z_n): softmax_n x grad / tau
+        d_q = torch.mm(ds, z_easy) if ctx.needs_input_grad[0] else None
+        d_e = torch.mm(ds.t(), z_q) if ctx.needs_input_grad[1] else None
+        return d_q, d_e, None, None, None, None, None
