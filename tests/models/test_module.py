@@ -136,3 +136,29 @@ def test_own_items_masked_with_one_query_per_pair(mask_own):
     keep = [[not (mask_own and int(i) in own[int(u)]) for i in negs] for u in users]
     by_hand = torch.stack([fn(q[[r]], p[[r]], n[torch.tensor(keep[r])])[0] for r in range(4)]).mean()
     assert torch.allclose(loss, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_fused_adam_gives_the_single_tensor_update(optimizer):
+    """configure_optimizers uses the fused Adam / AdamW kernel on CPU; three steps of it move the
+    parameters as the single-tensor implementation does."""
+    import torch
+
+    torch.manual_seed(0)
+    m = PinSageModule(in_channels=4, num_items=10, hidden_channels=8, out_channels=4, optimizer=optimizer,
+                      weight_decay=0.01)
+    opt = m.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True
+    params = list(m.parameters())
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    ref_opt = type(opt)(ref, lr=opt.defaults["lr"], weight_decay=0.01, foreach=False)
+    for step in range(3):
+        for p, r in zip(params, ref):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            r.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for p, r, s in zip(params, ref, start):
+        assert not torch.equal(p.detach(), s)  # the step moved it
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-5, atol=1e-6)
