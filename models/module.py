@@ -250,8 +250,8 @@ class PinSageModule(pl.LightningModule):
             elif batch.queries == "users" and self.hparams.get("history_dropout", 0.0) > 0:
                 zq = None  # one query per held-out item: _held_out_queries
             elif batch.queries == "users":
-                pooled = self._full_graph()["history"].matmul(z, normalize=False)
-                zq = self.user_encoder.leave_one_out(pooled[batch.query], z[batch.pos], batch.pos_weight)
+                zq = self.user_encoder.leave_one_out_rows(z, self._full_graph()["history"], batch.query,
+                                                          batch.pos, batch.pos_weight)
             else:
                 zq = z[batch.query]
         z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
