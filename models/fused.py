@@ -32,6 +32,8 @@ from numba import njit, prange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models.sparse import csr_mm
+
 EPS = 1e-12  #: as ``F.normalize``: rows are divided by ``max(||row||_2, EPS)``
 
 _EMPTY = torch.empty(0)
@@ -136,7 +138,7 @@ class ConvolveCSR(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, n_dst, a, a_t, q_w, q_b, w_w, w_b, normalize):  # type: ignore[override]
         msg = _linear(h, q_w, q_b).relu_()
-        nbr = torch.sparse.mm(a, msg)
+        nbr = csr_mm(a, msg)
         d = h.size(1)
         out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
         scale = torch.empty(n_dst) if normalize else None
@@ -155,7 +157,7 @@ class ConvolveCSR(torch.autograd.Function):
         gpt = gp.t()
         d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
         d_wb = gp.sum(0) if ctx.has_w_b else None
-        d_msg = torch.sparse.mm(ctx.a_t, torch.mm(gp, w_w[:, d:]))
+        d_msg = csr_mm(ctx.a_t, torch.mm(gp, w_w[:, d:]))
         _relu_mask_(d_msg.numpy(), msg.numpy())
         d_q = torch.mm(d_msg.t(), h)
         d_qb = d_msg.sum(0) if ctx.has_q_b else None
