@@ -164,11 +164,12 @@ def test_fused_adam_gives_the_single_tensor_update(optimizer):
         torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("user_encoder", ["mean", "linear"])
-def test_whole_catalogue_step_fused_equals_op_by_op(user_encoder):
+@pytest.mark.parametrize("user_encoder, mask_own", [("mean", False), ("linear", False), ("mean", True)])
+def test_whole_catalogue_step_fused_equals_op_by_op(user_encoder, mask_own):
     """A whole-catalogue user-query step (Gowalla's setting: leave-one-out users, sampled
-    softmax over shared negatives) gives the same loss and parameter gradients with the fused
-    CPU nodes (layers, user pooling, softmax) as op by op."""
+    softmax over shared negatives, with or without each user's own items masked out of them)
+    gives the same loss and parameter gradients with the fused CPU nodes (layers, user pooling,
+    softmax) as op by op."""
     import warnings
 
     import torch
@@ -189,7 +190,8 @@ def test_whole_catalogue_step_fused_equals_op_by_op(user_encoder):
     hist = SparseAdjacency(torch.cat([torch.zeros(1, dtype=torch.long), hdeg.cumsum(0)]),
                            torch.randint(0, n_items, (int(hdeg.sum()),), generator=g), num_src=n_items)
     m = PinSageModule(in_channels=3, num_items=n_items, hidden_channels=16, out_channels=8, id_embedding="true",
-                      skip=True, loss="softmax", temperature=0.1, user_encoder=user_encoder)
+                      skip=True, loss="softmax", temperature=0.1, user_encoder=user_encoder,
+                      mask_own_negatives=mask_own)
     m._full = {"x": torch.randn(n_items, 3, generator=g), "new_degree": None, "ids": torch.arange(n_items),
                "nbr": nbr, "history": hist, "device": m.device}
     users = torch.randint(0, n_users, (20,), generator=g)
