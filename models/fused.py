@@ -241,10 +241,11 @@ class NegativesLSE(torch.autograd.Function):
 
     Forward: one GEMM (``1/tau`` folded into ``z_q``), the mask, the probe, ``exp`` in place
     (shifted by the row maximum only when ``bound``, an upper bound of ``|logit|``, exceeds 60) and
-    a row sum, all in the GEMM's ``[Q, N]`` buffer. Backward: ``dS = E g / (sum tau)`` in place
-    in that buffer (the softmax over the negatives times the incoming gradient), then two GEMMs
-    for ``z_q`` and ``z_easy``. A second backward pass through the same graph
-    (``retain_graph=True``) recomputes the buffer.
+    a row sum, all in the GEMM's ``[Q, N]`` buffer. Backward: ``dS = diag(g / (sum tau)) E`` (the
+    softmax over the negatives times the incoming gradient) as two GEMMs on ``E`` with the row
+    scale applied to their ``[Q, d]`` operand / result: no pass over the buffer. A second backward
+    pass through the same graph (``retain_graph=True``) recomputes the buffer (it is freed after
+    the first).
     """
 
     @staticmethod
@@ -265,13 +266,14 @@ class NegativesLSE(torch.autograd.Function):
         z_q, z_easy, total, shift, mask = ctx.saved_tensors
         e = ctx.buf
         ctx.buf = None
-        if e is None:  # second backward through a retained graph: the buffer was used in place
+        if e is None:  # second backward through a retained graph: the buffer was released
             e = _negative_logits(z_q, z_easy, ctx.tau, mask if ctx.has_mask else None)
             e.sub_(shift.unsqueeze(1)).exp_()
         f = torch.where(total > 0, grad / (total * ctx.tau), torch.zeros_like(total))  # all masked: 0
-        ds = e.mul_(f.unsqueeze(1))  # dL / d(z_q z_n): softmax_n x grad / tau
-        d_q = torch.mm(ds, z_easy) if ctx.needs_input_grad[0] else None
-        d_e = torch.mm(ds.t(), z_q) if ctx.needs_input_grad[1] else None
+        # dL / d(z_q z_n) = diag(f) E (the softmax over the negatives x grad / tau): the row scale
+        # is applied to the [Q, d] operands and results, never to the [Q, N] buffer
+        d_q = torch.mm(e, z_easy).mul_(f.unsqueeze(1)) if ctx.needs_input_grad[0] else None
+        d_e = torch.mm(e.t(), z_q * f.unsqueeze(1)) if ctx.needs_input_grad[1] else None
         return d_q, d_e, None, None, None, None, None
 
 
