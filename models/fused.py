@@ -106,8 +106,10 @@ def fused_ok(*tensors: Tensor) -> bool:
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
 
 
-def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+def _linear_relu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``ReLU(x W^T + b)``: the GEMM, then bias and ReLU in one pass (``addmm`` would first copy
+    the broadcast bias into the whole output)."""
+    return epilogue_rows_(torch.mm(x, w.t()), b, relu=True, normalize=False)
 
 
 def _norm_grad(g: Tensor, y: Tensor, scale: Tensor, relu: bool, normalize: bool) -> Tensor:
@@ -137,7 +139,7 @@ class ConvolveCSR(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, n_dst, a, a_t, q_w, q_b, w_w, w_b, normalize):  # type: ignore[override]
-        msg = _linear(h, q_w, q_b).relu_()
+        msg = _linear_relu(h, q_w, q_b)
         nbr = csr_mm(a, msg)
         d = h.size(1)
         out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
@@ -173,14 +175,14 @@ class HeadFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, h0, g1_w, g1_b, g2_w, g2_b, s_w, skip):  # type: ignore[override]
-        act = _linear(h, g1_w, g1_b).relu_()
-        out = _linear(act, g2_w, g2_b)
+        act = _linear_relu(h, g1_w, g1_b)
+        out = torch.mm(act, g2_w.t())
         if skip == 1:
             out.add_(h0)
         elif skip == 2:
             out.addmm_(h0, s_w.t())
         scale = torch.empty(out.size(0))
-        epilogue_rows_(out, None, relu=False, normalize=True, scale=scale)
+        epilogue_rows_(out, g2_b, relu=False, normalize=True, scale=scale)  # + bias in the same pass
         ctx.save_for_backward(h, act, out, scale, g1_w, g2_w, h0 if skip else _EMPTY, s_w if skip == 2 else _EMPTY)
         ctx.skip, ctx.has_b = skip, (g1_b is not None, g2_b is not None)
         return out
