@@ -244,6 +244,24 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
                     "the fused autograd nodes; Adam as configure_optimizers (fused) on every path"}
 
 
+def _path_equality(mod, batch, fused, op_by_op) -> dict:
+    """The step's loss and every parameter gradient on two paths (``fused()`` / ``op_by_op()``
+    select them): the loss's relative difference and the largest ``max|diff| / max|g|`` over the
+    parameters."""
+    out = []
+    for switch in (fused, op_by_op):
+        switch()
+        mod.zero_grad()
+        loss = mod.training_step(batch, 0)
+        loss.backward()
+        out.append((float(loss), {k: p.grad.clone() for k, p in mod.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = out
+    rel = max(float((ga[k] - gb[k]).abs().max() / gb[k].abs().max().clamp(min=1e-30)) for k in gb)
+    mod.zero_grad()
+    return {"loss": a, "loss_rel_diff": abs(a - b) / max(abs(b), 1e-30), "max_grad_rel_diff": rel,
+            "parameters": len(gb)}
+
+
 def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     """Gowalla's whole-catalogue training step (``configs/gowalla.yaml``'s data and model: every
     item embedded once through the full neighbourhood matrix, users pooled from their histories,
@@ -295,6 +313,7 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     read_gb = _count_sparse(step)
     res = _time_paths(step, {"fused": path(True, True), "fused_layers_only": path(True, False),
                              "op_by_op": path(False, False)}, reps)
+    equality = _path_equality(mod, batch, path(True, True), path(False, False))
     path(True, True)()
     zl = mod.embed_all().detach().requires_grad_()
     w = torch.randn_like(zl)
@@ -331,6 +350,7 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
             "step_ms": wall, "step_cpu_ms": cpu, "step_ms_fused_layers_only": wall_l,
             "step_cpu_ms_fused_layers_only": cpu_l, "step_ms_op_by_op": wall_o, "step_cpu_ms_op_by_op": cpu_o,
             **_floor_fields(gflop, read_gb, rate, rates, threads, wall, cpu), "parts_cpu_ms": parts,
+            "fused_vs_op_by_op": equality,
             "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "whole-catalogue step (training_step + backward + Adam, no data loading), medians of "
                     f"{reps} steps per path, interleaved in blocks of 4 (the first of each not counted); "
