@@ -173,8 +173,8 @@ def _fused_softmax(z_q: Tensor, row: Optional[Tensor], z_pos: Tensor, z_easy: Te
     k = min(pos.numel(), PROBE_ROWS)
     with torch.no_grad():  # |logit| <= max ||z_q|| max ||z_n|| / tau (Cauchy-Schwarz)
         bound = float(z_q.norm(dim=1).max() * z_easy.norm(dim=1).max()) / tau
-    lse, count = NegativesLSE.apply(z_q, z_easy, tau, neg_mask, bound, pos.detach()[:k],
-                                    None if row is None else row[:k])
+    probe_rows = None if row is None or bool((row[:k] == torch.arange(k)).all()) else row[:k]  # None: z_q[:k]
+    lse, count = NegativesLSE.apply(z_q, z_easy, tau, neg_mask, bound, pos.detach()[:k], probe_rows)
     loss = _mean(torch.logaddexp(pos, lse if row is None else lse[row]) - pos, weight)
     with torch.no_grad():  # mean over (pair, negative) of z_q . z_n = mean_t z_q[row_t] . mean_n z_n
         neg = zq_rows.detach().mean(0) @ z_easy.detach().mean(0)

@@ -137,12 +137,22 @@ def _loss_and_grads(fn, inputs):
     return loss, stats, torch.autograd.grad(loss, [t for t in inputs if t.requires_grad])
 
 
+def _tiny_blocks(monkeypatch, tiny):
+    """Row blocks of 16 rows (the minimum) instead of ~1 MB: several blocks at the tests' sizes."""
+    import models.fused
+
+    if tiny:
+        monkeypatch.setattr(models.fused, "_BLOCK_BYTES", 1)
+
+
 @pytest.mark.parametrize("scale", [1.0, 40.0])  # logits within +-60 (exp unshifted) / beyond (row max)
 @pytest.mark.parametrize("temperature", [0.1, 0.7])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_fused_softmax_equals_op_by_op(monkeypatch, scale, temperature, weighted):
+@pytest.mark.parametrize("tiny", [False, True])
+def test_fused_softmax_equals_op_by_op(monkeypatch, scale, temperature, weighted, tiny):
     from models.loss import sampled_softmax_loss
 
+    _tiny_blocks(monkeypatch, tiny)
     calls = _count_fused(monkeypatch)
     q = F.normalize(torch.randn(37, 16), dim=1).mul(scale).requires_grad_()
     p, n = torch.randn(37, 16, requires_grad=True), torch.randn(23, 16, requires_grad=True)
@@ -161,18 +171,22 @@ def test_fused_softmax_equals_op_by_op(monkeypatch, scale, temperature, weighted
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_fused_grouped_softmax_equals_op_by_op(monkeypatch, masked, weighted):
+@pytest.mark.parametrize("rows", ["shared", "one_per_pair"])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_fused_grouped_softmax_equals_op_by_op(monkeypatch, masked, weighted, rows, scale):
     from models.loss import SampledSoftmaxLoss
 
+    _tiny_blocks(monkeypatch, True)  # 40 queries: blocks of 16, 16, 8
     calls = _count_fused(monkeypatch)
     fn = SampledSoftmaxLoss(temperature=0.3)
-    q, p = torch.randn(5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    q = (scale * torch.randn(40, 8)).requires_grad_()
+    row = torch.randint(0, 40, (70,)) if rows == "shared" else torch.arange(40)
+    p = torch.randn(row.numel(), 8, requires_grad=True)
     n = torch.randn(7, 8, requires_grad=True)
-    row = torch.tensor([0, 0, 1, 2, 2, 2, 3, 3, 1, 4, 4])
-    w = torch.rand(11, requires_grad=True) if weighted else None
+    w = torch.rand(row.numel(), requires_grad=True) if weighted else None
     mask = None
     if masked:
-        mask = torch.rand(5, 7) < 0.4
+        mask = torch.rand(40, 7) < 0.4
         mask[4] = True  # a query with every negative left out: its pairs' loss is 0, no NaN
     inputs = [q, p, n] + ([w] if weighted else [])
     a, sa, ga = _loss_and_grads(lambda: fn.grouped(q, row, p, n, weight=w, neg_mask=mask), inputs)
@@ -190,14 +204,14 @@ def test_fused_grouped_softmax_equals_op_by_op(monkeypatch, masked, weighted):
 
 @pytest.mark.parametrize("bound", [1.0, 100.0])
 @pytest.mark.parametrize("masked", [False, True])
-def test_negatives_lse_gradcheck(bound, masked):
-    """float64 gradcheck of the node (both exp branches; gradcheck's repeated backward passes
-    exercise the recomputed buffer)."""
+def test_negatives_lse_gradcheck(monkeypatch, bound, masked):
+    """float64 gradcheck of the node (both exp branches, several row blocks)."""
     from models.fused import NegativesLSE
 
-    q = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    _tiny_blocks(monkeypatch, True)
+    q = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
     n = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
-    mask = (torch.rand(4, 6) < 0.3) if masked else None
+    mask = (torch.rand(20, 6) < 0.3) if masked else None
     if masked:
         mask[:, 0] = False  # every row keeps a negative (an all -inf row has no finite derivative)
     probe = torch.zeros(2, dtype=torch.float64)
