@@ -167,7 +167,9 @@ def sampled_softmax_loss(
 def _fused_softmax(z_q: Tensor, row: Optional[Tensor], z_pos: Tensor, z_easy: Tensor, tau: float,
                    weight: Optional[Tensor], neg_mask: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
     """The sampled softmax through :class:`~models.fused.NegativesLSE`, per pair (``row`` None) or
-    grouped (pair ``t`` = query ``row[t]``): ``logaddexp(pos, lse_q) - pos``."""
+    grouped (pair ``t`` = query ``row[t]``): ``logaddexp(pos, lse_q) - pos`` as
+    ``softplus(lse_q - pos)`` (accurate also for a loss near 0, where the difference of two
+    logits of ~1/tau cancels)."""
     zq_rows = z_q if row is None else z_q[row]
     pos = (zq_rows * z_pos).sum(-1) / tau
     k = min(pos.numel(), PROBE_ROWS)
@@ -175,7 +177,8 @@ def _fused_softmax(z_q: Tensor, row: Optional[Tensor], z_pos: Tensor, z_easy: Te
         bound = float(z_q.norm(dim=1).max() * z_easy.norm(dim=1).max()) / tau
     probe_rows = None if row is None or bool((row[:k] == torch.arange(k)).all()) else row[:k]  # None: z_q[:k]
     lse, count = NegativesLSE.apply(z_q, z_easy, tau, neg_mask, bound, pos.detach()[:k], probe_rows)
-    loss = _mean(torch.logaddexp(pos, lse if row is None else lse[row]) - pos, weight)
+    # log(e^pos + e^lse) - pos = softplus(lse - pos): no cancellation when the positive dominates
+    loss = _mean(torch.nn.functional.softplus((lse if row is None else lse[row]) - pos), weight)
     with torch.no_grad():  # mean over (pair, negative) of z_q . z_n = mean_t z_q[row_t] . mean_n z_n
         neg = zq_rows.detach().mean(0) @ z_easy.detach().mean(0)
         stats = {"violated": count.float() / (k * z_easy.size(0)), "pos_score": pos.detach().mean() * tau,

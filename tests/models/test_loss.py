@@ -249,3 +249,21 @@ def test_fused_softmax_only_on_the_cpu_float32_fast_path(monkeypatch):
     assert not calls
     sampled_softmax_loss(q, p, n)
     assert len(calls) == 1
+
+
+def test_fused_softmax_is_accurate_when_the_positive_dominates():
+    """A loss near 0 (positive logit 20 above every negative): softplus(lse - pos) keeps it and
+    its gradient to float32 precision (logaddexp(pos, lse) - pos cancels to 0 there)."""
+    from models.loss import sampled_softmax_loss
+
+    e = torch.eye(4)
+    q = e[:1].repeat(3, 1).requires_grad_()
+    n = -e[:1].repeat(20, 1) + 0.01 * torch.randn(20, 4)
+    loss, _ = sampled_softmax_loss(q, q.detach(), n, temperature=0.1)
+    (g,) = torch.autograd.grad(loss, q)
+    q64 = q.detach().double().requires_grad_()
+    ref, _ = sampled_softmax_loss(q64, q64.detach(), n.double(), temperature=0.1)
+    (g64,) = torch.autograd.grad(ref, q64)
+    assert 0 < ref.item() < 1e-6
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=0)
+    torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-12)
