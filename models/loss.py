@@ -142,7 +142,8 @@ def sampled_softmax_loss(
     negatives scoring at least the positive, estimated on the first 1,024 pairs; ``weight`` as
     there); ``temperature`` :math:`\tau > 0`. ``fused``: with easy negatives only, on contiguous
     float32 CPU tensors outside autocast, the negatives' log-sum-exp is one autograd node
-    (:class:`models.fused.NegativesLSE`: no ``[B, N]`` temporaries besides the GEMM's output);
+    (:class:`models.fused.NegativesLSE`: the ``[B, N]`` logits in cache-sized row blocks, never
+    held whole);
     :obj:`False` (or hard negatives, another device or dtype) takes the op-by-op path, equal to
     float tolerance.
     """
