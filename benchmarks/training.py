@@ -505,7 +505,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dgl-python", default="/tmp/dglvenv/bin/python")
     p.add_argument("--dgl-dir", default="/tmp/dgl-pinsage")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[512, 1024],
+                   help="(with --step: none given = only the Gowalla step of --gowalla)")
     p.add_argument("--workers", type=int, nargs="+", default=[2, 0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
@@ -525,6 +526,8 @@ def main(argv=None) -> int:
                    help="with --step: torch threads of the step, one set of rows each (0: as configured)")
     p.add_argument("--gowalla", action="store_true",
                    help="with --step: also Gowalla's whole-catalogue step (configs/gowalla.yaml)")
+    p.add_argument("--previous-as", default="",
+                   help="with --step: keep --out's step_rows from before under this key")
     a = p.parse_args(argv)
 
     if a.step:
@@ -538,7 +541,8 @@ def main(argv=None) -> int:
             if a.gowalla:
                 rows.append(gowalla_step_worker(threads))
                 print(json.dumps(rows[-1]), flush=True)
-        write_step_rows(a.out, rows, "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        write_step_rows(a.out, rows, "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                        a.previous_as)
         return 0
 
     if a.ours_worker:

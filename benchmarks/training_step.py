@@ -34,31 +34,84 @@ def _gemm_rate(repeats: int = 3) -> float:
     return best
 
 
-def _count_step(step) -> tuple:
-    """``(GFLOP, GB of sparse-product row reads)`` of one ``step()``: the dense FLOPs by
-    ``torch.utils.flop_counter`` (forward + backward), the rows each CSR product reads (``nnz x
-    d x 4`` bytes, forward and backward products alike) by wrapping ``torch.sparse.mm``. Run it on
-    the op-by-op path: the counter has no formula for the in-place ``addmm_`` the fused nodes use
-    (the GEMMs are the same)."""
+def _count_step(step) -> float:
+    """GFLOP of one ``step()`` (dense, forward + backward) by ``torch.utils.flop_counter``. Run it
+    on the op-by-op path: the counter has no formula for the in-place ``addmm_`` the fused nodes
+    use (the GEMMs are the same); CSR products are not counted (their rows: :func:`_count_sparse`)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    read = [0]
-    orig = torch.sparse.mm
+    import models.fused as fused
+    import models.sparse as sparse
 
-    def counted(a, b, *args, **kw):
-        if a.layout == torch.sparse_csr:
-            read[0] += a.values().numel() * b.shape[1] * 4
-        return orig(a, b, *args, **kw)
-
-    torch.sparse.mm = counted
+    orig = sparse.csr_mm
+    # csr_mm's addmm(beta=0) would be counted as a dense [n, m] x [m, d] product; torch.sparse.mm
+    # (the same product) is not counted
+    sparse.csr_mm = fused.csr_mm = lambda a, x: torch.sparse.mm(a, x)
+    counter = FlopCounterMode(display=False)
     try:
-        counter = FlopCounterMode(display=False)
         with counter:
             step()
     finally:
-        torch.sparse.mm = orig
-    return counter.get_total_flops() / 1e9, read[0] / 1e9
+        sparse.csr_mm = fused.csr_mm = orig
+    return counter.get_total_flops() / 1e9
+
+
+def _count_sparse(step) -> float:
+    """GB of random row reads of one ``step()`` on the path it takes (run it on the fused path):
+    ``nnz x d x 4`` bytes per CSR product (``models.sparse.csr_mm``, forward and backward alike)
+    and per leave-one-out pooling of the batch's users (:class:`models.fused.PoolMinusPositive`,
+    its history rows and positives, forward and backward)."""
+    import models.fused as fused
+    import models.sparse as sparse
+
+    read = [0]
+    orig_mm, orig_pool = sparse.csr_mm, fused.PoolMinusPositive.apply
+
+    def counted_mm(a, x):
+        read[0] += a.values().numel() * x.shape[1] * 4
+        return orig_mm(a, x)
+
+    def counted_pool(z, ptr, col, w, users, pos, w_pos):
+        rows = int((ptr[users + 1] - ptr[users]).sum()) + pos.numel()
+        read[0] += 2 * rows * z.shape[1] * 4  # forward gathers, backward scatters as many rows
+        return orig_pool(z, ptr, col, w, users, pos, w_pos)
+
+    sparse.csr_mm = fused.csr_mm = counted_mm
+    fused.PoolMinusPositive.apply = counted_pool
+    try:
+        step()
+    finally:
+        sparse.csr_mm = fused.csr_mm = orig_mm
+        fused.PoolMinusPositive.apply = orig_pool
+    return read[0] / 1e9
+
+
+def _gather_rate(table_rows: int, d: int, ptr, col, repeats: int = 3) -> dict:
+    """This machine's random-row rates now, GB of rows read per CPU-second (best of ``repeats``),
+    on the step's own sparse shape (its largest CSR product, ``ptr`` / ``col`` over a
+    ``[table_rows, d]`` float32 table): ``index_select`` of the rows ``col`` into a preallocated
+    ``[nnz, d]`` buffer (``gather``), and the CSR product itself (``csr``, ``csr_mm``: reads the
+    same rows, writes only ``[n, d]``)."""
+    import torch
+
+    from models.sparse import csr_mm
+
+    table = torch.randn(table_rows, d)
+    out = torch.empty(col.numel(), d)
+    n = col.numel()
+    a = torch.sparse_csr_tensor(ptr, col, torch.rand(n), size=(ptr.numel() - 1, table_rows), check_invariants=False)
+    rates = {}
+    for name, fn in (("gather", lambda: torch.index_select(table, 0, col, out=out)),
+                     ("csr", lambda: csr_mm(a, table))):
+        fn()
+        best = 0.0
+        for _ in range(repeats):
+            t = time.process_time()
+            fn()
+            best = max(best, n * d * 4 / (time.process_time() - t) / 1e9)
+        rates[name] = best
+    return rates
 
 
 def _time_paths(step, paths: dict, reps: int, block: int = 4) -> dict:
@@ -83,11 +136,17 @@ def _time_paths(step, paths: dict, reps: int, block: int = 4) -> dict:
     return {k: (med(times[k]), med(cpu[k])) for k in paths}
 
 
-def _floor_fields(gflop: float, read_gb: float, rate: float, threads: int, wall_ms: float, cpu_ms: float) -> dict:
+def _floor_fields(gflop: float, read_gb: float, rate: float, rates: dict, threads: int, wall_ms: float,
+                 cpu_ms: float) -> dict:
+    """The dense floor (FLOPs at the GEMM rate) and the roofline (that floor plus the step's random
+    row reads at the measured gather rate), per thread, and the step's ratios to both."""
     floor_ms = gflop / (rate * threads) * 1e3
+    roofline_ms = floor_ms + read_gb / (max(rates.values()) * threads) * 1e3  # the faster way to read rows
     return {"step_gflop": round(gflop, 3), "gemm_gflop_per_cpu_s": round(rate, 1), "threads": threads,
             "floor_ms": round(floor_ms, 2), "ratio_to_floor": round(wall_ms / floor_ms, 2),
-            "ratio_to_floor_cpu": round(cpu_ms / (floor_ms * threads), 2), "sparse_read_gb": round(read_gb, 4)}
+            "ratio_to_floor_cpu": round(cpu_ms / (floor_ms * threads), 2), "sparse_read_gb": round(read_gb, 4),
+            "gather_gb_per_cpu_s": round(rates["gather"], 2), "csr_product_gb_per_cpu_s": round(rates["csr"], 2),
+            "roofline_ms": round(roofline_ms, 2), "ratio_to_roofline_cpu": round(cpu_ms / (roofline_ms * threads), 2)}
 
 
 def _parts(fns: dict, reps: int) -> dict:
@@ -131,7 +190,7 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
     data = dm.train_dataset()
     idx = next(iter(dm._train_sampler))
     batch = data[idx]
-    opt = torch.optim.Adam(mod.parameters(), lr=1e-3)
+    opt = mod.configure_optimizers()["optimizer"]  # the app's optimiser (fused Adam on CPU)
     mod.train()
     m = mod.model
     _set_threads(threads)
@@ -145,7 +204,9 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
         return switch
 
     path(True, False)()
-    gflop, read_gb = _count_step(step)
+    gflop = _count_step(step)
+    path(True, True)()
+    read_gb = _count_sparse(step)
     res = _time_paths(step, {"fused": path(True, True), "op_by_op": path(True, False),
                              "edge_list": path(False, False)}, reps)
     m.fused_blocks = m.fused_nodes = True
@@ -161,6 +222,10 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
 
     parts = _parts({"model_fwd_bwd": model_part, "loss_fwd_bwd": loss_part, "adam": opt.step}, reps)
     rate = _gemm_rate()
+    b0 = batch.blocks[0]
+    counts = torch.bincount(b0.edge_index[1], minlength=int(b0.size[1]))
+    rates = _gather_rate(int(batch.x.shape[0]), m.hidden_channels,
+                         torch.cat([counts.new_zeros(1), counts.cumsum(0)]), b0.edge_index[0].contiguous())
     threads = torch.get_num_threads()
     (wall, cpu), (wall_o, cpu_o), (wall_e, cpu_e) = res["fused"], res["op_by_op"], res["edge_list"]
     return {"dataset": DATASET, "batch_size": batch_size, "hard_negatives_per_pair": int(batch.hard_neg.shape[1]),
@@ -169,20 +234,41 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
             "step_ms": wall, "step_cpu_ms": cpu,
             "step_ms_op_by_op": wall_o, "step_cpu_ms_op_by_op": cpu_o,
             "step_ms_edge_list": wall_e, "step_cpu_ms_edge_list": cpu_e,
-            **_floor_fields(gflop, read_gb, rate, threads, wall, cpu), "parts_cpu_ms": parts,
+            **_floor_fields(gflop, read_gb, rate, rates, threads, wall, cpu), "parts_cpu_ms": parts,
             "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "model step only (forward, loss, backward, Adam; no data loading); medians of "
                     f"{reps} steps per path, interleaved in blocks of 4 (the first of each not counted); "
                     "floor = FLOPs at the measured 4096^3 GEMM rate on "
-                    "every thread; op_by_op = the same CSR blocks without the fused autograd nodes"}
+                    "every thread; roofline = floor + sparse_read_gb at the faster of the two row rates "
+                    "measured here on block 0's CSR shape (index_select gather, the CSR product); op_by_op = the same CSR blocks without "
+                    "the fused autograd nodes; Adam as configure_optimizers (fused) on every path"}
+
+
+def _path_equality(mod, batch, fused, op_by_op) -> dict:
+    """The step's loss and every parameter gradient on two paths (``fused()`` / ``op_by_op()``
+    select them): both losses, their difference and the largest ``max|diff| / max|g|`` over the
+    parameters."""
+    out = []
+    for switch in (fused, op_by_op):
+        switch()
+        mod.zero_grad()
+        loss = mod.training_step(batch, 0)
+        loss.backward()
+        out.append((float(loss), {k: p.grad.clone() for k, p in mod.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = out
+    rel = max(float((ga[k] - gb[k]).abs().max() / gb[k].abs().max().clamp(min=1e-30)) for k in gb)
+    mod.zero_grad()
+    return {"loss": a, "loss_op_by_op": b, "loss_abs_diff": abs(a - b), "max_grad_rel_diff": rel,
+            "parameters": len(gb), "when": "before the timed steps (the model as initialised)"}
 
 
 def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     """Gowalla's whole-catalogue training step (``configs/gowalla.yaml``'s data and model: every
     item embedded once through the full neighbourhood matrix, users pooled from their histories,
     sampled softmax over the shared negatives) as ``PinSageModule.training_step`` runs it, plus
-    backward and Adam; the fused nodes and op by op interleaved; the floor as the minibatch step's
-    (dense FLOPs only; the CSR products' row reads are reported beside it)."""
+    backward and Adam; three paths interleaved (every fused node, the layers' only, none); the
+    dense floor as the minibatch step's and the roofline (the floor plus the step's random row
+    reads at the gather rate measured here)."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     import warnings
 
@@ -204,7 +290,7 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     mod._full_graph()
     mod._trainer = None  # self.log then warns and returns: no Trainer in this loop
     batch = next(iter(dm.train_dataloader()))
-    opt = torch.optim.Adam(mod.parameters(), lr=float(model.get("lr", 1e-3)))
+    opt = mod.configure_optimizers()["optimizer"]  # the app's optimiser (fused Adam on CPU)
     mod.train()
     m = mod.model
     _set_threads(threads)
@@ -215,15 +301,20 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
         loss.backward()
         opt.step()
 
-    def path(nodes):
+    def path(nodes, loss_and_users):
         def switch():
             m.fused_nodes = nodes
+            mod.loss_fn.fused = mod.user_encoder.fused = loss_and_users
         return switch
 
-    path(False)()
-    gflop, read_gb = _count_step(step)
-    res = _time_paths(step, {"fused": path(True), "op_by_op": path(False)}, reps)
-    m.fused_nodes = True
+    equality = _path_equality(mod, batch, path(True, True), path(False, False))  # the model as built
+    path(False, False)()
+    gflop = _count_step(step)
+    path(True, True)()
+    read_gb = _count_sparse(step)
+    res = _time_paths(step, {"fused": path(True, True), "fused_layers_only": path(True, False),
+                             "op_by_op": path(False, False)}, reps)
+    path(True, True)()
     zl = mod.embed_all().detach().requires_grad_()
     w = torch.randn_like(zl)
 
@@ -237,28 +328,49 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
         finally:
             del mod.embed_all
 
-    parts = _parts({"model_fwd_bwd": model_part, "users_and_loss_fwd_bwd": loss_part, "adam": opt.step}, reps)
+    def loss_part_before():  # the same, users' pooling and softmax op by op
+        mod.loss_fn.fused = mod.user_encoder.fused = False
+        try:
+            loss_part()
+        finally:
+            mod.loss_fn.fused = mod.user_encoder.fused = True
+
+    single = torch.optim.Adam(mod.parameters(), lr=opt.defaults["lr"], foreach=False)  # parts last: may move
+    parts = _parts({"model_fwd_bwd": model_part, "users_and_loss_fwd_bwd": loss_part,
+                    "users_and_loss_fwd_bwd_op_by_op": loss_part_before, "adam": opt.step,
+                    "adam_single_tensor": single.step}, reps)
     rate = _gemm_rate()
-    threads = torch.get_num_threads()
-    (wall, cpu), (wall_o, cpu_o) = res["fused"], res["op_by_op"]
     nbr = mod._full["nbr"]
+    rates = _gather_rate(dm.num_items, m.hidden_channels, nbr.ptr, nbr.col.contiguous())
+    threads = torch.get_num_threads()
+    (wall, cpu), (wall_l, cpu_l), (wall_o, cpu_o) = res["fused"], res["fused_layers_only"], res["op_by_op"]
     return {"dataset": "gowalla", "batch_size": int(batch.pos.numel()), "num_items": dm.num_items,
             "neighbour_edges": nbr.nnz, "hidden": m.hidden_channels, "num_layers": m.num_layers,
             "num_easy_negatives": int(batch.easy_neg.numel()),
-            "step_ms": wall, "step_cpu_ms": cpu, "step_ms_op_by_op": wall_o, "step_cpu_ms_op_by_op": cpu_o,
-            **_floor_fields(gflop, read_gb, rate, threads, wall, cpu), "parts_cpu_ms": parts,
+            "step_ms": wall, "step_cpu_ms": cpu, "step_ms_fused_layers_only": wall_l,
+            "step_cpu_ms_fused_layers_only": cpu_l, "step_ms_op_by_op": wall_o, "step_cpu_ms_op_by_op": cpu_o,
+            **_floor_fields(gflop, read_gb, rate, rates, threads, wall, cpu), "parts_cpu_ms": parts,
+            "fused_vs_op_by_op": equality,
             "load_1min": round(os.getloadavg()[0], 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "whole-catalogue step (training_step + backward + Adam, no data loading), medians of "
                     f"{reps} steps per path, interleaved in blocks of 4 (the first of each not counted); "
-                    "floor_ms = dense FLOPs at the 4096^3 GEMM rate "
-                    "(the CSR products' row reads, sparse_read_gb, are not in it); parts_cpu_ms measured "
-                    "separately"}
+                    "floor_ms = dense FLOPs at the 4096^3 GEMM rate; roofline_ms = floor_ms + sparse_read_gb "
+                    "(CSR products and the batch users' history rows, forward and backward) at the faster of "
+                    "the two row rates measured here on the neighbourhood matrix's shape (index_select "
+                    "gather, the CSR product); fused = every "
+                    "fused node (layers, users' pooling, softmax), fused_layers_only = the layers' nodes "
+                    "with the users' pooling and softmax op by op (main before issue 19's loss work), "
+                    "op_by_op = none; Adam as configure_optimizers (fused) on every path; parts_cpu_ms "
+                    "measured separately"}
 
 
-def write_step_rows(out: str, rows: list, command: str) -> None:
-    """Put ``rows`` under ``step_rows`` of the results file (its other keys kept), atomically."""
+def write_step_rows(out: str, rows: list, command: str, previous_as: str = "") -> None:
+    """Put ``rows`` under ``step_rows`` of the results file (its other keys kept), atomically;
+    ``previous_as``: keep the rows there before (and their command) under that key."""
     path = Path(out)
     res = json.loads(path.read_text()) if path.exists() else {}
+    if previous_as and "step_rows" in res:
+        res[previous_as] = {"step_command": res.get("step_command"), "step_rows": res["step_rows"]}
     res["step_rows"] = rows
     res["step_command"] = command
     tmp = path.with_suffix(path.suffix + ".tmp")

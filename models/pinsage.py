@@ -22,6 +22,12 @@ def _int_at_least(name: str, value: int, low: int) -> int:
     return value
 
 
+def _is_arange(ids: Tensor, n: int) -> bool:
+    """``ids`` is ``0, 1, ..., n - 1`` (whole-catalogue steps embed every item in id order)."""
+    return (ids.numel() == n and n > 0 and int(ids[0]) == 0 and int(ids[-1]) == n - 1
+            and bool((ids[1:] - ids[:-1] == 1).all()))
+
+
 class PinSage(torch.nn.Module):
     r"""PinSage (Ying et al., KDD 2018): item embeddings from content features and the
     importance-sampled K-hop neighbourhood.
@@ -165,7 +171,10 @@ class PinSage(torch.nn.Module):
                 return out if self.emb is None else out.add_(self.emb.weight[node_ids])
             return torch.index_select(self.emb.weight, 0, node_ids, out=out)
         h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
-        if self.emb is not None:
+        if self.emb is not None and _is_arange(node_ids, self.emb.num_embeddings):
+            e = self.emb.weight  # the whole catalogue in id order: no gather, no scatter backward
+            h = e.clone() if h is None else h + e
+        elif self.emb is not None:
             e = self.emb(node_ids.clamp(min=0))
             if bool((node_ids < 0).any()):
                 e = e * (node_ids >= 0).unsqueeze(-1).to(e.dtype)

@@ -22,6 +22,17 @@ from numba import njit, prange
 from torch import Tensor
 
 
+def csr_mm(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for a CSR ``a [n, m]`` and a dense ``x [m, d]``. On the CPU as ``addmm`` with
+    ``beta = 0`` into a fresh buffer: ``torch.sparse.mm`` zero-fills its output and copies it
+    once more before the product (~2.7 of 13 ms at Gowalla's 0.8M-entry neighbourhood, d = 64);
+    with ``beta = 0`` the buffer's content is ignored (documented: no NaN / inf propagated)."""
+    if a.device.type != "cpu":
+        return torch.sparse.mm(a, x)
+    out = x.new_empty(a.size(0), x.size(1))
+    return torch.addmm(out, a, x, beta=0, out=out)
+
+
 class _SpMM(torch.autograd.Function):
     """``Y = A @ X`` with ``dX = A^T @ dY`` from a precomputed transpose (no gradient for A)."""
 
@@ -32,12 +43,12 @@ class _SpMM(torch.autograd.Function):
     def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
         with torch.autocast(x.device.type, enabled=False):
-            return torch.sparse.mm(a, x.float())
+            return csr_mm(a, x.float())
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         with torch.autocast(grad.device.type, enabled=False):
-            return None, None, torch.sparse.mm(ctx.a_t, grad.float().contiguous())
+            return None, None, csr_mm(ctx.a_t, grad.float().contiguous())
 
 
 @njit(nogil=True, cache=True)

@@ -108,3 +108,42 @@ def test_pinsage_fused_nodes_equal_op_by_op(skip, out):
     torch.testing.assert_close(z, z_ref, atol=1e-6, rtol=1e-5)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("learned", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pool_minus_positive_equals_op_by_op(monkeypatch, learned, threads):
+    """The users' leave-one-out pooling of a batch's rows (models.fused.PoolMinusPositive) equals
+    pooling every user and taking the batch's rows: values and the item embeddings' gradient
+    (duplicate users, a user without history, weighted rows, numba on 1 and 2 threads)."""
+    import numba
+
+    from models.fused import PoolMinusPositive
+    from models.user_encoder import UserEncoder
+
+    torch.manual_seed(0)
+    hist = _adj(9, 30, seed=3)  # 9 users over 30 items, some without history
+    users = torch.tensor([0, 3, 3, 8, 1, 0, 5, 2, 7, 4, 6, 3])
+    pos, w_pos = torch.randint(0, 30, (12,)), torch.rand(12)
+    enc = UserEncoder(20, learned=learned)
+    if learned:
+        enc.lin.weight.data.add_(0.1 * torch.randn(20, 20))
+    z = torch.randn(30, 20, requires_grad=True)
+    calls, orig = [], PoolMinusPositive.apply
+    monkeypatch.setattr(PoolMinusPositive, "apply", lambda *a: calls.append(1) or orig(*a))
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        out = enc.leave_one_out_rows(z, hist, users, pos, w_pos)
+        g = _grads(out, [z] + list(enc.parameters()), seed=4)
+    finally:
+        numba.set_num_threads(before)
+    enc.fused = False
+    ref = enc.leave_one_out_rows(z, hist, users, pos, w_pos)
+    g_ref = _grads(ref, [z] + list(enc.parameters()), seed=4)
+    assert len(calls) == 1
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"users holds ids in \[0, 9\]: expected \[0, 9\)"):
+        UserEncoder(20).leave_one_out_rows(z, hist, torch.tensor([0, 9]), pos[:2], w_pos[:2])

@@ -118,3 +118,152 @@ def test_grouped_softmax_equals_the_expanded_pairs():
     assert torch.allclose(a, b, atol=1e-6)
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ga, gb))
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in ("violated", "pos_score", "neg_score"))
+
+
+# -- the fused sampled softmax (models.fused.NegativesLSE) equals the op-by-op path ---------------
+
+
+def _count_fused(monkeypatch):
+    """Wrap NegativesLSE.apply and count the calls (the fused path was taken)."""
+    from models.fused import NegativesLSE
+
+    calls, orig = [], NegativesLSE.apply
+    monkeypatch.setattr(NegativesLSE, "apply", lambda *a: calls.append(1) or orig(*a))
+    return calls
+
+
+def _loss_and_grads(fn, inputs):
+    loss, stats = fn()
+    return loss, stats, torch.autograd.grad(loss, [t for t in inputs if t.requires_grad])
+
+
+def _tiny_blocks(monkeypatch, tiny):
+    """Row blocks of 16 rows (the minimum) instead of ~1 MB: several blocks at the tests' sizes."""
+    import models.fused
+
+    if tiny:
+        monkeypatch.setattr(models.fused, "_BLOCK_BYTES", 1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # logits within +-60 (exp unshifted) / beyond (row max)
+@pytest.mark.parametrize("temperature", [0.1, 0.7])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("tiny", [False, True])
+def test_fused_softmax_equals_op_by_op(monkeypatch, scale, temperature, weighted, tiny):
+    from models.loss import sampled_softmax_loss
+
+    _tiny_blocks(monkeypatch, tiny)
+    calls = _count_fused(monkeypatch)
+    q = F.normalize(torch.randn(37, 16), dim=1).mul(scale).requires_grad_()
+    p, n = torch.randn(37, 16, requires_grad=True), torch.randn(23, 16, requires_grad=True)
+    w = torch.rand(37, requires_grad=True) if weighted else None
+    inputs = [q, p, n] + ([w] if weighted else [])
+    a, sa, ga = _loss_and_grads(lambda: sampled_softmax_loss(q, p, n, None, temperature, w), inputs)
+    assert len(calls) == 1
+    b, sb, gb = _loss_and_grads(lambda: sampled_softmax_loss(q, p, n, None, temperature, w, fused=False), inputs)
+    assert len(calls) == 1
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    for k in ("violated", "pos_score", "neg_score"):
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("rows", ["shared", "one_per_pair"])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_fused_grouped_softmax_equals_op_by_op(monkeypatch, masked, weighted, rows, scale):
+    from models.loss import SampledSoftmaxLoss
+
+    _tiny_blocks(monkeypatch, True)  # 40 queries: blocks of 16, 16, 8
+    calls = _count_fused(monkeypatch)
+    fn = SampledSoftmaxLoss(temperature=0.3)
+    q = (scale * torch.randn(40, 8)).requires_grad_()
+    row = torch.randint(0, 40, (70,)) if rows == "shared" else torch.arange(40)
+    p = torch.randn(row.numel(), 8, requires_grad=True)
+    n = torch.randn(7, 8, requires_grad=True)
+    w = torch.rand(row.numel(), requires_grad=True) if weighted else None
+    mask = None
+    if masked:
+        mask = torch.rand(40, 7) < 0.4
+        mask[4] = True  # a query with every negative left out: its pairs' loss is 0, no NaN
+    inputs = [q, p, n] + ([w] if weighted else [])
+    a, sa, ga = _loss_and_grads(lambda: fn.grouped(q, row, p, n, weight=w, neg_mask=mask), inputs)
+    fn.fused = False
+    b, sb, gb = _loss_and_grads(lambda: fn.grouped(q, row, p, n, weight=w, neg_mask=mask), inputs)
+    assert len(calls) == 1
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for x, y in zip(ga, gb):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    for k in ("violated", "pos_score", "neg_score"):
+        assert torch.isfinite(sa[k])
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [1.0, 100.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_negatives_lse_gradcheck(monkeypatch, bound, masked):
+    """float64 gradcheck of the node (both exp branches, several row blocks)."""
+    from models.fused import NegativesLSE
+
+    _tiny_blocks(monkeypatch, True)
+    q = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    n = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(20, 6) < 0.3) if masked else None
+    if masked:
+        mask[:, 0] = False  # every row keeps a negative (an all -inf row has no finite derivative)
+    probe = torch.zeros(2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: NegativesLSE.apply(a, b, 0.5, mask, bound, probe, None)[0], (q, n))
+
+
+def test_fused_softmax_second_backward_and_stats_estimate():
+    """retain_graph: a second backward pass gives the same gradients; ``violated`` is the share on
+    the first 1,024 pairs, on both paths."""
+    from models.loss import PROBE_ROWS, sampled_softmax_loss
+
+    q, p = torch.randn(1100, 8, requires_grad=True), torch.randn(1100, 8)
+    n = torch.randn(30, 8)
+    loss, stats = sampled_softmax_loss(q, p, n, temperature=0.5)
+    g1 = torch.autograd.grad(loss, q, retain_graph=True)[0]
+    g2 = torch.autograd.grad(loss, q)[0]
+    torch.testing.assert_close(g1, g2)
+    with torch.no_grad():
+        k = PROBE_ROWS
+        want = ((q[:k] @ n.T) >= (q[:k] * p[:k]).sum(1, keepdim=True)).float().mean()
+    torch.testing.assert_close(stats["violated"], want)
+    torch.testing.assert_close(sampled_softmax_loss(q, p, n, temperature=0.5, fused=False)[1]["violated"], want)
+
+
+def test_fused_softmax_only_on_the_cpu_float32_fast_path(monkeypatch):
+    """Hard negatives, float64 and autocast keep the op-by-op path."""
+    from models.loss import sampled_softmax_loss
+
+    calls = _count_fused(monkeypatch)
+    q, p, n, h = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4), torch.randn(3, 2, 4)
+    sampled_softmax_loss(q, p, n, h)
+    sampled_softmax_loss(q.double(), p.double(), n.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled_softmax_loss(q, p, n)
+    assert not calls
+    sampled_softmax_loss(q, p, n)
+    assert len(calls) == 1
+
+
+def test_fused_softmax_is_accurate_when_the_positive_dominates():
+    """A loss near 0 (positive logit 20 above every negative): softplus(lse - pos) keeps it and
+    its gradient to float32 precision (logaddexp(pos, lse) - pos cancels to 0 there)."""
+    from models.loss import sampled_softmax_loss
+
+    e = torch.eye(4)
+    q = e[:1].repeat(3, 1).requires_grad_()
+    n = -e[:1].repeat(20, 1) + 0.01 * torch.randn(20, 4)
+    loss, _ = sampled_softmax_loss(q, q.detach(), n, temperature=0.1)
+    (g,) = torch.autograd.grad(loss, q)
+    q64 = q.detach().double().requires_grad_()
+    ref, _ = sampled_softmax_loss(q64, q64.detach(), n.double(), temperature=0.1)
+    (g64,) = torch.autograd.grad(ref, q64)
+    assert 0 < ref.item() < 1e-6
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=0)
+    torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-12)

@@ -219,3 +219,27 @@ def test_negative_node_id_leaves_the_id_term_out():
     content = torch.relu(m.lin_in(x))
     torch.testing.assert_close(h[1], content[1])
     torch.testing.assert_close(h[0], content[0] + m.emb.weight[0])
+
+
+@pytest.mark.parametrize("in_channels", [0, 3])
+def test_whole_catalogue_ids_take_the_embedding_table_as_is(monkeypatch, in_channels):
+    """node_ids = 0..I-1 (whole-catalogue steps): the ID term is the embedding table itself (no
+    gather, no scatter in backward), same values and gradients as the gather."""
+    import models.pinsage as pinsage
+
+    torch.manual_seed(0)
+    n = 12
+    model = PinSage(in_channels, 8, 8, num_layers=1, id_embedding=True, num_items=n)
+    x, ids = torch.randn(n, in_channels), torch.arange(n)
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(pinsage, "_is_arange", (lambda ids, n: True) if fast else (lambda ids, n: False))
+        model.zero_grad()
+        h = model.encode(x, ids)
+        (h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum().backward()
+        out.append((h.detach(), model.emb.weight.grad.clone()))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0][1], out[1][1])
+    monkeypatch.undo()
+    assert pinsage._is_arange(ids, n) and not pinsage._is_arange(ids.flip(0), n)
+    assert not pinsage._is_arange(ids[:-1], n) and not pinsage._is_arange(torch.tensor([0, 2, 2]), 3)

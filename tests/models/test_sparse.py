@@ -235,3 +235,24 @@ def test_csr_product_runs_in_float32_under_bf16_autocast():
         out = layer((xs, torch.randn(30, 16)), adj)
     out.float().sum().backward()
     assert torch.isfinite(out.float()).all() and xs.grad is not None and torch.isfinite(xs.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(50, 30), (6, 0), (0, 4)])
+def test_csr_mm_equals_torch_sparse_mm(shape):
+    """models.sparse.csr_mm (addmm with beta = 0 into an uninitialised buffer) gives
+    torch.sparse.mm's product, zeros on rows without entries (no garbage, no NaN)."""
+    import torch
+
+    from models.sparse import csr_mm
+
+    n, m = shape
+    g = torch.Generator().manual_seed(0)
+    deg = torch.randint(0, 4, (n,), generator=g) if m else torch.zeros(n, dtype=torch.long)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), deg.cumsum(0)])
+    col = torch.randint(0, max(m, 1), (int(ptr[-1]),), generator=g)
+    a = torch.sparse_csr_tensor(ptr, col, torch.rand(col.numel(), generator=g), size=(n, m))
+    x = torch.randn(m, 8, generator=g)
+    torch.full((n, 8), float("nan"))  # leave NaN in freed memory the new buffer may reuse
+    out = csr_mm(a, x)
+    assert torch.equal(out, torch.sparse.mm(a, x))
+    assert not torch.isnan(out).any() and (out[deg == 0] == 0).all()
