@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
@@ -212,6 +213,95 @@ class HeadFn(torch.autograd.Function):
             d_h0 = torch.mm(go, s_w) if ctx.needs_input_grad[1] else None
             d_s = torch.mm(go.t(), h0)
         return d_h, d_h0, d_g1, d_g1b, d_g2, d_g2b, d_s, None
+
+
+# -- the input encoder of a whole-catalogue step: ReLU(A x + a) + the ID table, one pass each way --
+
+ENCODE_MAX_FEATURES = 16  #: :class:`EncodeFn` loops over the features per element (no GEMM): few only
+_ENCODE_CHUNKS = 16  #: row chunks of the backward's weight-gradient sums (fixed: the same sums on any threads)
+
+
+@njit(inline="always")
+def _encode_pre(xr, wt, b, has_b, v):  # pragma: no cover - numba
+    """Row ``xr``'s pre-activations into ``v [d]``: ``a + A x`` (``wt = A^T [F, d]``; the same code
+    both ways, so the backward's ReLU mask is the forward's)."""
+    for j in range(v.shape[0]):
+        v[j] = b[j] if has_b else 0.0
+    for k in range(xr.shape[0]):
+        xk, wk = xr[k], wt[k]
+        for j in range(v.shape[0]):
+            v[j] += wk[j] * xk
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _encode_rows(x, wt, b, has_b, e, out, chunks):  # pragma: no cover - numba
+    """``out = ReLU(x A^T + a) + e`` row by row."""
+    n, d = out.shape
+    for c in prange(chunks):
+        v = np.empty(d, dtype=out.dtype)
+        for r in range(c * n // chunks, (c + 1) * n // chunks):
+            _encode_pre(x[r], wt, b, has_b, v)
+            er, o = e[r], out[r]
+            for j in range(d):
+                o[j] = max(v[j], 0.0) + er[j]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _encode_backward(grad, x, wt, b, has_b, d_wt, d_b):  # pragma: no cover - numba
+    """Per row chunk ``c``: ``d_wt[c] = sum_r x_r (g_r * [pre_r > 0])^T``, ``d_b[c]`` the masked
+    rows' sum (one read of ``grad``; the masked gradient is never stored)."""
+    n, d = grad.shape
+    f, nc = x.shape[1], d_wt.shape[0]
+    for c in prange(nc):
+        v = np.empty(d, dtype=grad.dtype)
+        for r in range(c * n // nc, (c + 1) * n // nc):
+            xr, g = x[r], grad[r]
+            _encode_pre(xr, wt, b, has_b, v)
+            for j in range(d):
+                v[j] = g[j] if v[j] > 0.0 else 0.0
+                d_b[c, j] += v[j]
+            for k in range(f):
+                xk, dk = xr[k], d_wt[c, k]
+                for j in range(d):
+                    dk[j] += v[j] * xk
+
+
+class EncodeFn(torch.autograd.Function):
+    r""":math:`\mathbf{h}^{(0)} = \mathrm{ReLU}(\mathbf{x}\mathbf{A}^\top + \mathbf{a}) + \mathbf{E}`
+    for ``x [I, F]`` (``F <=`` :data:`ENCODE_MAX_FEATURES`), ``A [d, F]``, ``a [d]`` and the whole ID
+    table ``E [I, d]`` (a whole-catalogue step, items in id order) -> ``[I, d]``.
+
+    Op by op this is four ``[I, d]`` passes forward (``addmm``'s bias copy and GEMM, ReLU, the add)
+    and two backward (ReLU's mask, the bias sum) besides a ``K = I`` GEMM; here one each way: the
+    forward writes ``h`` once, the backward reads the gradient once (the pre-activations are
+    recomputed from the ``F`` features, the masked gradient is never stored) and hands it to ``E``
+    as is."""
+
+    @staticmethod
+    def forward(ctx, x, a_w, a_b, e):  # type: ignore[override]
+        out = torch.empty_like(e)
+        b = a_b.detach() if a_b is not None else _EMPTY
+        wt = a_w.detach().t().contiguous()
+        _encode_rows(x.detach().numpy(), wt.numpy(), b.numpy(), a_b is not None, e.detach().numpy(), out.numpy(),
+                     _ENCODE_CHUNKS)
+        ctx.save_for_backward(x, a_w, wt, b)
+        ctx.has_b = a_b is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, a_w, wt, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        d, f = a_w.shape
+        d_wt, d_b = torch.zeros(_ENCODE_CHUNKS, f, d), torch.zeros(_ENCODE_CHUNKS, d)
+        _encode_backward(grad.numpy(), x.detach().numpy(), wt.numpy(), b.numpy(), ctx.has_b, d_wt.numpy(), d_b.numpy())
+        d_x = None
+        if ctx.needs_input_grad[0]:  # features that learn (not the app's): the masked gradient, op by op
+            pre = torch.addmm(b, x, a_w.t()) if ctx.has_b else torch.mm(x, a_w.t())
+            d_x = torch.mm(grad.masked_fill(pre <= 0, 0.0), a_w)
+        d_b = d_b.sum(0) if ctx.has_b else None
+        return d_x, d_wt.sum(0).t().contiguous(), d_b, grad if ctx.needs_input_grad[3] else None
 
 
 # -- sampled softmax: the negatives' log-sum-exp as one node ----------------------------------------

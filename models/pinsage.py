@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.convolve import Convolve, epilogue_, linear_into, linear_relu_into
-from models.fused import HeadFn, fused_ok
+from models.fused import ENCODE_MAX_FEATURES, EncodeFn, HeadFn, fused_ok
 from models.sage import AGGREGATORS, SAGEConvolve
 from models.sparse import SparseAdjacency
 
@@ -170,8 +170,12 @@ class PinSage(torch.nn.Module):
                 linear_relu_into(self.lin_in, x, out)
                 return out if self.emb is None else out.add_(self.emb.weight[node_ids])
             return torch.index_select(self.emb.weight, 0, node_ids, out=out)
+        whole = self.emb is not None and _is_arange(node_ids, self.emb.num_embeddings)
+        if (whole and self.lin_in is not None and self.fused_nodes and x.size(1) <= ENCODE_MAX_FEATURES
+                and fused_ok(x, self.emb.weight)):  # one autograd node (models.fused.EncodeFn)
+            return EncodeFn.apply(x, self.lin_in.weight, self.lin_in.bias, self.emb.weight)
         h = F.relu(self.lin_in(x)) if self.lin_in is not None else None
-        if self.emb is not None and _is_arange(node_ids, self.emb.num_embeddings):
+        if whole:
             e = self.emb.weight  # the whole catalogue in id order: no gather, no scatter backward
             h = e.clone() if h is None else h + e
         elif self.emb is not None:

@@ -147,3 +147,30 @@ def test_pool_minus_positive_equals_op_by_op(monkeypatch, learned, threads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match=r"users holds ids in \[0, 9\]: expected \[0, 9\)"):
         UserEncoder(20).leave_one_out_rows(z, hist, torch.tensor([0, 9]), pos[:2], w_pos[:2])
+
+
+@pytest.mark.parametrize("in_channels,bias", [(1, True), (3, True), (2, False)])
+def test_encode_node_equals_op_by_op(in_channels, bias):
+    """A whole-catalogue step's encoder (ids 0..I-1) as one node (models.fused.EncodeFn): the same
+    h0 and gradients (features, A, a, the ID table) as ReLU(Linear) + the table, op by op."""
+    torch.manual_seed(0)
+    n = 50
+    model = PinSage(in_channels, 16, 16, num_layers=1, num_items=n, id_embedding=True)
+    if not bias:
+        model.lin_in.bias = None
+    x, ids = torch.randn(n, in_channels, requires_grad=True), torch.arange(n)
+    params = [x] + list(model.lin_in.parameters()) + [model.emb.weight]
+
+    def run(flag):
+        model.fused_nodes = flag
+        h = model.encode(x, ids)
+        return h, _grads(h, params, seed=7)
+
+    (h_ref, g_ref), (h, g) = run(False), run(True)
+    assert h.grad_fn.name().endswith("EncodeFnBackward") and not h_ref.grad_fn.name().endswith("EncodeFnBackward")
+    assert bool((h_ref - model.emb.weight == 0).any())  # some pre-activations <= 0: the ReLU mask is exercised
+    torch.testing.assert_close(h, h_ref, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.fused_nodes = True
+    assert not model.encode(x, ids.flip(0)).grad_fn.name().endswith("EncodeFnBackward")  # a gather: op by op

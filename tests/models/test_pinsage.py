@@ -230,6 +230,7 @@ def test_whole_catalogue_ids_take_the_embedding_table_as_is(monkeypatch, in_chan
     torch.manual_seed(0)
     n = 12
     model = PinSage(in_channels, 8, 8, num_layers=1, id_embedding=True, num_items=n)
+    model.fused_nodes = False  # the op-by-op encoder (its fused node: test_fused.py's test_encode_node_*)
     x, ids = torch.randn(n, in_channels), torch.arange(n)
     out = []
     for fast in (True, False):
