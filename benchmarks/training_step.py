@@ -95,12 +95,12 @@ def _gather_rate(table_rows: int, d: int, ptr, col, repeats: int = 3) -> dict:
     same rows, writes only ``[n, d]``)."""
     import torch
 
-    from models.sparse import csr_mm
+    from models.sparse import SparseAdjacency, csr_mm
 
     table = torch.randn(table_rows, d)
     out = torch.empty(col.numel(), d)
     n = col.numel()
-    a = torch.sparse_csr_tensor(ptr, col, torch.rand(n), size=(ptr.numel() - 1, table_rows), check_invariants=False)
+    a, _ = SparseAdjacency(ptr, col, torch.rand(n), num_src=table_rows).matrices(normalize=False)  # the step's CSR
     rates = {}
     for name, fn in (("gather", lambda: torch.index_select(table, 0, col, out=out)),
                      ("csr", lambda: csr_mm(a, table))):

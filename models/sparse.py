@@ -108,7 +108,15 @@ def _sorted_ptr(dst, num_dst):  # pragma: no cover - numba
     return ptr, True
 
 
+_INT32_MAX = 2 ** 31 - 1
+
+
 def _csr(ptr: Tensor, col: Tensor, val: Tensor, shape) -> Tensor:
+    """A CSR tensor; on the CPU with int32 indices where they fit: MKL's product takes int32, and
+    given int64 ATen converts both index arrays on every call (~0.5 of 6.9 ms a product at Gowalla's
+    0.8M entries, d = 64)."""
+    if ptr.device.type == "cpu" and max(col.numel(), *shape) <= _INT32_MAX:
+        ptr, col = ptr.to(torch.int32), col.to(torch.int32)
     return torch.sparse_csr_tensor(ptr, col, val, size=shape, check_invariants=False)
 
 

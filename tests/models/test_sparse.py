@@ -256,3 +256,20 @@ def test_csr_mm_equals_torch_sparse_mm(shape):
     out = csr_mm(a, x)
     assert torch.equal(out, torch.sparse.mm(a, x))
     assert not torch.isnan(out).any() and (out[deg == 0] == 0).all()
+
+
+def test_cpu_matrices_take_int32_indices_with_the_same_product():
+    """matrices() on the CPU: int32 CSR indices (MKL's own; int64 ones are converted on every
+    product), the same A and A^T products as with the graph's int64 indices."""
+    from models.sparse import csr_mm
+
+    adj, _, _ = _graph(seed=6)
+    a, a_t = adj.matrices(weighted=True, normalize=True)
+    assert {a.crow_indices().dtype, a.col_indices().dtype, a_t.crow_indices().dtype,
+            a_t.col_indices().dtype} == {torch.int32}
+    x, y = torch.randn(40, 8), torch.randn(30, 8)
+    for m, v in ((a, x), (a_t, y)):
+        ref = torch.sparse_csr_tensor(m.crow_indices().long(), m.col_indices().long(), m.values(), size=m.shape)
+        assert torch.equal(csr_mm(m, v), csr_mm(ref, v))
+    dense = torch.zeros(30, 40).index_put_((adj.row, adj.col), adj.weight, accumulate=True)
+    torch.testing.assert_close(a.to_dense(), dense / dense.sum(1, keepdim=True).clamp(min=1e-30))
