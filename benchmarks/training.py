@@ -532,7 +532,10 @@ def main(argv=None) -> int:
 
     if a.step:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        os.environ.setdefault("WANDB_MODE", "disabled")  # before app.cli's "offline" default
+        from app.cli import keep_freed_memory
         from training_step import gowalla_step_worker, step_worker, write_step_rows
+        kept = keep_freed_memory()  # as `pinsage fit` runs the step
         rows = []
         for threads in a.threads:
             for bs in a.batch_sizes:
@@ -541,6 +544,8 @@ def main(argv=None) -> int:
             if a.gowalla:
                 rows.append(gowalla_step_worker(threads))
                 print(json.dumps(rows[-1]), flush=True)
+        for r in rows:
+            r["freed_memory_kept"] = kept
         write_step_rows(a.out, rows, "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                         a.previous_as)
         return 0
