@@ -11,9 +11,10 @@ backward, plus one numba pass per elementwise stage:
 * forward: ``msg = ReLU(Q h + q)`` (GEMM, ReLU in place), ``n = A msg`` (CSR), ``W`` applied as
   its self and neighbour halves (two GEMMs into one buffer, no concatenation), then bias, ReLU
   and the L2 norm in one pass (:func:`_epilogue_rows`, which also keeps each row's ``1 / norm``);
-* backward: the normalisation and ReLU gradients in one pass (:func:`_normalize_backward`), the
-  weight gradients, ``A^T`` (the precomputed transpose) on the neighbour half, the ReLU mask of
-  the messages in place (:func:`_relu_mask_`), and the target rows' gradient added into the
+* backward: the normalisation and ReLU gradients in one pass (:func:`_normalize_backward`, the
+  bias gradient's column sums in the same pass), the weight gradients, ``A^T`` (the precomputed
+  transpose) on the neighbour half, the ReLU mask of the messages in place with their column sums
+  (:func:`_relu_mask_`), and the target rows' gradient added into the
   sources' (targets are a prefix of the sources in the minibatch layout), so ``h`` gets one
   gradient tensor and no slice buffers.
 
@@ -69,35 +70,66 @@ def _epilogue_rows(out, bias, has_bias, relu, normalize, scale):  # pragma: no c
                 o[j] *= s
 
 
+_SUM_CHUNKS = 16  #: row chunks of the backward passes' column sums (fixed: the same sums on any threads)
+
+
 @njit(parallel=True, nogil=True, fastmath=True, cache=True)
-def _normalize_backward(grad, y, scale, relu, out):  # pragma: no cover - numba
+def _normalize_backward(grad, y, scale, relu, out, colsum):  # pragma: no cover - numba
     """Gradient of ``y = f(p) / max(||f(p)||, EPS)`` w.r.t. ``p`` (``f`` = ReLU or identity), from
     the output ``y`` and ``scale = 1 / max(||f(p)||, EPS)``: ``scale * (g - y (g . y))`` (no
-    projection on a row whose norm was clamped), zero where the ReLU was off (``y <= 0``)."""
+    projection on a row whose norm was clamped), zero where the ReLU was off (``y <= 0``); with
+    ``colsum [C, d]`` (``C > 0``) each row chunk's column sums of ``out`` in the same pass (the bias
+    gradient, ``colsum.sum(0)``)."""
     n, d = grad.shape
-    for r in prange(n):
-        g, yr, o = grad[r], y[r], out[r]
-        s = scale[r]
-        dot = 0.0
-        if s < 1e12:  # 1 / EPS: the norm was clamped, the denominator is a constant
+    sums = colsum.shape[0] > 0
+    nc = colsum.shape[0] if sums else _SUM_CHUNKS
+    for c in prange(nc):
+        for r in range(c * n // nc, (c + 1) * n // nc):
+            g, yr, o = grad[r], y[r], out[r]
+            s = scale[r]
+            dot = 0.0
+            if s < 1e12:  # 1 / EPS: the norm was clamped, the denominator is a constant
+                for j in range(d):
+                    dot += g[j] * yr[j]
             for j in range(d):
-                dot += g[j] * yr[j]
-        for j in range(d):
-            if relu and yr[j] <= 0.0:
-                o[j] = 0.0
-            else:
-                o[j] = s * (g[j] - yr[j] * dot)
+                if relu and yr[j] <= 0.0:
+                    o[j] = 0.0
+                else:
+                    o[j] = s * (g[j] - yr[j] * dot)
+            if sums:
+                for j in range(d):
+                    colsum[c, j] += o[j]
 
 
 @njit(parallel=True, nogil=True, fastmath=True, cache=True)
-def _relu_mask_(grad, act):  # pragma: no cover - numba
-    """``grad[act <= 0] = 0`` in place (ReLU's backward, from its output ``act``)."""
+def _relu_mask_(grad, act, colsum):  # pragma: no cover - numba
+    """``grad[act <= 0] = 0`` in place (ReLU's backward, from its output ``act``); with ``colsum
+    [C, d]`` (``C > 0``) each row chunk's column sums of the result in the same pass."""
     n, d = grad.shape
-    for r in prange(n):
-        g, a = grad[r], act[r]
-        for j in range(d):
-            if a[j] <= 0.0:
-                g[j] = 0.0
+    sums = colsum.shape[0] > 0
+    nc = colsum.shape[0] if sums else _SUM_CHUNKS
+    for c in prange(nc):
+        for r in range(c * n // nc, (c + 1) * n // nc):
+            g, a = grad[r], act[r]
+            for j in range(d):
+                if a[j] <= 0.0:
+                    g[j] = 0.0
+            if sums:
+                for j in range(d):
+                    colsum[c, j] += g[j]
+
+
+def _colsum(d: int, want: bool) -> Tensor:
+    """Per-chunk column sums for :func:`_normalize_backward` / :func:`_relu_mask_`, or none."""
+    return torch.zeros(_SUM_CHUNKS if want else 0, d)
+
+
+def relu_mask_(grad: Tensor, act: Tensor, want_sum: bool = False) -> Optional[Tensor]:
+    """:func:`_relu_mask_` on contiguous ``grad`` (in place) and ``act``; the column sums of the
+    masked ``grad`` when ``want_sum`` (else :obj:`None`)."""
+    cs = _colsum(grad.size(1), want_sum)
+    _relu_mask_(grad.numpy(), act.numpy(), cs.numpy())
+    return cs.sum(0) if want_sum else None
 
 
 def _cpu_autocast() -> bool:
@@ -119,16 +151,17 @@ def _linear_relu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     return epilogue_rows_(torch.mm(x, w.t()), b, relu=True, normalize=False)
 
 
-def _norm_grad(g: Tensor, y: Tensor, scale: Tensor, relu: bool, normalize: bool) -> Tensor:
+def _norm_grad(g: Tensor, y: Tensor, scale: Tensor, relu: bool, normalize: bool, want_sum: bool) -> tuple:
+    """The gradient before the epilogue (norm / ReLU) and, with ``want_sum``, its column sums."""
     g = g.contiguous()
     if normalize:
-        out = torch.empty_like(y)
-        _normalize_backward(g.numpy(), y.numpy(), scale.numpy(), relu, out.numpy())
-        return out
+        out, cs = torch.empty_like(y), _colsum(y.size(1), want_sum)
+        _normalize_backward(g.numpy(), y.numpy(), scale.numpy(), relu, out.numpy(), cs.numpy())
+        return out, (cs.sum(0) if want_sum else None)
     if relu:
         g = g.clone()
-        _relu_mask_(g.numpy(), y.numpy())
-    return g
+        return g, relu_mask_(g, y, want_sum)
+    return g, (g.sum(0) if want_sum else None)
 
 
 def epilogue_rows_(out: Tensor, bias: Optional[Tensor], relu: bool, normalize: bool,
@@ -162,14 +195,12 @@ class ConvolveCSR(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         h, msg, nbr, y, scale, q_w, w_w = ctx.saved_tensors
         n_dst, d = ctx.n_dst, h.size(1)
-        gp = _norm_grad(grad, y, scale, relu=True, normalize=ctx.normalize)
+        gp, d_wb = _norm_grad(grad, y, scale, relu=True, normalize=ctx.normalize, want_sum=ctx.has_w_b)
         gpt = gp.t()
         d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
-        d_wb = gp.sum(0) if ctx.has_w_b else None
         d_msg = csr_mm(ctx.a_t, torch.mm(gp, w_w[:, d:]))
-        _relu_mask_(d_msg.numpy(), msg.numpy())
+        d_qb = relu_mask_(d_msg, msg, want_sum=ctx.has_q_b)
         d_q = torch.mm(d_msg.t(), h)
-        d_qb = d_msg.sum(0) if ctx.has_q_b else None
         d_h = None
         if ctx.needs_input_grad[0]:
             d_h = torch.mm(d_msg, q_w)
@@ -198,13 +229,11 @@ class HeadFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         h, act, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
-        go = _norm_grad(grad, y, scale, relu=False, normalize=True)
+        go, d_g2b = _norm_grad(grad, y, scale, relu=False, normalize=True, want_sum=ctx.has_b[1])
         d_g2 = torch.mm(go.t(), act)
-        d_g2b = go.sum(0) if ctx.has_b[1] else None
         d_act = torch.mm(go, g2_w)
-        _relu_mask_(d_act.numpy(), act.numpy())
+        d_g1b = relu_mask_(d_act, act, want_sum=ctx.has_b[0])
         d_g1 = torch.mm(d_act.t(), h)
-        d_g1b = d_act.sum(0) if ctx.has_b[0] else None
         d_h = torch.mm(d_act, g1_w) if ctx.needs_input_grad[0] else None
         d_h0 = d_s = None
         if ctx.skip == 1:
