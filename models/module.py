@@ -262,6 +262,11 @@ class PinSageModule(pl.LightningModule):
             else:
                 zq = z[batch.query]
         z_hard = z[batch.hard_neg] if batch.hard_neg.numel() else None
+        if batch.easy_neg.numel() and batch.pos.dim() == 1 and batch.easy_neg.dim() == 1:
+            # one gather: its backward is one [I, d] buffer (index_add), not one per use and their sum
+            b = batch.pos.numel()
+            rows = z.index_select(0, torch.cat([batch.pos, batch.easy_neg]))
+            return zq, rows[:b], rows[b:], z_hard, z
         z_easy = z[batch.easy_neg] if batch.easy_neg.numel() else None
         return zq, z[batch.pos], z_easy, z_hard, z
 

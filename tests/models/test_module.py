@@ -217,3 +217,26 @@ def test_whole_catalogue_step_fused_equals_op_by_op(user_encoder, mask_own):
     assert ga.keys() == gb.keys() and len(ga) >= 5
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_whole_catalogue_positives_and_negatives_in_one_gather():
+    """An id batch's positives and shared negatives are one index_select of z (one [I, d] gradient
+    buffer in backward, not one per use and their sum): the rows and z's gradient as two gathers'."""
+    import torch
+
+    from datamodules.batch import IdBatch
+
+    m = PinSageModule(in_channels=3, num_items=30, hidden_channels=16, out_channels=8, id_embedding="true",
+                      loss="softmax")
+    z = torch.randn(30, 8, requires_grad=True)
+    m.embed_all = lambda: z
+    pos, easy = torch.tensor([3, 5, 5, 29]), torch.tensor([5, 0, 7])  # item 5 both a positive and a negative
+    batch = IdBatch(query=torch.tensor([1, 2, 3, 4]), pos=pos, easy_neg=easy, hard_neg=torch.empty(4, 0, dtype=torch.long),
+                    pos_weight=torch.ones(4), queries="items")
+    zq, zp, z_easy, z_hard, _ = m._training_embeddings(batch)
+    assert z_hard is None and zp.grad_fn.next_functions[0][0].name() == "IndexSelectBackward0"
+    assert torch.equal(zp, z[pos]) and torch.equal(z_easy, z[easy]) and zp.is_contiguous() and z_easy.is_contiguous()
+    w1, w2 = torch.randn(4, 8), torch.randn(3, 8)
+    (g,) = torch.autograd.grad((zp * w1).sum() + (z_easy * w2).sum(), z)
+    (ref,) = torch.autograd.grad((z[pos] * w1).sum() + (z[easy] * w2).sum(), z)
+    torch.testing.assert_close(g, ref)
