@@ -18,8 +18,9 @@ backward, plus one numba pass per elementwise stage:
   sources' (targets are a prefix of the sources in the minibatch layout), so ``h`` gets one
   gradient tensor and no slice buffers.
 
-The head (``norm(G2 ReLU(G1 h + g) [+ skip])``) is fused the same way. Values and gradients equal
-the unfused path (``tests/models/test_fused.py``).
+The head (``norm(G2 ReLU(G1 h + g) [+ skip])``) is fused the same way, and a whole-catalogue
+step's input encoder (``ReLU(A x + a) + E``, :class:`EncodeFn`) is one numba pass each way. Values
+and gradients equal the unfused path (``tests/models/test_fused.py``).
 
 For the whole-catalogue user-query step (issue 19): :class:`NegativesLSE`, the sampled softmax's
 log-sum-exp over the shared negatives in cache-sized row blocks (``models.loss``), and
