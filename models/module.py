@@ -156,6 +156,9 @@ class PinSageModule(pl.LightningModule):
             raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
         if not 0.0 <= float(history_dropout) < 1.0:
             raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
+        if mask_own_negatives and loss != "softmax":
+            raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
+                             "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
         if history_dropout_weight not in ("user", "interaction"):
             raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
         if not float(item_loss) >= 0.0:

@@ -55,6 +55,8 @@ def test_history_dropout_must_be_a_share():
         PinSageModule(in_channels=4, num_items=10, history_dropout=1.0)
     with pytest.raises(ValueError, match=r"history_dropout_weight='items' is not valid; choose user or interaction"):
         PinSageModule(in_channels=4, num_items=10, history_dropout_weight="items")
+    with pytest.raises(ValueError, match=r"mask_own_negatives=True needs loss='softmax' \(got loss='max_margin'\)"):
+        PinSageModule(in_channels=4, num_items=10, loss="max_margin", mask_own_negatives=True)
 
 
 @pytest.mark.parametrize("p,weighting", [(0.02, "user"), (0.5, "user"), (0.98, "user"), (0.5, "interaction")])
@@ -99,7 +101,8 @@ def test_own_items_mask_and_masked_negatives():
     hist = {0: [1, 2, 3], 1: [4], 2: [0, 9]}
     ptr = torch.tensor([0, 3, 4, 6])
     col = torch.tensor([1, 2, 3, 4, 0, 9])
-    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=0.5, mask_own_negatives=True)
+    m = PinSageModule(in_channels=4, num_items=10, out_channels=4, history_dropout=0.5, mask_own_negatives=True,
+                      loss="softmax")
     m._full = {"history": SparseAdjacency(ptr, col, num_src=10), "device": m.device}
     negs = torch.tensor([9, 2, 5, 4])
     mask = m._own_items(torch.tensor([0, 2, 1]), negs)
