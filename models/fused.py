@@ -27,11 +27,16 @@ log-sum-exp over the shared negatives in cache-sized row blocks (``models.loss``
 :class:`PoolMinusPositive`, the leave-one-out pooling of only a batch's users' histories
 (``models.user_encoder``); equal to their op-by-op forms in ``tests/models/test_loss.py`` /
 ``test_fused.py``. Used only for contiguous float32 CPU tensors
-outside autocast (:func:`fused_ok`); everything else takes the op-by-op path.
+outside autocast or under CPU autocast to bfloat16 (:func:`fused_ok`); everything else takes the
+op-by-op path. Under bf16 autocast (``trainer.precision: bf16-mixed``) the nodes' GEMMs take
+bfloat16 operands, each cast once and kept for backward where it is used there
+(:func:`gemm_dtype`, :func:`_mm`); their tensors, numba passes, outputs and gradients stay
+float32, and without autocast nothing is cast.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -140,16 +145,57 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def gemm_dtype() -> Optional[torch.dtype]:
+    """The fused nodes' GEMM precision, from the CPU autocast state where a node's forward is
+    called: :obj:`torch.bfloat16` under CPU autocast to bfloat16 (``trainer.precision:
+    bf16-mixed``; AMX / AVX-512 bf16 GEMMs, 3-10x float32's at the step's shapes), :obj:`None`
+    (float32 operands as given) otherwise. Only the GEMM operands are cast; the nodes' tensors,
+    numba passes, outputs and gradients stay float32."""
+    if _cpu_autocast() and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return None
+
+
 def fused_ok(*tensors: Tensor) -> bool:
-    """The fused kernels apply: contiguous float32 CPU tensors, autocast off."""
-    return (not _cpu_autocast()
+    """The fused kernels apply: contiguous float32 CPU tensors, autocast off or to bfloat16 (then
+    their GEMMs on bfloat16 operands, :func:`gemm_dtype`)."""
+    return ((not _cpu_autocast() or gemm_dtype() is not None)
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
 
 
-def _linear_relu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    """``ReLU(x W^T + b)``: the GEMM, then bias and ReLU in one pass (``addmm`` would first copy
-    the broadcast bias into the whole output)."""
-    return epilogue_rows_(torch.mm(x, w.t()), b, relu=True, normalize=False)
+def _gemm_precision(fn):
+    """A fused node's ``forward`` (``ctx`` first): ``ctx.dt = gemm_dtype()`` as called, the body
+    with autocast off (its GEMMs cast by hand, :func:`_mm`); ``backward`` reads ``ctx.dt``."""
+    @functools.wraps(fn)
+    def forward(ctx, *args):
+        ctx.dt = gemm_dtype()
+        if not _cpu_autocast():
+            return fn(ctx, *args)
+        with torch.autocast("cpu", enabled=False):
+            return fn(ctx, *args)
+    return forward
+
+
+def _lo(x: Tensor, dt: Optional[torch.dtype]) -> Tensor:
+    """``x`` as a GEMM operand in precision ``dt`` (:func:`gemm_dtype`; :obj:`None`: as is). Cast
+    an operand used by several GEMMs once, here, and pass the result to each."""
+    return x if dt is None or x.dtype == dt else x.to(dt)
+
+
+def _mm(a: Tensor, b: Tensor, dt: Optional[torch.dtype], out: Optional[Tensor] = None) -> Tensor:
+    """``a @ b`` in float32 (into ``out`` when given): ``torch.mm`` as is when ``dt`` is
+    :obj:`None`; else on ``dt`` operands (:func:`_lo`) and the product cast back to float32 (the
+    CPU has no bf16 GEMM with a float32 output in torch)."""
+    if dt is None:
+        return torch.mm(a, b, out=out)
+    p = torch.mm(_lo(a, dt), _lo(b, dt))
+    return p.float() if out is None else out.copy_(p)
+
+
+def _linear_relu(x: Tensor, w: Tensor, b: Optional[Tensor], dt: Optional[torch.dtype] = None) -> Tensor:
+    """``ReLU(x W^T + b)``: the GEMM (in precision ``dt``), then bias and ReLU in one pass
+    (``addmm`` would first copy the broadcast bias into the whole output)."""
+    return epilogue_rows_(_mm(x, w.t(), dt), b, relu=True, normalize=False)
 
 
 def _norm_grad(g: Tensor, y: Tensor, scale: Tensor, relu: bool, normalize: bool, want_sum: bool) -> tuple:
@@ -176,72 +222,103 @@ def epilogue_rows_(out: Tensor, bias: Optional[Tensor], relu: bool, normalize: b
 
 class ConvolveCSR(torch.autograd.Function):
     """``norm(ReLU(W [h[:n_dst] ; A ReLU(Q h + q)] + w))`` for ``h [n_src, d]`` and a CSR
-    ``A [n_dst, n_src]`` with its transpose ``A_t``; one gradient for ``h`` (both uses)."""
+    ``A [n_dst, n_src]`` with its transpose ``A_t``; one gradient for ``h`` (both uses). With
+    bf16 GEMMs (:func:`gemm_dtype`) ``h`` and the pooled rows are cast once into the two parts of
+    one bf16 buffer: ``W`` is one GEMM and its gradient one GEMM, no
+    concatenation either way, and the buffer is what backward keeps of ``h`` and ``A msg``."""
 
     @staticmethod
+    @_gemm_precision
     def forward(ctx, h, n_dst, a, a_t, q_w, q_b, w_w, w_b, normalize):  # type: ignore[override]
-        msg = _linear_relu(h, q_w, q_b)
-        nbr = csr_mm(a, msg)
-        d = h.size(1)
-        out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
+        dt, d = ctx.dt, h.size(1)
+        if dt is None:
+            msg = _linear_relu(h, q_w, q_b)
+            nbr = csr_mm(a, msg)
+            out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
+            kept = (h, nbr)
+        else:
+            hn = h.new_empty(h.size(0), d + q_w.size(0), dtype=dt)
+            hn[:, :d].copy_(h)
+            msg = _linear_relu(hn[:, :d], q_w, q_b, dt)
+            hn[:n_dst, d:].copy_(csr_mm(a, msg))
+            out = _mm(hn[:n_dst], w_w.t(), dt)
+            kept = (hn, _EMPTY)
         scale = torch.empty(n_dst) if normalize else None
         epilogue_rows_(out, w_b, relu=True, normalize=normalize, scale=scale)
-        ctx.save_for_backward(h, msg, nbr, out, scale if normalize else _EMPTY, q_w, w_w)
-        ctx.a_t, ctx.n_dst, ctx.normalize = a_t, n_dst, normalize
+        ctx.save_for_backward(*kept, msg, out, scale if normalize else _EMPTY, q_w, w_w)
+        ctx.a_t, ctx.n_dst, ctx.d, ctx.normalize = a_t, n_dst, d, normalize
         ctx.has_q_b, ctx.has_w_b = q_b is not None, w_b is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        h, msg, nbr, y, scale, q_w, w_w = ctx.saved_tensors
-        n_dst, d = ctx.n_dst, h.size(1)
+        h, nbr, msg, y, scale, q_w, w_w = ctx.saved_tensors  # bf16 GEMMs: h = [h ; A msg], nbr empty
+        n_dst, d, dt = ctx.n_dst, ctx.d, ctx.dt
         gp, d_wb = _norm_grad(grad, y, scale, relu=True, normalize=ctx.normalize, want_sum=ctx.has_w_b)
-        gpt = gp.t()
-        d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
-        d_msg = csr_mm(ctx.a_t, torch.mm(gp, w_w[:, d:]))
+        gpt = _lo(gp, dt).t()
+        if dt is None:
+            d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
+        else:
+            d_w = _mm(gpt, h[:n_dst], dt)
+        d_msg = csr_mm(ctx.a_t, _mm(gpt.t(), w_w[:, d:], dt))
         d_qb = relu_mask_(d_msg, msg, want_sum=ctx.has_q_b)
-        d_q = torch.mm(d_msg.t(), h)
+        d_msg_lo = _lo(d_msg, dt)
+        d_q = _mm(d_msg_lo.t(), h[:, :d], dt)
         d_h = None
         if ctx.needs_input_grad[0]:
-            d_h = torch.mm(d_msg, q_w)
-            d_h[:n_dst].addmm_(gp, w_w[:, :d])
+            d_h = _mm(d_msg_lo, q_w, dt)
+            if dt is None:
+                d_h[:n_dst].addmm_(gp, w_w[:, :d])
+            else:
+                d_h[:n_dst].add_(_mm(gpt.t(), w_w[:, :d], dt))
         return d_h, None, None, None, d_q, d_qb, d_w, d_wb, None
 
 
 class HeadFn(torch.autograd.Function):
-    """``norm(G2 ReLU(G1 h + g1) + g2 [+ h0 | + S h0])`` (``skip``: 0 none, 1 identity, 2 ``S``)."""
+    """``norm(G2 ReLU(G1 h + g1) + g2 [+ h0 | + S h0])`` (``skip``: 0 none, 1 identity, 2 ``S``);
+    with bf16 GEMMs (:func:`gemm_dtype`) backward keeps ``h``, ``h0`` and the activation as the
+    bf16 operands cast for the forward."""
 
     @staticmethod
+    @_gemm_precision
     def forward(ctx, h, h0, g1_w, g1_b, g2_w, g2_b, s_w, skip):  # type: ignore[override]
-        act = _linear_relu(h, g1_w, g1_b)
-        out = torch.mm(act, g2_w.t())
+        dt = ctx.dt
+        h_lo = _lo(h, dt)
+        act = _linear_relu(h_lo, g1_w, g1_b, dt)
+        act_lo = _lo(act, dt)
+        out = _mm(act_lo, g2_w.t(), dt)
+        h0_lo = _lo(h0, dt) if skip == 2 else h0
         if skip == 1:
             out.add_(h0)
         elif skip == 2:
-            out.addmm_(h0, s_w.t())
+            out.addmm_(h0, s_w.t()) if dt is None else out.add_(_mm(h0_lo, s_w.t(), dt))
         scale = torch.empty(out.size(0))
         epilogue_rows_(out, g2_b, relu=False, normalize=True, scale=scale)  # + bias in the same pass
-        ctx.save_for_backward(h, act, out, scale, g1_w, g2_w, h0 if skip else _EMPTY, s_w if skip == 2 else _EMPTY)
+        ctx.save_for_backward(h_lo, act, act_lo if dt is not None else _EMPTY, out, scale, g1_w, g2_w,
+                              h0_lo if skip else _EMPTY, s_w if skip == 2 else _EMPTY)
         ctx.skip, ctx.has_b = skip, (g1_b is not None, g2_b is not None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        h, act, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
+        h, act, act_lo, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
+        dt = ctx.dt
         go, d_g2b = _norm_grad(grad, y, scale, relu=False, normalize=True, want_sum=ctx.has_b[1])
-        d_g2 = torch.mm(go.t(), act)
-        d_act = torch.mm(go, g2_w)
+        go_lo = _lo(go, dt)
+        d_g2 = _mm(go_lo.t(), act if dt is None else act_lo, dt)
+        d_act = _mm(go_lo, g2_w, dt)
         d_g1b = relu_mask_(d_act, act, want_sum=ctx.has_b[0])
-        d_g1 = torch.mm(d_act.t(), h)
-        d_h = torch.mm(d_act, g1_w) if ctx.needs_input_grad[0] else None
+        d_act_lo = _lo(d_act, dt)
+        d_g1 = _mm(d_act_lo.t(), h, dt)
+        d_h = _mm(d_act_lo, g1_w, dt) if ctx.needs_input_grad[0] else None
         d_h0 = d_s = None
         if ctx.skip == 1:
             d_h0 = go
         elif ctx.skip == 2:
-            d_h0 = torch.mm(go, s_w) if ctx.needs_input_grad[1] else None
-            d_s = torch.mm(go.t(), h0)
+            d_h0 = _mm(go_lo, s_w, dt) if ctx.needs_input_grad[1] else None
+            d_s = _mm(go_lo.t(), h0, dt)
         return d_h, d_h0, d_g1, d_g1b, d_g2, d_g2b, d_s, None
 
 
@@ -345,12 +422,14 @@ def _block_rows(n: int) -> int:
 
 
 def _exp_block(zs: Tensor, z_easy: Tensor, mask: Optional[Tensor], out: Tensor, shift: Optional[Tensor] = None,
-               find_shift: bool = False, probe: Optional[Tensor] = None) -> Optional[Tensor]:
-    """One row block in ``out``: the logits ``zs z_easy^T`` (``-inf`` where ``mask``), then
+               find_shift: bool = False, probe: Optional[Tensor] = None,
+               dt: Optional[torch.dtype] = None) -> Optional[Tensor]:
+    """One row block in ``out``: the logits ``zs z_easy^T`` (a GEMM in precision ``dt``, operands
+    cast by the caller; ``-inf`` where ``mask``), then
     ``exp(logit - shift)`` in place. ``shift`` (per row) :obj:`None`: none; ``find_shift``: write
     the row maxima into it first (0 on an all ``-inf`` row). Returns the count of
     ``logit >= probe`` on the block's first ``probe.numel()`` rows when ``probe`` is given."""
-    torch.mm(zs, z_easy.t(), out=out)
+    _mm(zs, z_easy.t(), dt, out=out)
     if mask is not None:
         out.masked_fill_(mask, float("-inf"))
     count = None
@@ -381,28 +460,31 @@ class NegativesLSE(torch.autograd.Function):
     :math:`d\mathbf{Z}_n \mathrel{+}= E^\top \mathrm{diag}(f) \mathbf{z}_q` with
     :math:`f = g / (\tau \sum_n E)`. 4 GEMMs in all instead of 3, and no ``[Q, N]`` buffer in
     memory (measured at Gowalla's shape on one thread, interleaved: 37 -> 31 ms forward + backward).
+    With bf16 GEMMs (:func:`gemm_dtype`) the four GEMMs take bf16 operands (``exp``, the sums and
+    the log stay float32 on the float32 copy of each block's logits).
     """
 
     @staticmethod
+    @_gemm_precision
     def forward(ctx, z_q, z_easy, tau, neg_mask, bound, probe_pos, probe_rows):  # type: ignore[override]
-        q, n = z_q.size(0), z_easy.size(0)
-        zs = z_q * (1.0 / tau)
+        q, n, dt = z_q.size(0), z_easy.size(0), ctx.dt
+        zs, ze = _lo(z_q * (1.0 / tau), dt), _lo(z_easy, dt)
         rows = _block_rows(n)
         buf = z_q.new_empty(min(rows, q), n)
         total, shift = z_q.new_empty(q), z_q.new_zeros(q)
         k = probe_pos.numel()
         count = torch.zeros((), dtype=torch.int64)
         if probe_rows is not None and k:  # the probe's rows are elsewhere: their logits apart
-            pl = torch.mm(zs.index_select(0, probe_rows), z_easy.t())
+            pl = _mm(zs.index_select(0, probe_rows), ze.t(), dt)
             if neg_mask is not None:
                 pl.masked_fill_(neg_mask.index_select(0, probe_rows), float("-inf"))
             count = torch.count_nonzero(pl >= probe_pos.unsqueeze(1))
         shifted = bound > _NO_SHIFT
         for i in range(0, q, rows):
             j = min(i + rows, q)
-            c = _exp_block(zs[i:j], z_easy, neg_mask[i:j] if neg_mask is not None else None, buf[:j - i],
+            c = _exp_block(zs[i:j], ze, neg_mask[i:j] if neg_mask is not None else None, buf[:j - i],
                            shift[i:j] if shifted else None, find_shift=True,
-                           probe=probe_pos[i:min(j, k)] if probe_rows is None and i < k else None)
+                           probe=probe_pos[i:min(j, k)] if probe_rows is None and i < k else None, dt=dt)
             if c is not None:
                 count += c
             torch.sum(buf[:j - i], 1, out=total[i:j])
@@ -415,9 +497,9 @@ class NegativesLSE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad, _grad_count):  # type: ignore[override]
         z_q, z_easy, total, shift, mask = ctx.saved_tensors
-        q, n = z_q.size(0), z_easy.size(0)
+        q, n, dt = z_q.size(0), z_easy.size(0), ctx.dt
         f = torch.where(total > 0, grad / (total * ctx.tau), torch.zeros_like(total))  # all masked: 0
-        zs, zf = z_q * (1.0 / ctx.tau), z_q * f.unsqueeze(1)
+        zs, zf, ze = _lo(z_q * (1.0 / ctx.tau), dt), _lo(z_q * f.unsqueeze(1), dt), _lo(z_easy, dt)
         d_q = z_q.new_empty(z_q.shape) if ctx.needs_input_grad[0] else None
         d_e = z_easy.new_zeros(z_easy.shape) if ctx.needs_input_grad[1] else None
         rows = _block_rows(n)
@@ -425,12 +507,13 @@ class NegativesLSE(torch.autograd.Function):
         for i in range(0, q, rows):
             j = min(i + rows, q)
             blk = buf[:j - i]
-            _exp_block(zs[i:j], z_easy, mask[i:j] if ctx.has_mask else None, blk,
-                       shift[i:j] if ctx.shifted else None)
+            _exp_block(zs[i:j], ze, mask[i:j] if ctx.has_mask else None, blk,
+                       shift[i:j] if ctx.shifted else None, dt=dt)
+            blk_lo = _lo(blk, dt)
             if d_q is not None:
-                torch.mm(blk, z_easy, out=d_q[i:j]).mul_(f[i:j].unsqueeze(1))
+                _mm(blk_lo, ze, dt, out=d_q[i:j]).mul_(f[i:j].unsqueeze(1))
             if d_e is not None:
-                d_e.addmm_(blk.t(), zf[i:j])
+                d_e.addmm_(blk.t(), zf[i:j]) if dt is None else d_e.add_(_mm(blk_lo.t(), zf[i:j], dt))
         return d_q, d_e, None, None, None, None, None
 
 
