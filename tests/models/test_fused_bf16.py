@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.convolve import Convolve
-from models.fused import gemm_dtype
+from models.fused_bf16 import gemm_dtype
 from models.pinsage import PinSage
 from models.sparse import SparseAdjacency
 
@@ -198,3 +198,45 @@ def test_fused_grouped_softmax_in_bf16_is_near_float32(monkeypatch, masked):
         assert torch.isfinite(a).all()
         _near(a, b, c)
     _not_all_equal([(loss, ref)] + list(zip(g, g_ref)))
+
+
+@pytest.mark.parametrize("relu,normalize,add", [(True, False, False), (False, True, True), (True, True, False)])
+def test_bf16_passes_equal_the_float32_passes_on_bf16_values(relu, normalize, add):
+    """models.fused_bf16's passes: the bf16 product read as torch converts it, the bf16 copies
+    written as torch rounds (to nearest even, bit for bit), into strided views too; the float32
+    values as the float32 passes' on the same inputs."""
+    from models.fused import _normalize_backward, epilogue_rows_, relu_mask_
+    from models.fused_bf16 import epilogue_lo, normalize_backward_lo, relu_mask_lo
+
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(70, 12, generator=g).bfloat16()
+    src[3] = 0.0  # a zero row: norm clamped
+    bias, addend = torch.randn(12, generator=g), torch.randn(70, 12, generator=g)
+    scale = torch.empty(70)
+    out, out_lo = epilogue_lo(src, bias, relu, normalize, scale=scale, add=addend if add else None, want_lo=True)
+    ref_scale = torch.empty(70)
+    ref = epilogue_rows_(src.float() + (addend if add else 0.0), bias, relu, normalize, scale=ref_scale)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    assert torch.equal(out_lo, out.bfloat16())
+    if normalize:
+        torch.testing.assert_close(scale, ref_scale)
+
+    grad, y = torch.randn(70, 12, generator=g), torch.relu(torch.randn(70, 12, generator=g))
+    wide = torch.zeros(70, 20, dtype=torch.bfloat16)  # the gradient into columns 5..16 of a wider buffer
+    if normalize:
+        cs, f32 = normalize_backward_lo(grad, y, ref_scale, relu, wide[:, 5:17], want_f32=True)
+        want, want_cs = torch.empty_like(y), torch.zeros(16, 12)
+        _normalize_backward(grad.numpy(), y.numpy(), ref_scale.numpy(), relu, want.numpy(), want_cs.numpy())
+        want_cs = want_cs.sum(0)
+        torch.testing.assert_close(f32, want, atol=1e-6, rtol=1e-5)
+    else:
+        cs = relu_mask_lo(grad, y, wide[:, 5:17])
+        want = grad.clone()
+        want_cs = relu_mask_(want, y, want_sum=True)
+    torch.testing.assert_close(wide[:, 5:17].float(), want.bfloat16().float(), atol=1e-6, rtol=1e-2)
+    torch.testing.assert_close(cs, want_cs, atol=1e-5, rtol=1e-5)
+    assert not wide[:, :5].any() and not wide[:, 17:].any()  # nothing written outside the view
+    p = grad.bfloat16()
+    cs = relu_mask_lo(p, y, p)  # a bf16 product masked in place
+    assert torch.equal(p, grad.bfloat16().masked_fill(y <= 0, 0.0))
+    torch.testing.assert_close(cs, p.float().sum(0), atol=1e-5, rtol=1e-5)
