@@ -45,8 +45,17 @@ from numba import njit, prange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from models.fused_bf16 import (cpu_autocast, epilogue_lo, gemm_dtype, gemm_precision, lo, mm, mm_lo,
-                                normalize_backward_lo, relu_mask_lo)
+from models.fused_bf16 import (
+    cpu_autocast,
+    epilogue_lo,
+    gemm_dtype,
+    gemm_precision,
+    lo,
+    mm,
+    mm_lo,
+    normalize_backward_lo,
+    relu_mask_lo,
+)
 from models.sparse import csr_mm
 
 EPS = 1e-12  #: as ``F.normalize``: rows are divided by ``max(||row||_2, EPS)``

@@ -13,7 +13,7 @@ from models.fused_bf16 import gemm_dtype
 from models.pinsage import PinSage
 from models.sparse import SparseAdjacency
 
-BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
 
 def _adj(n_dst, n_src, seed=0):
