@@ -29,9 +29,9 @@ log-sum-exp over the shared negatives in cache-sized row blocks (``models.loss``
 ``test_fused.py``. Used only for contiguous float32 CPU tensors
 outside autocast or under CPU autocast to bfloat16 (:func:`fused_ok`); everything else takes the
 op-by-op path. Under bf16 autocast (``trainer.precision: bf16-mixed``) the nodes' GEMMs take
-bfloat16 operands, each cast once and kept for backward where it is used there
-(:func:`gemm_dtype`, :func:`_mm`); their tensors, numba passes, outputs and gradients stay
-float32, and without autocast nothing is cast.
+bfloat16 operands, cast once (in the numba passes where one touches the rows) and kept for
+backward where it uses them (:mod:`models.fused_bf16`); their tensors, numba passes, outputs and
+gradients stay float32, and without autocast nothing is cast.
 """
 
 from __future__ import annotations

@@ -65,6 +65,17 @@ def _op_by_op_in_bf16(fn, params, seed):
     return out, _grads(out.float(), params, seed=seed)
 
 
+def test_lightning_bf16_mixed_turns_the_bf16_gemms_on():
+    """``trainer.precision: bf16-mixed`` on the CPU is Lightning's MixedPrecision plugin: its
+    forward context is where the fused nodes read their GEMM precision."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    with MixedPrecision("bf16-mixed", device="cpu").forward_context():
+        assert gemm_dtype() is torch.bfloat16
+    with MixedPrecision("16-mixed", device="cpu").forward_context():
+        assert gemm_dtype() is None
+
+
 @pytest.mark.parametrize("kw,n_dst", [({}, 30), ({"use_weights": False}, 30), ({"normalize": False}, 30),
                                       ({"bias": False}, 30), ({}, 40)])
 def test_convolve_node_in_bf16_is_near_float32(kw, n_dst):
