@@ -528,6 +528,9 @@ def main(argv=None) -> int:
                    help="with --step: also Gowalla's whole-catalogue step (configs/gowalla.yaml)")
     p.add_argument("--previous-as", default="",
                    help="with --step: keep --out's step_rows from before under this key")
+    p.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", "bf16-mixed"],
+                   help="with --step --gowalla: bf16-mixed adds the Gowalla step under CPU bf16 autocast "
+                        "(interleaved with the float32 paths), one more row")
     a = p.parse_args(argv)
 
     if a.step:
@@ -542,8 +545,9 @@ def main(argv=None) -> int:
                 rows.append(step_worker(bs, 6 if a.hard_epoch is None else a.hard_epoch, threads))
                 print(json.dumps(rows[-1]), flush=True)
             if a.gowalla:
-                rows.append(gowalla_step_worker(threads))
-                print(json.dumps(rows[-1]), flush=True)
+                for r in gowalla_step_worker(threads, precisions=a.precision):
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
         for r in rows:
             r["freed_memory_kept"] = kept
         write_step_rows(a.out, rows, "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -5,7 +5,9 @@ process with the code paths interleaved, its FLOPs counted (``torch.utils.flop_c
 floor ``FLOPs / (GEMM rate x threads)`` from a 4096^3 GEMM rate measured in the same run; rows go
 to ``step_rows`` of ``benchmarks/results/training.json`` (its DGL rows kept). MovieLens-100K
 minibatch steps (:func:`step_worker`) and Gowalla's whole-catalogue step
-(:func:`gowalla_step_worker`). See ``benchmarks/TRAINING.md``.
+(:func:`gowalla_step_worker`; ``--precision 32-true bf16-mixed`` adds its step under CPU bf16
+autocast in the same interleaving, a second row). Each row names its ``precision``. See
+``benchmarks/TRAINING.md``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pathlib import Path
 from training import DATASET, ROOT, _build, _train_step, _yaml
 
 
-def _gemm_rate(repeats: int = 3) -> float:
-    """This machine's float32 GEMM rate now: GFLOP per CPU-second of a 4096^3 ``torch.mm`` (best of
-    ``repeats``)."""
+def _gemm_rate(repeats: int = 3, dtype=None) -> float:
+    """This machine's float32 (or ``dtype``) GEMM rate now: GFLOP per CPU-second of a 4096^3
+    ``torch.mm`` (best of ``repeats``)."""
     import torch
 
-    a = torch.randn(4096, 4096)
-    c = torch.empty(4096, 4096)
+    a = torch.randn(4096, 4096, dtype=dtype)
+    c = torch.empty(4096, 4096, dtype=dtype)
     torch.mm(a, a, out=c)
     best = 0.0
     for _ in range(repeats):
@@ -228,7 +230,8 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
                          torch.cat([counts.new_zeros(1), counts.cumsum(0)]), b0.edge_index[0].contiguous())
     threads = torch.get_num_threads()
     (wall, cpu), (wall_o, cpu_o), (wall_e, cpu_e) = res["fused"], res["op_by_op"], res["edge_list"]
-    return {"dataset": DATASET, "batch_size": batch_size, "hard_negatives_per_pair": int(batch.hard_neg.shape[1]),
+    return {"dataset": DATASET, "precision": "32-true", "batch_size": batch_size,
+            "hard_negatives_per_pair": int(batch.hard_neg.shape[1]),
             "n_nodes_layer0": int(batch.x.shape[0]), "x_dim": int(batch.x.shape[1]),
             "edges_per_block": [int(b.edge_index.shape[1]) for b in batch.blocks],
             "step_ms": wall, "step_cpu_ms": cpu,
@@ -244,15 +247,15 @@ def step_worker(batch_size: int, hard_epoch: int, threads: int = 0, reps: int = 
                     "the fused autograd nodes; Adam as configure_optimizers (fused) on every path"}
 
 
-def _path_equality(mod, batch, fused, op_by_op) -> dict:
+def _path_equality(mod, batch, fused, op_by_op, forward=None) -> dict:
     """The step's loss and every parameter gradient on two paths (``fused()`` / ``op_by_op()``
-    select them): both losses, their difference and the largest ``max|diff| / max|g|`` over the
-    parameters."""
+    select them; ``forward()`` runs the step's forward, default ``mod.training_step(batch, 0)``):
+    both losses, their difference and the largest ``max|diff| / max|g|`` over the parameters."""
     out = []
     for switch in (fused, op_by_op):
         switch()
         mod.zero_grad()
-        loss = mod.training_step(batch, 0)
+        loss = forward() if forward is not None else mod.training_step(batch, 0)
         loss.backward()
         out.append((float(loss), {k: p.grad.clone() for k, p in mod.named_parameters() if p.grad is not None}))
     (a, ga), (b, gb) = out
@@ -262,17 +265,11 @@ def _path_equality(mod, batch, fused, op_by_op) -> dict:
             "parameters": len(gb), "when": "before the timed steps (the model as initialised)"}
 
 
-def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
-    """Gowalla's whole-catalogue training step (``configs/gowalla.yaml``'s data and model: every
-    item embedded once through the full neighbourhood matrix, users pooled from their histories,
-    sampled softmax over the shared negatives) as ``PinSageModule.training_step`` runs it, plus
-    backward and Adam; three paths interleaved (every fused node, the layers' only, none); the
-    dense floor as the minibatch step's and the roofline (the floor plus the step's random row
-    reads at the gather rate measured here)."""
+def _gowalla_module() -> tuple:
+    """``configs/gowalla.yaml``'s data module and model, one training batch and the app's
+    optimiser (fused Adam on CPU): ``(dm, module, batch, optimiser)``, the module in train mode."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     import warnings
-
-    import torch
 
     from datamodules.datamodule import PinSageDataModule
     from models.module import PinSageModule
@@ -290,41 +287,73 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     mod._full_graph()
     mod._trainer = None  # self.log then warns and returns: no Trainer in this loop
     batch = next(iter(dm.train_dataloader()))
-    opt = mod.configure_optimizers()["optimizer"]  # the app's optimiser (fused Adam on CPU)
+    opt = mod.configure_optimizers()["optimizer"]
     mod.train()
+    return dm, mod, batch, opt
+
+
+def gowalla_step_worker(threads: int = 0, reps: int = 7, precisions=("32-true",)) -> list:
+    """Gowalla's whole-catalogue training step (``configs/gowalla.yaml``'s data and model: every
+    item embedded once through the full neighbourhood matrix, users pooled from their histories,
+    sampled softmax over the shared negatives) as ``PinSageModule.training_step`` runs it, plus
+    backward and Adam; three paths interleaved (every fused node, the layers' only, none); the
+    dense floor as the minibatch step's and the roofline (the floor plus the step's random row
+    reads at the gather rate measured here). ``precisions`` with ``"bf16-mixed"``: two paths more
+    in the same interleaving, ``training_step`` under CPU autocast to bf16 as Lightning's
+    ``bf16-mixed`` runs it (every fused node, their GEMMs in bf16; none, the op-by-op path that
+    ``bf16-mixed`` took before), and a second row (:func:`_bf16_row`). Rows: a list, a
+    ``precision`` field on each."""
+    import torch
+
+    dm, mod, batch, opt = _gowalla_module()
     m = mod.model
     _set_threads(threads)
 
+    bf16 = [False]  # the step's autocast (Lightning's bf16-mixed: training_step under CPU autocast)
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16[0]):
+            return mod.training_step(batch, 0)
+
     def step():
-        loss = mod.training_step(batch, 0)
+        loss = forward()
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    def path(nodes, loss_and_users):
+    def path(nodes, loss_and_users, in_bf16=False):
         def switch():
             m.fused_nodes = nodes
             mod.loss_fn.fused = mod.user_encoder.fused = loss_and_users
+            bf16[0] = in_bf16
         return switch
 
     equality = _path_equality(mod, batch, path(True, True), path(False, False))  # the model as built
+    with_bf16 = "bf16-mixed" in precisions
+    equality_bf16 = _path_equality(mod, batch, path(True, True, True), path(True, True), forward) if with_bf16 else None
     path(False, False)()
     gflop = _count_step(step)
     path(True, True)()
     read_gb = _count_sparse(step)
-    res = _time_paths(step, {"fused": path(True, True), "fused_layers_only": path(True, False),
-                             "op_by_op": path(False, False)}, reps)
+    paths = {"fused": path(True, True), "fused_layers_only": path(True, False), "op_by_op": path(False, False)}
+    if with_bf16:
+        paths.update(fused_bf16=path(True, True, True), op_by_op_bf16=path(False, False, True))
+    res = _time_paths(step, paths, reps)
     path(True, True)()
     zl = mod.embed_all().detach().requires_grad_()
     w = torch.randn_like(zl)
 
     def model_part():
-        (mod.embed_all() * w).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16[0]):
+            out = mod.embed_all()
+        (out * w).sum().backward()
 
     def loss_part():  # training_step on fixed item embeddings: user pooling + loss
         mod.embed_all = lambda: zl
         try:
-            mod.training_step(batch, 0).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16[0]):
+                loss = mod.training_step(batch, 0)
+            loss.backward()
         finally:
             del mod.embed_all
 
@@ -339,12 +368,17 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
     parts = _parts({"model_fwd_bwd": model_part, "users_and_loss_fwd_bwd": loss_part,
                     "users_and_loss_fwd_bwd_op_by_op": loss_part_before, "adam": opt.step,
                     "adam_single_tensor": single.step}, reps)
+    parts_bf16 = None
+    if with_bf16:
+        bf16[0] = True
+        parts_bf16 = _parts({"model_fwd_bwd": model_part, "users_and_loss_fwd_bwd": loss_part}, reps)
+        bf16[0] = False
     rate = _gemm_rate()
     nbr = mod._full["nbr"]
     rates = _gather_rate(dm.num_items, m.hidden_channels, nbr.ptr, nbr.col.contiguous())
     threads = torch.get_num_threads()
     (wall, cpu), (wall_l, cpu_l), (wall_o, cpu_o) = res["fused"], res["fused_layers_only"], res["op_by_op"]
-    return {"dataset": "gowalla", "batch_size": int(batch.pos.numel()), "num_items": dm.num_items,
+    row = {"dataset": "gowalla", "precision": "32-true", "batch_size": int(batch.pos.numel()), "num_items": dm.num_items,
             "neighbour_edges": nbr.nnz, "hidden": m.hidden_channels, "num_layers": m.num_layers,
             "num_easy_negatives": int(batch.easy_neg.numel()),
             "step_ms": wall, "step_cpu_ms": cpu, "step_ms_fused_layers_only": wall_l,
@@ -362,6 +396,40 @@ def gowalla_step_worker(threads: int = 0, reps: int = 7) -> dict:
                     "with the users' pooling and softmax op by op (main before issue 19's loss work), "
                     "op_by_op = none; Adam as configure_optimizers (fused) on every path; parts_cpu_ms "
                     "measured separately"}
+    if not with_bf16:
+        return [row]
+    return [row, _bf16_row(row, res, parts_bf16, equality_bf16, _gemm_rate(dtype=torch.bfloat16))]
+
+
+def _bf16_row(row: dict, res: dict, parts: dict, equality: dict, rate_bf16: float) -> dict:
+    """The Gowalla step row of ``bf16-mixed`` from the same interleaved run as the float32 ``row``:
+    ``step_*`` every fused node with bf16 GEMMs, ``*_op_by_op`` the op-by-op path under the same
+    autocast (what ``bf16-mixed`` ran before the fused nodes took it); the float32 row's floor
+    and roofline (the same FLOPs at the float32 GEMM rate) and the floor at the bf16 4096^3 GEMM
+    rate measured here (``floor_ms_bf16``)."""
+    (wall, cpu), (wall_o, cpu_o) = res["fused_bf16"], res["op_by_op_bf16"]
+    threads = row["threads"]
+    floor_bf16 = row["step_gflop"] / (rate_bf16 * threads) * 1e3
+    keep = ("dataset", "batch_size", "num_items", "neighbour_edges", "hidden", "num_layers", "num_easy_negatives",
+            "step_gflop", "gemm_gflop_per_cpu_s", "threads", "floor_ms", "sparse_read_gb", "gather_gb_per_cpu_s",
+            "csr_product_gb_per_cpu_s", "roofline_ms", "load_1min", "omp_wait_policy")
+    return {**{k: row[k] for k in keep}, "precision": "bf16-mixed",
+            "step_ms": wall, "step_cpu_ms": cpu, "step_ms_op_by_op": wall_o, "step_cpu_ms_op_by_op": cpu_o,
+            "step_cpu_ms_float32_same_run": row["step_cpu_ms"],
+            "speedup_cpu_vs_float32": round(row["step_cpu_ms"] / cpu, 2),
+            "ratio_to_floor_cpu": round(cpu / (row["floor_ms"] * threads), 2),
+            "ratio_to_roofline_cpu": round(cpu / (row["roofline_ms"] * threads), 2),
+            "gemm_gflop_per_cpu_s_bf16": round(rate_bf16, 1), "floor_ms_bf16": round(floor_bf16, 2),
+            "ratio_to_floor_bf16_cpu": round(cpu / (floor_bf16 * threads), 2),
+            "parts_cpu_ms": parts, "bf16_vs_float32": equality,
+            "note": "the float32 row's run and paths, interleaved with two more: training_step under "
+                    "torch.autocast('cpu', bfloat16) (as Lightning's bf16-mixed), backward and Adam outside; "
+                    "step_* = every fused node, their GEMMs on bf16 operands (models.fused.gemm_dtype); "
+                    "*_op_by_op = no fused node under the same autocast (bf16-mixed before the fused nodes "
+                    "took it); floor_ms / roofline_ms as the float32 row's (float32 GEMM rate), "
+                    "floor_ms_bf16 = the same FLOPs at the bf16 4096^3 GEMM rate measured here; "
+                    "bf16_vs_float32 = loss and parameter gradients of one step, fused bf16 vs fused "
+                    "float32 (before the timed steps)"}
 
 
 def write_step_rows(out: str, rows: list, command: str, previous_as: str = "") -> None:

@@ -161,7 +161,8 @@ class Convolve(MessagePassing):
 
     def forward_prefix(self, h: Tensor, n_dst: int, adj: SparseAdjacency) -> Tensor:
         """``forward((h, h[:n_dst]), adj)``: the minibatch layout, whose targets are the first
-        ``n_dst`` sources. On contiguous float32 CPU tensors (no autocast) one fused autograd node
+        ``n_dst`` sources. On contiguous float32 CPU tensors (no autocast, or bf16 autocast: its
+        GEMMs in bf16, :func:`models.fused.gemm_dtype`) one fused autograd node
         (:class:`models.fused.ConvolveCSR`: no concatenation, one pass for bias + ReLU + norm and
         one for their gradient, one gradient tensor for ``h``); elsewhere :meth:`forward`."""
         if not fused_ok(h):

@@ -27,7 +27,11 @@ log-sum-exp over the shared negatives in cache-sized row blocks (``models.loss``
 :class:`PoolMinusPositive`, the leave-one-out pooling of only a batch's users' histories
 (``models.user_encoder``); equal to their op-by-op forms in ``tests/models/test_loss.py`` /
 ``test_fused.py``. Used only for contiguous float32 CPU tensors
-outside autocast (:func:`fused_ok`); everything else takes the op-by-op path.
+outside autocast or under CPU autocast to bfloat16 (:func:`fused_ok`); everything else takes the
+op-by-op path. Under bf16 autocast (``trainer.precision: bf16-mixed``) the nodes' GEMMs take
+bfloat16 operands, cast once (in the numba passes where one touches the rows) and kept for
+backward where it uses them (:mod:`models.fused_bf16`); their tensors, numba passes, outputs and
+gradients stay float32, and without autocast nothing is cast.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ from numba import njit, prange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models.fused_bf16 import (
+    cpu_autocast,
+    epilogue_lo,
+    gemm_dtype,
+    gemm_precision,
+    lo,
+    mm,
+    mm_lo,
+    normalize_backward_lo,
+    relu_mask_lo,
+)
 from models.sparse import csr_mm
 
 EPS = 1e-12  #: as ``F.normalize``: rows are divided by ``max(||row||_2, EPS)``
@@ -133,16 +148,10 @@ def relu_mask_(grad: Tensor, act: Tensor, want_sum: bool = False) -> Optional[Te
     return cs.sum(0) if want_sum else None
 
 
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
 def fused_ok(*tensors: Tensor) -> bool:
-    """The fused kernels apply: contiguous float32 CPU tensors, autocast off."""
-    return (not _cpu_autocast()
+    """The fused kernels apply: contiguous float32 CPU tensors, autocast off or to bfloat16 (then
+    their GEMMs on bfloat16 operands, :func:`gemm_dtype`)."""
+    return ((not cpu_autocast() or gemm_dtype() is not None)
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
 
 
@@ -176,26 +185,43 @@ def epilogue_rows_(out: Tensor, bias: Optional[Tensor], relu: bool, normalize: b
 
 class ConvolveCSR(torch.autograd.Function):
     """``norm(ReLU(W [h[:n_dst] ; A ReLU(Q h + q)] + w))`` for ``h [n_src, d]`` and a CSR
-    ``A [n_dst, n_src]`` with its transpose ``A_t``; one gradient for ``h`` (both uses)."""
+    ``A [n_dst, n_src]`` with its transpose ``A_t``; one gradient for ``h`` (both uses). With
+    bf16 GEMMs (:func:`gemm_dtype`): ``h`` and ``A msg`` cast once into the two parts of one bf16
+    buffer (``W`` one GEMM and its gradient one, no concatenation; what backward keeps of them),
+    the passes after each GEMM reading its bf16 product (:func:`epilogue_lo`), and backward's
+    passes writing ``[A^T-side message gradient ; target gradient]`` as one bf16 buffer
+    (:func:`normalize_backward_lo`, :func:`relu_mask_lo`): ``h``'s gradient is one GEMM on it."""
 
     @staticmethod
+    @gemm_precision
     def forward(ctx, h, n_dst, a, a_t, q_w, q_b, w_w, w_b, normalize):  # type: ignore[override]
-        msg = _linear_relu(h, q_w, q_b)
-        nbr = csr_mm(a, msg)
-        d = h.size(1)
-        out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
+        dt, d = ctx.dt, h.size(1)
         scale = torch.empty(n_dst) if normalize else None
-        epilogue_rows_(out, w_b, relu=True, normalize=normalize, scale=scale)
-        ctx.save_for_backward(h, msg, nbr, out, scale if normalize else _EMPTY, q_w, w_w)
-        ctx.a_t, ctx.n_dst, ctx.normalize = a_t, n_dst, normalize
+        if dt is None:
+            msg = _linear_relu(h, q_w, q_b)
+            nbr = csr_mm(a, msg)
+            out = torch.mm(h[:n_dst], w_w[:, :d].t()).addmm_(nbr, w_w[:, d:].t())
+            epilogue_rows_(out, w_b, relu=True, normalize=normalize, scale=scale)
+            kept = (h, nbr)
+        else:
+            hn = h.new_empty(h.size(0), d + q_w.size(0), dtype=dt)
+            hn[:, :d].copy_(h)
+            msg = epilogue_lo(mm_lo(hn[:, :d], q_w.t()), q_b, relu=True, normalize=False)[0]
+            hn[:n_dst, d:].copy_(csr_mm(a, msg))
+            out = epilogue_lo(mm_lo(hn[:n_dst], w_w.t()), w_b, relu=True, normalize=normalize, scale=scale)[0]
+            kept = (hn, _EMPTY)
+        ctx.save_for_backward(*kept, msg, out, scale if normalize else _EMPTY, q_w, w_w)
+        ctx.a_t, ctx.n_dst, ctx.d, ctx.normalize = a_t, n_dst, d, normalize
         ctx.has_q_b, ctx.has_w_b = q_b is not None, w_b is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        h, msg, nbr, y, scale, q_w, w_w = ctx.saved_tensors
-        n_dst, d = ctx.n_dst, h.size(1)
+        h, nbr, msg, y, scale, q_w, w_w = ctx.saved_tensors  # bf16 GEMMs: h = [h ; A msg], nbr empty
+        if ctx.dt is not None:
+            return ConvolveCSR._backward_lo(ctx, grad, h, msg, y, scale, q_w, w_w)
+        n_dst, d = ctx.n_dst, ctx.d
         gp, d_wb = _norm_grad(grad, y, scale, relu=True, normalize=ctx.normalize, want_sum=ctx.has_w_b)
         gpt = gp.t()
         d_w = torch.cat([torch.mm(gpt, h[:n_dst]), torch.mm(gpt, nbr)], dim=1)
@@ -208,40 +234,85 @@ class ConvolveCSR(torch.autograd.Function):
             d_h[:n_dst].addmm_(gp, w_w[:, :d])
         return d_h, None, None, None, d_q, d_qb, d_w, d_wb, None
 
+    @staticmethod
+    def _backward_lo(ctx, grad, hn, msg, y, scale, q_w, w_w):
+        """backward with bf16 GEMMs: ``gm = [message gradient | target gradient]`` in bf16."""
+        n_dst, d, dt = ctx.n_dst, ctx.d, ctx.dt
+        m, n_src = q_w.size(0), hn.size(0)
+        gm = hn.new_empty(n_src, m + w_w.size(0))
+        gp = gm[:n_dst, m:]
+        if ctx.normalize:
+            d_wb = normalize_backward_lo(grad, y, scale, relu=True, out_lo=gp)[0]
+        else:
+            d_wb = relu_mask_lo(grad.contiguous(), y, gp)
+        if n_src > n_dst:
+            gm[n_dst:, m:].zero_()
+        d_w = mm(gp.t(), hn[:n_dst], dt)
+        d_qb = relu_mask_lo(csr_mm(ctx.a_t, mm(gp, w_w[:, d:], dt)), msg, gm[:, :m])
+        d_q = mm(gm[:, :m].t(), hn[:, :d], dt)
+        d_h = mm(gm, torch.cat([q_w, w_w[:, :d]]), dt) if ctx.needs_input_grad[0] else None
+        return (d_h, None, None, None, d_q, d_qb if ctx.has_q_b else None, d_w, d_wb if ctx.has_w_b else None,
+                None)
+
 
 class HeadFn(torch.autograd.Function):
-    """``norm(G2 ReLU(G1 h + g1) + g2 [+ h0 | + S h0])`` (``skip``: 0 none, 1 identity, 2 ``S``)."""
+    """``norm(G2 ReLU(G1 h + g1) + g2 [+ h0 | + S h0])`` (``skip``: 0 none, 1 identity, 2 ``S``);
+    with bf16 GEMMs (:func:`gemm_dtype`) the passes read each bf16 product and write the next
+    GEMM's bf16 operand (:func:`epilogue_lo`, :func:`normalize_backward_lo`,
+    :func:`relu_mask_lo`); backward keeps ``h``, ``h0`` and the activation as bf16 operands."""
 
     @staticmethod
+    @gemm_precision
     def forward(ctx, h, h0, g1_w, g1_b, g2_w, g2_b, s_w, skip):  # type: ignore[override]
-        act = _linear_relu(h, g1_w, g1_b)
-        out = torch.mm(act, g2_w.t())
-        if skip == 1:
-            out.add_(h0)
-        elif skip == 2:
-            out.addmm_(h0, s_w.t())
-        scale = torch.empty(out.size(0))
-        epilogue_rows_(out, g2_b, relu=False, normalize=True, scale=scale)  # + bias in the same pass
-        ctx.save_for_backward(h, act, out, scale, g1_w, g2_w, h0 if skip else _EMPTY, s_w if skip == 2 else _EMPTY)
+        dt = ctx.dt
+        scale = torch.empty(h.size(0))
+        if dt is None:
+            act = _linear_relu(h, g1_w, g1_b)
+            out = torch.mm(act, g2_w.t())
+            if skip == 1:
+                out.add_(h0)
+            elif skip == 2:
+                out.addmm_(h0, s_w.t())
+            epilogue_rows_(out, g2_b, relu=False, normalize=True, scale=scale)  # + bias in the same pass
+            kept = (h, act, _EMPTY, h0)
+        else:
+            h_lo, h0_lo = lo(h, dt), (lo(h0, dt) if skip == 2 else h0)
+            act, act_lo = epilogue_lo(mm_lo(h_lo, g1_w.t()), g1_b, relu=True, normalize=False, want_lo=True)
+            add = h0 if skip == 1 else (mm(h0_lo, s_w.t(), dt) if skip == 2 else None)
+            out = epilogue_lo(mm_lo(act_lo, g2_w.t()), g2_b, relu=False, normalize=True, scale=scale, add=add)[0]
+            kept = (h_lo, act, act_lo, h0_lo)
+        h, act, act_lo, h0 = kept
+        ctx.save_for_backward(h, act, act_lo, out, scale, g1_w, g2_w, h0 if skip else _EMPTY,
+                              s_w if skip == 2 else _EMPTY)
         ctx.skip, ctx.has_b = skip, (g1_b is not None, g2_b is not None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        h, act, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
-        go, d_g2b = _norm_grad(grad, y, scale, relu=False, normalize=True, want_sum=ctx.has_b[1])
-        d_g2 = torch.mm(go.t(), act)
-        d_act = torch.mm(go, g2_w)
-        d_g1b = relu_mask_(d_act, act, want_sum=ctx.has_b[0])
-        d_g1 = torch.mm(d_act.t(), h)
-        d_h = torch.mm(d_act, g1_w) if ctx.needs_input_grad[0] else None
+        h, act, act_lo, y, scale, g1_w, g2_w, h0, s_w = ctx.saved_tensors
+        dt = ctx.dt
+        if dt is None:
+            go, d_g2b = _norm_grad(grad, y, scale, relu=False, normalize=True, want_sum=ctx.has_b[1])
+            go_lo = go
+            d_g2 = torch.mm(go.t(), act)
+            d_act = torch.mm(go, g2_w)
+            d_g1b = relu_mask_(d_act, act, want_sum=ctx.has_b[0])
+        else:
+            go_lo = y.new_empty(y.shape, dtype=dt)
+            d_g2b, go = normalize_backward_lo(grad, y, scale, relu=False, out_lo=go_lo, want_f32=ctx.skip == 1)
+            d_g2 = mm(go_lo.t(), act_lo, dt)
+            d_act = mm_lo(go_lo, g2_w)
+            d_g1b = relu_mask_lo(d_act, act, d_act)  # in place, in bf16
+            d_g2b, d_g1b = (d_g2b if ctx.has_b[1] else None), (d_g1b if ctx.has_b[0] else None)
+        d_g1 = mm(d_act.t(), h, dt)
+        d_h = mm(d_act, g1_w, dt) if ctx.needs_input_grad[0] else None
         d_h0 = d_s = None
         if ctx.skip == 1:
             d_h0 = go
         elif ctx.skip == 2:
-            d_h0 = torch.mm(go, s_w) if ctx.needs_input_grad[1] else None
-            d_s = torch.mm(go.t(), h0)
+            d_h0 = mm(go_lo, s_w, dt) if ctx.needs_input_grad[1] else None
+            d_s = mm(go_lo.t(), h0, dt)
         return d_h, d_h0, d_g1, d_g1b, d_g2, d_g2b, d_s, None
 
 
@@ -345,12 +416,14 @@ def _block_rows(n: int) -> int:
 
 
 def _exp_block(zs: Tensor, z_easy: Tensor, mask: Optional[Tensor], out: Tensor, shift: Optional[Tensor] = None,
-               find_shift: bool = False, probe: Optional[Tensor] = None) -> Optional[Tensor]:
-    """One row block in ``out``: the logits ``zs z_easy^T`` (``-inf`` where ``mask``), then
+               find_shift: bool = False, probe: Optional[Tensor] = None,
+               dt: Optional[torch.dtype] = None) -> Optional[Tensor]:
+    """One row block in ``out``: the logits ``zs z_easy^T`` (a GEMM in precision ``dt``, operands
+    cast by the caller; ``-inf`` where ``mask``), then
     ``exp(logit - shift)`` in place. ``shift`` (per row) :obj:`None`: none; ``find_shift``: write
     the row maxima into it first (0 on an all ``-inf`` row). Returns the count of
     ``logit >= probe`` on the block's first ``probe.numel()`` rows when ``probe`` is given."""
-    torch.mm(zs, z_easy.t(), out=out)
+    mm(zs, z_easy.t(), dt, out=out)
     if mask is not None:
         out.masked_fill_(mask, float("-inf"))
     count = None
@@ -381,32 +454,40 @@ class NegativesLSE(torch.autograd.Function):
     :math:`d\mathbf{Z}_n \mathrel{+}= E^\top \mathrm{diag}(f) \mathbf{z}_q` with
     :math:`f = g / (\tau \sum_n E)`. 4 GEMMs in all instead of 3, and no ``[Q, N]`` buffer in
     memory (measured at Gowalla's shape on one thread, interleaved: 37 -> 31 ms forward + backward).
+    With bf16 GEMMs (:func:`gemm_dtype`) the GEMMs take bf16 operands (``exp``, the sums and the
+    log stay float32 on a float32 copy of each block's logits) and forward keeps each block's
+    ``exp`` as the bf16 operand backward needs (``[Q, N]`` in bf16, 16 MB at Gowalla's shape):
+    backward is then the two gradient GEMMs over all rows at once, nothing recomputed.
     """
 
     @staticmethod
+    @gemm_precision
     def forward(ctx, z_q, z_easy, tau, neg_mask, bound, probe_pos, probe_rows):  # type: ignore[override]
-        q, n = z_q.size(0), z_easy.size(0)
-        zs = z_q * (1.0 / tau)
+        q, n, dt = z_q.size(0), z_easy.size(0), ctx.dt
+        zs, ze = lo(z_q * (1.0 / tau), dt), lo(z_easy, dt)
         rows = _block_rows(n)
         buf = z_q.new_empty(min(rows, q), n)
         total, shift = z_q.new_empty(q), z_q.new_zeros(q)
         k = probe_pos.numel()
         count = torch.zeros((), dtype=torch.int64)
         if probe_rows is not None and k:  # the probe's rows are elsewhere: their logits apart
-            pl = torch.mm(zs.index_select(0, probe_rows), z_easy.t())
+            pl = mm(zs.index_select(0, probe_rows), ze.t(), dt)
             if neg_mask is not None:
                 pl.masked_fill_(neg_mask.index_select(0, probe_rows), float("-inf"))
             count = torch.count_nonzero(pl >= probe_pos.unsqueeze(1))
         shifted = bound > _NO_SHIFT
+        e_lo = z_q.new_empty(q, n, dtype=dt) if dt is not None else _EMPTY  # the blocks' exp, for backward
         for i in range(0, q, rows):
             j = min(i + rows, q)
-            c = _exp_block(zs[i:j], z_easy, neg_mask[i:j] if neg_mask is not None else None, buf[:j - i],
+            c = _exp_block(zs[i:j], ze, neg_mask[i:j] if neg_mask is not None else None, buf[:j - i],
                            shift[i:j] if shifted else None, find_shift=True,
-                           probe=probe_pos[i:min(j, k)] if probe_rows is None and i < k else None)
+                           probe=probe_pos[i:min(j, k)] if probe_rows is None and i < k else None, dt=dt)
             if c is not None:
                 count += c
             torch.sum(buf[:j - i], 1, out=total[i:j])
-        ctx.save_for_backward(z_q, z_easy, total, shift, neg_mask if neg_mask is not None else _EMPTY)
+            if dt is not None:
+                e_lo[i:j].copy_(buf[:j - i])
+        ctx.save_for_backward(z_q, z_easy, total, shift, neg_mask if neg_mask is not None else _EMPTY, e_lo)
         ctx.tau, ctx.shifted, ctx.has_mask = tau, shifted, neg_mask is not None
         ctx.mark_non_differentiable(count)
         return shift + total.log(), count
@@ -414,9 +495,13 @@ class NegativesLSE(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad, _grad_count):  # type: ignore[override]
-        z_q, z_easy, total, shift, mask = ctx.saved_tensors
-        q, n = z_q.size(0), z_easy.size(0)
+        z_q, z_easy, total, shift, mask, e_lo = ctx.saved_tensors
+        q, n, dt = z_q.size(0), z_easy.size(0), ctx.dt
         f = torch.where(total > 0, grad / (total * ctx.tau), torch.zeros_like(total))  # all masked: 0
+        if dt is not None:  # the forward's exp in bf16: two GEMMs over every row
+            d_q = mm(e_lo, z_easy, dt).mul_(f.unsqueeze(1)) if ctx.needs_input_grad[0] else None
+            d_e = mm(e_lo.t(), z_q * f.unsqueeze(1), dt) if ctx.needs_input_grad[1] else None
+            return d_q, d_e, None, None, None, None, None
         zs, zf = z_q * (1.0 / ctx.tau), z_q * f.unsqueeze(1)
         d_q = z_q.new_empty(z_q.shape) if ctx.needs_input_grad[0] else None
         d_e = z_easy.new_zeros(z_easy.shape) if ctx.needs_input_grad[1] else None

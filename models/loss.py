@@ -141,7 +141,8 @@ def sampled_softmax_loss(
     Same arguments, shapes and ``stats`` as :func:`max_margin_loss` (``violated`` counts
     negatives scoring at least the positive, estimated on the first 1,024 pairs; ``weight`` as
     there); ``temperature`` :math:`\tau > 0`. ``fused``: with easy negatives only, on contiguous
-    float32 CPU tensors outside autocast, the negatives' log-sum-exp is one autograd node
+    float32 CPU tensors outside autocast or under bf16 autocast (:func:`models.fused.fused_ok`;
+    its GEMMs then in bf16), the negatives' log-sum-exp is one autograd node
     (:class:`models.fused.NegativesLSE`: the ``[B, N]`` logits in cache-sized row blocks, never
     held whole);
     :obj:`False` (or hard negatives, another device or dtype) takes the op-by-op path, equal to

@@ -64,7 +64,8 @@ class UserEncoder(torch.nn.Module):
         """:meth:`leave_one_out` of the pooled sums of ``users [B]``'s rows of ``history [U, I]``
         (weights ``w``) and the positives ``pos [B]`` (weights ``w_pos [B]``) from
         ``item_emb [I, d]``: ``leave_one_out(history.matmul(item_emb)[users], item_emb[pos], w_pos)``.
-        On contiguous float32 CPU tensors outside autocast (and ``w_pos`` without gradient) only
+        On contiguous float32 CPU tensors outside autocast or under bf16 autocast (and ``w_pos``
+        without gradient) only
         the batch's rows are pooled, the positive subtracted in the same pass
         (:class:`models.fused.PoolMinusPositive`); elsewhere (or ``fused = False``) as written."""
         if (self.fused and fused_ok(item_emb, history.weight, w_pos) and not w_pos.requires_grad

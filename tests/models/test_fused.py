@@ -59,12 +59,15 @@ def test_head_equals_op_by_op(skip, out):
 
 
 def test_unfused_paths_off_the_cpu_fast_path():
-    """Under autocast (bf16-mixed) the layer and head keep the op-by-op path."""
+    """Under CPU autocast to float16 and on float64 the layer keeps the op-by-op path (bf16
+    autocast takes the fused node with bf16 GEMMs: tests/models/test_fused_bf16.py)."""
     torch.manual_seed(0)
     layer, adj = Convolve(16, 8, 16), _adj(30, 40)
     h = torch.randn(40, 16, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         out = layer.forward_prefix(h, 30, adj)
+    assert "ConvolveCSR" not in out.grad_fn.name()
+    out = layer.double().forward_prefix(h.double(), 30, adj)
     assert "ConvolveCSR" not in out.grad_fn.name()
 
 

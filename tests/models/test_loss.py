@@ -237,18 +237,22 @@ def test_fused_softmax_second_backward_and_stats_estimate():
 
 
 def test_fused_softmax_only_on_the_cpu_float32_fast_path(monkeypatch):
-    """Hard negatives, float64 and autocast keep the op-by-op path."""
+    """Hard negatives, float64 and float16 autocast keep the op-by-op path; bf16 autocast takes
+    the fused node (its GEMMs in bf16: tests/models/test_fused_bf16.py)."""
     from models.loss import sampled_softmax_loss
 
     calls = _count_fused(monkeypatch)
     q, p, n, h = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4), torch.randn(3, 2, 4)
     sampled_softmax_loss(q, p, n, h)
     sampled_softmax_loss(q.double(), p.double(), n.double())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         sampled_softmax_loss(q, p, n)
     assert not calls
     sampled_softmax_loss(q, p, n)
     assert len(calls) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled_softmax_loss(q, p, n)
+    assert len(calls) == 2
 
 
 def test_fused_softmax_is_accurate_when_the_positive_dominates():
