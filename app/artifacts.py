@@ -47,6 +47,16 @@ def load_weights(module, ckpt_path: Optional[str]) -> Dict[str, Any]:
     return ckpt
 
 
+def refuse_user_id_table(hparams, source: str = "the model") -> None:
+    """Refuse to export a model trained with ``model.user_id_embedding`` (a prototype): the
+    artifacts (users.npz's encoder, ``pinsage recommend`` / ``serve``) build a user's vector from
+    the history alone, without the learned per-user vectors, so they would serve another model."""
+    if hparams.get("user_id_embedding"):
+        raise ValueError(f"{source} was trained with model.user_id_embedding=true (a prototype): the artifacts do "
+                         "not carry per-user vectors yet, so recommend/serve would score users without them; "
+                         "evaluate it with `pinsage test` instead")
+
+
 def write_artifacts(
     module,
     datamodule,
@@ -72,6 +82,8 @@ def write_artifacts(
     from .inductive import write_inductive_files
     from .inference import neighbourhoods_for_all
 
+    if module.hparams.get("user_id_embedding") or getattr(module.user_encoder, "user_emb", None) is not None:
+        refuse_user_id_table({"user_id_embedding": True})
     log = (lambda m: print(f"[pinsage predict] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     out = check_output_dir(output_dir)
     for p in clean_stale_temps(out):

@@ -40,9 +40,13 @@ class PinSageCLI(LightningCLI):
 
         ckpt = read_checkpoint(path, need=("state_dict",) + (RESUME_KEYS if sub == "fit" else ()))
         saved = ckpt.get("hyper_parameters") or {}
+        if sub == "predict":
+            from .artifacts import refuse_user_id_table
+
+            refuse_user_id_table(saved, path)
         cfg = self.config[sub].model
         diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
-                if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
+                if k in saved and k not in ("in_channels", "num_items", "num_users") and cfg.get(k) != saved[k]]
         if diff:
             raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
                              "use the config it was trained with or retrain")
@@ -77,6 +81,7 @@ class PinSageCLI(LightningCLI):
         # the model is sized by the data it trains on
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+        parser.link_arguments("data.num_users", "model.num_users", apply_on="instantiate")
         parser.link_arguments("data.num_layers", "model.num_layers")
         add_predict_arguments(parser)
         # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb

@@ -385,6 +385,11 @@ class PinSageDataModule(pl.LightningDataModule):
         return self._require().num_items
 
     @property
+    def num_users(self) -> int:
+        """Users of the log (ids ``0 .. num_users - 1``: the rows of every history CSR)."""
+        return self._require().num_users
+
+    @property
     def num_features(self) -> int:
         return int(self._require().item_features.shape[1])
 
