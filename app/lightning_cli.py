@@ -43,7 +43,7 @@ class PinSageCLI(LightningCLI):
         if sub == "predict":
             from .artifacts import refuse_user_id_table
 
-            refuse_user_id_table(saved, path)
+            refuse_user_id_table(saved, f"--ckpt_path {str(path)!r}")
         cfg = self.config[sub].model
         diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
                 if k in saved and k not in ("in_channels", "num_items", "num_users") and cfg.get(k) != saved[k]]

@@ -42,6 +42,46 @@ def _history_rows(ptr: Tensor, users: Tensor):
     return seg, idx, start, deg
 
 
+def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropout, mask_own_negatives, loss,
+                   history_dropout_weight, item_loss, cold_loss, user_encoder, optimizer, id_embedding,
+                   lr, reference_batch_size, warmup_epochs, lr_decay, **_) -> None:
+    """Refuse invalid :class:`PinSageModule` arguments (each error names the argument, its value and
+    what is valid)."""
+    if user_id_embedding not in (True, False):
+        raise ValueError(f"user_id_embedding={user_id_embedding!r} is not valid; choose true or false")
+    if user_id_embedding and not int(num_users) >= 1:
+        raise ValueError(f"user_id_embedding=True needs num_users >= 1 (got num_users={num_users!r}): the "
+                         "user-id table has one row per user; the CLI links it from data.num_users, "
+                         "elsewhere pass the log's user count")
+    if not 0.0 <= float(cold_dropout) < 1.0:
+        raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
+    if not 0.0 <= float(history_dropout) < 1.0:
+        raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
+    if mask_own_negatives and loss != "softmax":
+        raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
+                         "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
+    if history_dropout_weight not in ("user", "interaction"):
+        raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
+    if not float(item_loss) >= 0.0:
+        raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
+    if not float(cold_loss) >= 0.0:
+        raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
+    if loss not in ("max_margin", "softmax"):
+        raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
+    if user_encoder not in ("linear", "mean"):
+        raise ValueError(f"user_encoder={user_encoder!r} is not valid; choose linear or mean")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is not valid; choose one of {list(OPTIMIZERS)}")
+    if id_embedding not in ("auto", "true", "false", True, False):
+        raise ValueError(f"id_embedding={id_embedding!r} is not valid; choose auto, true or false")
+    if lr <= 0:
+        raise ValueError(f"lr={lr} must be > 0")
+    if reference_batch_size < 1:
+        raise ValueError(f"reference_batch_size={reference_batch_size} must be >= 1")
+    if warmup_epochs < 0 or not 0 < lr_decay <= 1:
+        raise ValueError(f"warmup_epochs={warmup_epochs} must be >= 0 and lr_decay={lr_decay} in (0, 1]")
+
+
 class WarmupExponential:
     """LR multiplier: linear warmup over the first ``warmup_steps`` optimiser steps from
     ``1/warmup_steps`` to 1, then ``decay ** epochs_done`` where an "epoch" is
@@ -160,40 +200,8 @@ class PinSageModule(pl.LightningModule):
         user_id_embedding: bool = False,
     ) -> None:
         super().__init__()
-        if user_id_embedding not in (True, False):
-            raise ValueError(f"user_id_embedding={user_id_embedding!r} is not valid; choose true or false")
-        if user_id_embedding and not int(num_users) >= 1:
-            raise ValueError(f"user_id_embedding=True needs num_users >= 1 (got num_users={num_users!r}): the "
-                             "user-id table has one row per user; the CLI links it from data.num_users, "
-                             "elsewhere pass the log's user count")
-        if not 0.0 <= float(cold_dropout) < 1.0:
-            raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
-        if not 0.0 <= float(history_dropout) < 1.0:
-            raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
-        if mask_own_negatives and loss != "softmax":
-            raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
-                             "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
-        if history_dropout_weight not in ("user", "interaction"):
-            raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
-        if not float(item_loss) >= 0.0:
-            raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
-        if not float(cold_loss) >= 0.0:
-            raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
-        if loss not in ("max_margin", "softmax"):
-            raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
-        if user_encoder not in ("linear", "mean"):
-            raise ValueError(f"user_encoder={user_encoder!r} is not valid; choose linear or mean")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={optimizer!r} is not valid; choose one of {list(OPTIMIZERS)}")
-        if id_embedding not in ("auto", "true", "false", True, False):
-            raise ValueError(f"id_embedding={id_embedding!r} is not valid; choose auto, true or false")
-        if lr <= 0:
-            raise ValueError(f"lr={lr} must be > 0")
-        if reference_batch_size < 1:
-            raise ValueError(f"reference_batch_size={reference_batch_size} must be >= 1")
-        if warmup_epochs < 0 or not 0 < lr_decay <= 1:
-            raise ValueError(f"warmup_epochs={warmup_epochs} must be >= 0 and lr_decay={lr_decay} in (0, 1]")
         self.save_hyperparameters()
+        _check_hparams(**self.hparams)
         use_id = (in_channels == 0) if id_embedding == "auto" else id_embedding in (True, "true")
         self.model = PinSage(
             in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels,
