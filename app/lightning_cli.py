@@ -46,7 +46,7 @@ class PinSageCLI(LightningCLI):
             refuse_user_id_table(saved, f"--ckpt_path {str(path)!r}")
         cfg = self.config[sub].model
         diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
-                if k in saved and k not in ("in_channels", "num_items", "num_users") and cfg.get(k) != saved[k]]
+                if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
         if diff:
             raise ValueError(f"checkpoint {path} was trained with another model shape ({', '.join(diff)}); "
                              "use the config it was trained with or retrain")
