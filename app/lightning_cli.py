@@ -40,10 +40,6 @@ class PinSageCLI(LightningCLI):
 
         ckpt = read_checkpoint(path, need=("state_dict",) + (RESUME_KEYS if sub == "fit" else ()))
         saved = ckpt.get("hyper_parameters") or {}
-        if sub == "predict":
-            from .artifacts import refuse_user_id_table
-
-            refuse_user_id_table(saved, f"--ckpt_path {str(path)!r}")
         cfg = self.config[sub].model
         diff = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}" for k in SHAPE_KEYS
                 if k in saved and k not in ("in_channels", "num_items") and cfg.get(k) != saved[k]]
