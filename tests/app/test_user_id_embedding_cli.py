@@ -1,44 +1,142 @@
 """model.user_id_embedding through the CLI: num_users is linked from the data, item-query
-training refuses it, and predict refuses its checkpoints (no per-user vectors in artifacts)."""
+training refuses it, and predict carries the user-id table into users.npz, which
+``recommend --user`` (and so ``serve``) adds to a known user's vector as the model does."""
 
+import json
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
+from app import artifact_format as fmt
+from app.artifacts import _write_users
 from app.cli import main
+from datamodules import chunks
+from tests.app.conftest import TINY
+
+UID_ARGS = ["--data.queries", "users", "--model.loss", "softmax", "--model.user_id_embedding", "true",
+            "--model.val_protocols", "[item,full]"]
 
 
-def test_predict_refuses_a_user_id_checkpoint(tiny_run, tmp_path, capsys):
-    _, last, args = tiny_run
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["user_id_embedding"] = True
-    fake = tmp_path / "user-id.ckpt"
-    torch.save(ckpt, fake)
-    out = tmp_path / "art"
-    capsys.readouterr()
-    assert main(["predict", *args, "--ckpt_path", str(fake), "--artifacts.output_dir", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"pinsage predict: error: --ckpt_path '{fake}' was trained with "
-                                               "model.user_id_embedding=true")
-    assert "the artifacts do not carry per-user vectors yet" in err[0] and not out.exists()
+@pytest.fixture(scope="module")
+def uid_run(tmp_path_factory):
+    """``(args, last_ckpt)`` of a 1-epoch fit of the tiny graph with user queries and a user-id table."""
+    root = tmp_path_factory.mktemp("uid-run")
+    args = TINY + ["--data.cache_dir", str(root / "cache"), "--trainer.default_root_dir", str(root), *UID_ARGS]
+    assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
+    return args, root / "checkpoints" / "last.ckpt"
 
 
-def test_write_artifacts_refuses_a_module_with_a_user_id_table(tmp_path):
-    from app.artifacts import write_artifacts
+def _log(num_users=5):
+    users = np.array([3, 0, 1, 3, 4, 2, 0, 1, 4, 2, 3])
+    return SimpleNamespace(users=users, items=np.arange(users.size) % 7, timestamps=None, num_users=num_users,
+                           num_items=7, user_ids=np.array([f"u{i}" for i in range(num_users)], dtype=object))
+
+
+def _module_with_table(rows, dims, seed=0):
+    emb = torch.nn.Embedding(rows, dims)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(np.random.default_rng(seed).standard_normal((rows, dims)).astype(np.float32)))
+    return SimpleNamespace(user_encoder=SimpleNamespace(lin=None, user_emb=emb)), emb.weight.detach().numpy()
+
+
+def test_users_npz_holds_the_user_id_table_in_user_order(tmp_path, monkeypatch):
+    """Written chunk by chunk, the bytes np.save writes for the table, row u beside user_ids[u]."""
+    monkeypatch.setattr(chunks, "ROWS", 2)  # several chunks
+    module, table = _module_with_table(5, 3)
+    _write_users(tmp_path, SimpleNamespace(interactions=_log()), module, 3)
+    got = np.load(tmp_path / fmt.USERS)
+    assert got.files == ["user_ids", "ptr", "items", "encoder", fmt.USER_ID_TABLE]
+    assert got[fmt.USER_ID_TABLE].dtype == np.float32 and np.array_equal(got[fmt.USER_ID_TABLE], table)
+    assert got["user_ids"].tolist() == ["u0", "u1", "u2", "u3", "u4"]
+    np.save(tmp_path / "ref.npy", table)
+    with zipfile.ZipFile(tmp_path / fmt.USERS) as zf:
+        assert zf.read(fmt.USER_ID_TABLE + ".npy") == (tmp_path / "ref.npy").read_bytes()
+
+
+def test_a_user_id_table_of_another_log_is_refused(tmp_path):
+    module, _ = _module_with_table(4, 3)
+    with pytest.raises(ValueError, match=r"user-id table has shape \(4, 3\), the dataset has 5 users .* "
+                                         r"expected \(5, 3\)"):
+        _write_users(tmp_path, SimpleNamespace(interactions=_log()), module, 3)
+
+
+TOL = 1e-5  # float32 rounding of one dot product of unit vectors (FAISS's vs numpy's)
+
+
+def _module(ckpt_path):
     from models.module import PinSageModule
 
-    m = PinSageModule(in_channels=3, num_items=5, num_users=4, user_id_embedding=True)
-    with pytest.raises(ValueError, match=r"the artifacts do not carry per-user vectors yet"):
-        write_artifacts(m, None, str(tmp_path / "art"))
-    assert not (tmp_path / "art").exists()
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    m = PinSageModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    m.load_state_dict(ckpt["state_dict"])
+    return m.eval()
+
+
+def _expected(vectors, emb, seen, k):
+    """``(ids, scores)``: the top-``k`` of ``vectors [d] . emb`` with ``seen`` excluded, exactly."""
+    s = emb @ vectors
+    s[seen] = -np.inf
+    top = np.argsort(-s, kind="stable")[:k]
+    return top, s[top]
+
+
+@pytest.mark.slow  # a 1-epoch fit of the tiny graph with user queries, predict and test: ~40 s
+def test_user_id_table_end_to_end(uid_run, tmp_path, capsys):
+    """fit -> predict -> recommend --user: the table in users.npz is the model's, a known user's
+    answer is the module's own user vector (e_u included) against the item embeddings, a history
+    posted for a new user gets none, and metrics.json scores users as `pinsage test` does."""
+    args, last = uid_run
+    out = tmp_path / "art"
+    assert main(["predict", *args, "--ckpt_path", str(last), "--artifacts.output_dir", str(out),
+                 "--artifacts.index", "exact"]) == 0
+    module = _module(last)
+    table = module.user_encoder.user_emb.weight.detach().numpy()
+    assert table.shape == (300, 16) and np.count_nonzero(table)
+    users = np.load(out / fmt.USERS)
+    assert np.array_equal(users[fmt.USER_ID_TABLE], table)
+    emb = np.load(out / fmt.EMBEDDINGS)
+    ptr, items = users["ptr"], users["items"]
+    with torch.no_grad():  # the module's formula over users.npz's histories (what recommend pools)
+        pv = module.user_vectors(torch.from_numpy(emb), torch.from_numpy(ptr), torch.from_numpy(items)).numpy()
+        module.user_encoder.user_emb.weight.zero_()
+        history_only = module.user_vectors(torch.from_numpy(emb), torch.from_numpy(ptr),
+                                           torch.from_numpy(items)).numpy()
+    from app.recommend import Recommender
+
+    rec = Recommender(str(out))
+    raw_users = users["user_ids"].tolist()
+    for u in (0, 123, 299):
+        seen = items[ptr[u]:ptr[u + 1]]
+        capsys.readouterr()
+        assert main(["recommend", "--artifacts", str(out), "--user", raw_users[u], "-k", "10", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)["items"]
+        ids, scores = _expected(pv[u], emb, seen, 10)
+        assert [g["id"] for g in got] == [rec.item_ids[i] for i in ids]
+        np.testing.assert_allclose([g["score"] for g in got], scores, rtol=0, atol=TOL)
+        np.testing.assert_allclose(rec.user_vector(seen, u), pv[u], rtol=0, atol=TOL)
+        ids_wo, without = _expected(history_only[u], emb, seen, 10)
+        # e_u moves the answer well beyond the tolerance: dropping it fails the checks above
+        assert np.abs(pv[u] - history_only[u]).max() > 100 * TOL and np.abs(scores - without).max() > 10 * TOL
+        # serve's POST /recommendations: a history without a user id, so no e_u
+        posted = rec.for_history([rec.item_ids[i] for i in seen], 10)["items"]
+        assert [g["id"] for g in posted] == [rec.item_ids[i] for i in ids_wo]
+        np.testing.assert_allclose([g["score"] for g in posted], without, rtol=0, atol=TOL)
+    # predict's metrics.json: the users scored with e_u, as `pinsage test` scores them
+    capsys.readouterr()
+    assert main(["test", *args, "--ckpt_path", str(last)]) == 0
+    tested = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    predicted = json.loads((out / fmt.METRICS).read_text())
+    keys = [k for k in predicted if k.startswith("pinsage/full/") and not k.endswith("/seconds")]
+    assert keys and all(abs(predicted[k] - tested[k]) < 1e-4 for k in keys), keys
 
 
 @pytest.mark.slow  # a 1-epoch fit of the tiny graph with user queries: ~25 s
-def test_fit_links_num_users_and_trains_the_table(tiny_args, tmp_path, capsys):
-    root = tmp_path / "run"
-    assert main(["fit", *tiny_args(root), "--data.queries", "users", "--model.loss", "softmax",
-                 "--model.user_id_embedding", "true", "--model.val_protocols", "[item,full]",
-                 "--trainer.max_epochs=1"]) == 0
-    ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+def test_fit_links_num_users_and_trains_the_table(uid_run, tiny_args, tmp_path, capsys):
+    _, last = uid_run
+    ckpt = torch.load(last, weights_only=True)
     table = ckpt["state_dict"]["user_encoder.user_emb.weight"]
     assert ckpt["hyper_parameters"]["num_users"] == 300 and table.shape == (300, 16)
     assert torch.count_nonzero(table) > 0  # zero at init: the fit moved it
