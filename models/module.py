@@ -155,7 +155,7 @@ class PinSageModule(pl.LightningModule):
             ``e_u`` (a ``[num_users, out_channels]`` table initialised to zero, so the untrained
             model is the one without it): ``p_u = normalise(normalise(W_u pooled) + e_u)``
             (:class:`models.user_encoder.UserEncoder`). Needs ``num_users`` and whole-catalogue
-            user queries (``data.queries=users``); predict's artifacts do not carry the table yet.
+            user queries (``data.queries=users``); predict writes the table into users.npz.
         mask_own_negatives: with user queries and the softmax loss, leave each user's own
             training items out of its shared negatives (positives of the set, or items the
             evaluator masks anyway, not negatives); with one query per pair (leave one out,
