@@ -3,6 +3,7 @@ training refuses it, and predict carries the user-id table into users.npz, which
 ``recommend --user`` (and so ``serve``) adds to a known user's vector as the model does."""
 
 import json
+import shutil
 import zipfile
 from types import SimpleNamespace
 
@@ -61,6 +62,55 @@ def test_a_user_id_table_of_another_log_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"user-id table has shape \(4, 3\), the dataset has 5 users .* "
                                          r"expected \(5, 3\)"):
         _write_users(tmp_path, SimpleNamespace(interactions=_log()), module, 3)
+
+
+def _with_table(folder, dst, table):
+    """A copy of the artifact folder ``folder`` whose users.npz carries ``table`` (checksums redone)."""
+    shutil.copytree(folder, dst)
+    users = dict(np.load(dst / fmt.USERS))
+    np.savez(dst / fmt.USERS, **users, **{fmt.USER_ID_TABLE: table})
+    man = json.loads((dst / fmt.MANIFEST).read_text())
+    (dst / fmt.MANIFEST).unlink()
+    fmt.write_manifest(dst, {k: v for k, v in man.items() if k not in ("format", "files", "checksums")})
+    return users
+
+
+def test_recommend_adds_a_known_users_row_and_not_a_posted_historys(artifacts, tmp_path):
+    """Against numpy's p_u = normalise(normalise(W_u sum) + e_u): recommend's vector of a user of
+    users.npz adds their row of the table; a posted history (no user id) does not; artifacts
+    without a table (older ones) are scored from the history alone."""
+    from app.recommend import Recommender
+
+    def unit(x):
+        return x / np.linalg.norm(x)
+
+    emb = np.load(artifacts / fmt.EMBEDDINGS)
+    table = np.random.default_rng(0).standard_normal((300, emb.shape[1])).astype(np.float32)
+    users = _with_table(artifacts, tmp_path / "uid", table)
+    rec, old = Recommender(str(tmp_path / "uid")), Recommender(str(artifacts))
+    ptr, items, w = users["ptr"], users["items"], users["encoder"]
+    for u in (0, 7, 299):
+        seen = items[ptr[u]:ptr[u + 1]]
+        hist = unit(w @ emb[seen].sum(0))
+        np.testing.assert_allclose(rec.user_vector(seen, u), unit(hist + table[u]), atol=TOL)
+        np.testing.assert_allclose(rec.user_vector(seen), hist, atol=TOL)
+        np.testing.assert_allclose(old.user_vector(seen, u), hist, atol=TOL)
+        raw = str(users["user_ids"][u])
+        got = rec.for_user(raw, 5)["items"]
+        ids, scores = _expected(unit(hist + table[u]), emb, seen, 5)
+        assert [g["id"] for g in got] == [rec.item_ids[i] for i in ids]
+        np.testing.assert_allclose([g["score"] for g in got], scores, atol=TOL)
+        posted = rec.for_history([rec.item_ids[i] for i in seen], 5)["items"]
+        assert [g["id"] for g in posted] == [g["id"] for g in old.for_user(raw, 5)["items"]]
+
+
+def test_a_user_id_table_of_the_wrong_shape_is_an_artifact_error(artifacts, tmp_path):
+    from app.artifact_format import ArtifactError
+    from app.recommend import Recommender
+
+    _with_table(artifacts, tmp_path / "bad", np.zeros((299, 16), dtype=np.float32))
+    with pytest.raises(ArtifactError, match=r"user_id_embedding has shape \(299, 16\): expected \(300, 16\)"):
+        Recommender(str(tmp_path / "bad")).for_user("0", 5)
 
 
 TOL = 1e-5  # float32 rounding of one dot product of unit vectors (FAISS's vs numpy's)
