@@ -133,7 +133,7 @@ def _expected(vectors, emb, seen, k):
     return top, s[top]
 
 
-@pytest.mark.slow  # a 1-epoch fit of the tiny graph with user queries, predict and test: ~40 s
+@pytest.mark.slow  # a 1-epoch fit of the tiny graph with user queries (shared), predict and test: 7-20 s
 def test_user_id_table_end_to_end(uid_run, tmp_path, capsys):
     """fit -> predict -> recommend --user: the table in users.npz is the model's, a known user's
     answer is the module's own user vector (e_u included) against the item embeddings, a history
