@@ -9,8 +9,11 @@ The folder (``artifacts.output_dir`` in the config, default ``artifacts/<dataset
 * ``items.csv``: ``index,id,title`` (title empty where the dataset has none), and ``categories``
   (names joined by ``|``) and ``year`` where the dataset has them; cells are CSV-formula safe
   (:func:`safe_title`, undone by :func:`read_title`);
-* ``users.npz``: every user's raw id and the items of their whole log (CSR, each user's in time
-  order), and the model's user-encoder matrix, for ``pinsage recommend --user``;
+* ``users.npz``: every user's raw id (``user_ids``) and the items of their whole log (CSR ``ptr``,
+  ``items``, each user's in time order), the model's user-encoder matrix (``encoder``), and, for a
+  model trained with ``model.user_id_embedding``, its user-id table (:data:`USER_ID_TABLE`,
+  ``float32 [num_users, d]``, row ``u`` = the user ``user_ids[u]``; absent otherwise), for
+  ``pinsage recommend --user``;
 * ``index.faiss``: the FAISS index (``artifacts.index``: exact | hnsw | ivfpq | auto);
 * ``neighbours.npy``: every item's top-K similar items from the index (``int32 [count, K]``);
 * ``metrics.json`` (when ``artifacts.evaluate``): every evaluation protocol on the test split;
@@ -45,6 +48,9 @@ MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.csv"
 USERS = "users.npz"
+#: the ``users.npz`` key of the model's per-user vectors ``e_u`` (``model.user_id_embedding``;
+#: :class:`models.user_encoder.UserEncoder`), rows in the order of its ``user_ids``
+USER_ID_TABLE = "user_id_embedding"
 INDEX = "index.faiss"
 METRICS = "metrics.json"
 NEIGHBOURS = "neighbours.npy"

@@ -133,7 +133,13 @@ def _write_embeddings(model, datamodule, nbr, tmp: Path, chunk_size: int, progre
 
 def _write_users(tmp: Path, ds, module, dims: int) -> None:
     """``users.npz``: each user's items in time order (the explorer's "recent history"; the log's
-    order without timestamps) and the model's user-encoder matrix (identity when it has none).
+    order without timestamps), the model's user-encoder matrix (identity when it has none) and,
+    when the model has one, its user-id table (:data:`app.artifact_format.USER_ID_TABLE`).
+
+    The table's row ``u`` is the model's user ``u``: the dense user index of the log
+    (``ds.interactions.users``, the rows of every history CSR the model trained and was evaluated
+    on), which is also the order of ``user_ids`` and ``ptr`` here, so it is written as is; a table
+    whose row count is not the log's user count is refused (a checkpoint of another dataset).
 
     The order is :meth:`InteractionGraph.from_edges`'s (its ``_csr``: by user, then timestamp, then
     log position), but no second graph of the whole log is built: the user pointer is a chunked
@@ -149,6 +155,7 @@ def _write_users(tmp: Path, ds, module, dims: int) -> None:
     enc = module.user_encoder.lin
     encoder = (np.eye(dims, dtype=np.float32) if enc is None
                else enc.weight.detach().cpu().numpy().astype(np.float32))
+    table = _user_id_table(module, inter.num_users, dims)
     items = inter.items
     with zipfile.ZipFile(tmp / fmt.USERS, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         _npz_chunks(zf, "user_ids", *_as_str_chunks(np.asarray(inter.user_ids)))
@@ -157,6 +164,23 @@ def _write_users(tmp: Path, ds, module, dims: int) -> None:
         n = items.shape[0] if src is None else src.shape[0]
         _npz_chunks(zf, "items", np.dtype(np.int64), (n,), _items_in_order(items, src, n))
         _npz_array(zf, "encoder", encoder)
+        if table is not None:
+            _npz_chunks(zf, fmt.USER_ID_TABLE, np.dtype(np.float32), table.shape,
+                        (table[a:b] for a, b in chunks.spans(table.shape[0])))
+
+
+def _user_id_table(module, num_users: int, dims: int) -> Optional[np.ndarray]:
+    """The model's user-id table ``float32 [num_users, dims]`` (``None``: it has none), checked
+    against the log it is written beside."""
+    emb = getattr(module.user_encoder, "user_emb", None)
+    if emb is None:
+        return None
+    table = emb.weight.detach().cpu().numpy().astype(np.float32, copy=False)
+    if table.shape != (num_users, dims):
+        raise ValueError(f"the model's user-id table has shape {tuple(table.shape)}, the dataset has "
+                         f"{num_users} users and the embeddings {dims} dims: expected ({num_users}, {dims}); "
+                         "predict with the dataset the checkpoint was trained on")
+    return table
 
 
 def _items_in_order(items: np.ndarray, src: Optional[np.ndarray], n: int):

@@ -77,6 +77,7 @@ class PinSageCLI(LightningCLI):
         # the model is sized by the data it trains on
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+        parser.link_arguments("data.num_users", "model.num_users", apply_on="instantiate")
         parser.link_arguments("data.num_layers", "model.num_layers")
         add_predict_arguments(parser)
         # per-epoch metrics file (pinsage sweep reads it) and the report's figures in wandb

@@ -2,8 +2,9 @@
 the ``pinsage recommend`` command is :mod:`app.recommend_command`).
 
 A user's query vector comes from :meth:`Recommender.user_vector` (the model's user encoder, the
-representation it trained and was evaluated with); items they have already engaged with are
-never recommended.
+representation it trained and was evaluated with, with the user's own vector ``e_u`` for a user
+of the log when the model has a user-id table); items they have already engaged with are never
+recommended.
 
 :class:`Recommender` is also what ``pinsage serve`` (``app/serve.py``) loads; it can grow
 (:meth:`Recommender.add_item`, items embedded inductively after training).
@@ -25,23 +26,32 @@ class UnknownIdError(ArtifactError):
     """An item or user id that is not in the catalogue."""
 
 
-def user_vector(history_emb: np.ndarray, encoder: Optional[np.ndarray] = None) -> np.ndarray:
+def user_vector(history_emb: np.ndarray, encoder: Optional[np.ndarray] = None,
+                user_row: Optional[np.ndarray] = None) -> np.ndarray:
     """The query vector ``[d]`` of a user from the embeddings of their history items ``[h, d]``:
     the model's user representation (:class:`models.user_encoder.UserEncoder`, whose learned
     ``[d, d]`` layer predict stores in users.npz as ``encoder``; ``None``: the identity, i.e. the
-    normalised mean), the same code the evaluator scores, never a copy."""
+    normalised mean), the same code the evaluator scores, never a copy.
+
+    ``user_row``: the user's own vector ``e_u [d]`` (its row of the user-id table of a model
+    trained with ``model.user_id_embedding``, users.npz's
+    :data:`app.artifact_format.USER_ID_TABLE`), added as the encoder adds it; ``None`` (a model
+    without the table, or a user not in the log, who has no row): the history alone."""
     import torch
 
     from models.user_encoder import UserEncoder
 
     d = history_emb.shape[1]
-    enc = UserEncoder(d, learned=encoder is not None)
-    if encoder is not None:
-        with torch.no_grad():
-            enc.lin.weight.copy_(torch.from_numpy(np.asarray(encoder, dtype=np.float32)))
-    pooled = torch.from_numpy(np.ascontiguousarray(history_emb, dtype=np.float32)).sum(0, keepdim=True)
+    enc = UserEncoder(d, learned=encoder is not None, num_users=0 if user_row is None else 1)
     with torch.no_grad():
-        return enc(pooled)[0].numpy().astype(np.float32)
+        if encoder is not None:
+            enc.lin.weight.copy_(torch.from_numpy(np.asarray(encoder, dtype=np.float32)))
+        if user_row is not None:
+            enc.user_emb.weight.copy_(torch.from_numpy(np.asarray(user_row, dtype=np.float32).reshape(1, d)))
+    pooled = torch.from_numpy(np.ascontiguousarray(history_emb, dtype=np.float32)).sum(0, keepdim=True)
+    users = None if user_row is None else torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        return enc(pooled, users)[0].numpy().astype(np.float32)
 
 
 class Recommender:
@@ -100,13 +110,18 @@ class Recommender:
                     ids, ptr, items = users["user_ids"].tolist(), users["ptr"], users["items"]
                     # the model's user encoder (models/user_encoder.py): p_u = normalise(W_u sum)
                     encoder = users["encoder"] if "encoder" in users.files else None
+                    # its per-user vectors e_u (model.user_id_embedding; older artifacts: none)
+                    table = users[fmt.USER_ID_TABLE] if fmt.USER_ID_TABLE in users.files else None
             except Exception as e:  # zipfile/numpy raise many types for a truncated archive
                 raise ArtifactError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is truncated or "
                                     "corrupt; re-run `pinsage predict`") from None
             if len(ptr) != len(ids) + 1 or (len(items) and (items.min() < 0 or items.max() >= self.num_items)):
                 raise ArtifactError(f"{path} does not match the catalogue: re-run `pinsage predict`")
+            if table is not None and table.shape != (len(ids), self.emb.shape[1]):
+                raise ArtifactError(f"{path}'s {fmt.USER_ID_TABLE} has shape {table.shape}: expected "
+                                    f"({len(ids)}, {self.emb.shape[1]}) (users x dims); re-run `pinsage predict`")
             self._users = ids, {raw: u for u, raw in enumerate(ids)}, ptr, items
-            self.user_encoder = encoder
+            self.user_encoder, self.user_id_table = encoder, table
         return self._users
 
     @property
@@ -125,10 +140,14 @@ class Recommender:
     def user_items(self) -> np.ndarray:
         return self._load_users()[3]
 
-    def user_vector(self, history) -> np.ndarray:
-        """The user representation the model trained and was evaluated with (its UserEncoder)."""
+    def user_vector(self, history, user: Optional[int] = None) -> np.ndarray:
+        """The user representation the model trained and was evaluated with (its UserEncoder) from
+        the item indices ``history``; ``user``: the index of a user of users.npz, whose own vector
+        ``e_u`` is added when the model has a user-id table (``None``: a user not in the log, who
+        has none: the history alone)."""
         self._load_users()
-        return user_vector(self.vectors.rows(history), self.user_encoder)
+        row = None if user is None or self.user_id_table is None else self.user_id_table[user]
+        return user_vector(self.vectors.rows(history), self.user_encoder, row)
 
     @property
     def num_items(self) -> int:
@@ -196,15 +215,18 @@ class Recommender:
         return scores, ids
 
     def for_user(self, raw_id: str, k: int = 10) -> dict:
-
+        """Items for a user of the log: their whole logged history (excluded) and, with a user-id
+        table, their own vector ``e_u`` (:meth:`user_vector`)."""
         user_ids, user_index, user_ptr, user_items = self._load_users()
         if raw_id not in user_index:
             raise UnknownIdError(f"user {raw_id!r} is unknown ({len(user_ids)} users in users.npz)")
         u = user_index[raw_id]
         seen = user_items[user_ptr[u]:user_ptr[u + 1]]
-        return self._for_history(seen, k, {"user": raw_id, "history": len(seen)})
+        return self._for_history(seen, k, {"user": raw_id, "history": len(seen)}, user=u)
+
     def for_history(self, raw_ids: List[str], k: int = 10) -> dict:
-        """Items for a user the model never saw, from the raw ids of their history (excluded)."""
+        """Items for a user the model never saw, from the raw ids of their history (excluded); such
+        a user has no row in the user-id table, so their vector is the history's alone."""
         if not raw_ids:
             raise ArtifactError("history is empty: give at least one item id")
         unknown = [r for r in raw_ids if r not in self.item_index]
@@ -214,10 +236,10 @@ class Recommender:
         seen = np.array([self.item_index[r] for r in raw_ids], dtype=np.int64)
         return self._for_history(seen, k, {"history": len(seen)})
 
-    def _for_history(self, seen: np.ndarray, k: int, query: dict) -> dict:
+    def _for_history(self, seen: np.ndarray, k: int, query: dict, user: Optional[int] = None) -> dict:
         from .retrieval import search
 
         self._check_k(k, len(np.unique(seen)))
-        q = self.user_vector(seen)
+        q = self.user_vector(seen, user)
         s, ids = search(self.index, q[None, :], k, exclude=[seen])
         return self._answer(query, s[0], ids[0])

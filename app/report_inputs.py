@@ -267,8 +267,9 @@ def embed_run(run: Path, cfg: dict, inp: ReportInputs) -> None:
     ckpt = ckpts[-1]
     _log(f"loading the dataset of {run}")
     dm = _datamodule_from_config(cfg)
-    model_cfg = {k: v for k, v in (cfg.get("model") or {}).items() if k not in ("in_channels", "num_items")}
-    module = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, **model_cfg)
+    model_cfg = {k: v for k, v in (cfg.get("model") or {}).items()
+                 if k not in ("in_channels", "num_items", "num_users")}
+    module = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, num_users=dm.num_users, **model_cfg)
     load_weights(module, str(ckpt))
     module.eval()
     add_dataset_side(inp, dm)

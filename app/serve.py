@@ -9,8 +9,10 @@ Endpoints (JSON in and out; the OpenAPI schema is at ``/openapi.json``, docs at 
 
 * ``GET /items/{id}/similar?k=10`` -> ``{"query", "items": [{"id", "score", "title"}]}``;
 * ``GET /users/{id}/recommendations?k=10``: the user's history items excluded; the user vector is
-  the model's user encoder (:meth:`app.recommend.Recommender.user_vector`);
-* ``POST /recommendations`` ``{"history": [ids], "k"}``: for a user the model never saw;
+  the model's user encoder (:meth:`app.recommend.Recommender.user_vector`), with the user's own
+  vector ``e_u`` when the model has a user-id table (``model.user_id_embedding``);
+* ``POST /recommendations`` ``{"history": [ids], "k"}``: for a user the model never saw (no
+  ``e_u``: the vector is the history's alone);
 * ``POST /items`` (token) ``{"id", "title"?, "categories"?, "year"?, "features"?,
   "engaged_users"?, "co_engaged_items"?}``: embedded inductively (:mod:`app.inductive`), written
   to the append-only item log (fsync'ed before the answer), then inserted into the live index;

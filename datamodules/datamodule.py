@@ -6,7 +6,7 @@ hard negatives (:mod:`datamodules.negatives`) and the re-indexed K-hop computati
 (:mod:`datamodules.minibatch`). ``val``/``test``/``predict`` dataloaders yield
 :class:`~datamodules.batch.EvalBatch` chunks covering every item in index order (on every rank).
 
-What the model side may read (duck-typed): ``num_items``, ``num_features``, ``has_content``
+What the model side may read (duck-typed): ``num_items``, ``num_users``, ``num_features``, ``has_content``
 (``BoolTensor [I]``), ``item_titles`` (array of str or ``None``), ``train_pairs`` / ``val_pairs`` /
 ``test_pairs`` (``LongTensor [P, 2]``), ``train_user_items`` (``(ptr [U+1], items [nnz])``
 ``LongTensor`` CSR of each user's training items), ``dataset`` (the :class:`RecDataset`),
@@ -383,6 +383,11 @@ class PinSageDataModule(pl.LightningDataModule):
     @property
     def num_items(self) -> int:
         return self._require().num_items
+
+    @property
+    def num_users(self) -> int:
+        """Users of the log (ids ``0 .. num_users - 1``: the rows of every history CSR)."""
+        return self._require().num_users
 
     @property
     def num_features(self) -> int:

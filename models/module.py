@@ -25,7 +25,7 @@ from .user_encoder import UserEncoder
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SHAPE_KEYS = ("in_channels", "hidden_channels", "out_channels", "num_layers", "num_items", "id_embedding", "conv",
-              "user_encoder", "skip")
+              "user_encoder", "skip", "user_id_embedding")
 #: ``evaluator(stage, item_emb [I, d], user_fn, with_baselines) -> {"<model>/<protocol>/<metric>": float}``
 #: with ``user_fn(item_emb, history_ptr, history_items, history_weights) -> [U, d]``; set by the app
 #: (``app/evaluation.py``), so ``validate``/``test`` and ``predict``'s metrics.json share one code path.
@@ -40,6 +40,46 @@ def _history_rows(ptr: Tensor, users: Tensor):
     start = torch.cumsum(deg, 0) - deg
     idx = ptr[users][seg] + torch.arange(seg.numel(), device=ptr.device) - start[seg]
     return seg, idx, start, deg
+
+
+def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropout, mask_own_negatives, loss,
+                   history_dropout_weight, item_loss, cold_loss, user_encoder, optimizer, id_embedding,
+                   lr, reference_batch_size, warmup_epochs, lr_decay, **_) -> None:
+    """Refuse invalid :class:`PinSageModule` arguments (each error names the argument, its value and
+    what is valid)."""
+    if user_id_embedding not in (True, False):
+        raise ValueError(f"user_id_embedding={user_id_embedding!r} is not valid; choose true or false")
+    if user_id_embedding and not int(num_users) >= 1:
+        raise ValueError(f"user_id_embedding=True needs num_users >= 1 (got num_users={num_users!r}): the "
+                         "user-id table has one row per user; the CLI links it from data.num_users, "
+                         "elsewhere pass the log's user count")
+    if not 0.0 <= float(cold_dropout) < 1.0:
+        raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
+    if not 0.0 <= float(history_dropout) < 1.0:
+        raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
+    if mask_own_negatives and loss != "softmax":
+        raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
+                         "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
+    if history_dropout_weight not in ("user", "interaction"):
+        raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
+    if not float(item_loss) >= 0.0:
+        raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
+    if not float(cold_loss) >= 0.0:
+        raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
+    if loss not in ("max_margin", "softmax"):
+        raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
+    if user_encoder not in ("linear", "mean"):
+        raise ValueError(f"user_encoder={user_encoder!r} is not valid; choose linear or mean")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is not valid; choose one of {list(OPTIMIZERS)}")
+    if id_embedding not in ("auto", "true", "false", True, False):
+        raise ValueError(f"id_embedding={id_embedding!r} is not valid; choose auto, true or false")
+    if lr <= 0:
+        raise ValueError(f"lr={lr} must be > 0")
+    if reference_batch_size < 1:
+        raise ValueError(f"reference_batch_size={reference_batch_size} must be >= 1")
+    if warmup_epochs < 0 or not 0 < lr_decay <= 1:
+        raise ValueError(f"warmup_epochs={warmup_epochs} must be >= 0 and lr_decay={lr_decay} in (0, 1]")
 
 
 class WarmupExponential:
@@ -110,6 +150,12 @@ class PinSageModule(pl.LightningModule):
             over an epoch (``count / degree`` a step, as the evaluator counts users);
             ``interaction``: each user weighs its degree, as leave-one-out's one row per
             interaction does (heavy users' items get their share of the gradient).
+        num_users: users of the log (linked from the DataModule; sizes the user-id table).
+        user_id_embedding: a prototype (SimpleX-style): each user also has a learned free vector
+            ``e_u`` (a ``[num_users, out_channels]`` table initialised to zero, so the untrained
+            model is the one without it): ``p_u = normalise(normalise(W_u pooled) + e_u)``
+            (:class:`models.user_encoder.UserEncoder`). Needs ``num_users`` and whole-catalogue
+            user queries (``data.queries=users``); predict writes the table into users.npz.
         mask_own_negatives: with user queries and the softmax loss, leave each user's own
             training items out of its shared negatives (positives of the set, or items the
             evaluator masks anyway, not negatives); with one query per pair (leave one out,
@@ -150,43 +196,20 @@ class PinSageModule(pl.LightningModule):
         history_dropout: float = 0.0,
         mask_own_negatives: bool = False,
         history_dropout_weight: str = "user",
+        num_users: int = 0,
+        user_id_embedding: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= float(cold_dropout) < 1.0:
-            raise ValueError(f"cold_dropout={cold_dropout!r} is not valid; expected a share in [0, 1)")
-        if not 0.0 <= float(history_dropout) < 1.0:
-            raise ValueError(f"history_dropout={history_dropout!r} is not valid; expected a share in [0, 1)")
-        if mask_own_negatives and loss != "softmax":
-            raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
-                             "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
-        if history_dropout_weight not in ("user", "interaction"):
-            raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
-        if not float(item_loss) >= 0.0:
-            raise ValueError(f"item_loss={item_loss!r} is not valid; expected a weight >= 0")
-        if not float(cold_loss) >= 0.0:
-            raise ValueError(f"cold_loss={cold_loss!r} is not valid; expected a weight >= 0")
-        if loss not in ("max_margin", "softmax"):
-            raise ValueError(f"loss={loss!r} is not valid; choose max_margin or softmax")
-        if user_encoder not in ("linear", "mean"):
-            raise ValueError(f"user_encoder={user_encoder!r} is not valid; choose linear or mean")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={optimizer!r} is not valid; choose one of {list(OPTIMIZERS)}")
-        if id_embedding not in ("auto", "true", "false", True, False):
-            raise ValueError(f"id_embedding={id_embedding!r} is not valid; choose auto, true or false")
-        if lr <= 0:
-            raise ValueError(f"lr={lr} must be > 0")
-        if reference_batch_size < 1:
-            raise ValueError(f"reference_batch_size={reference_batch_size} must be >= 1")
-        if warmup_epochs < 0 or not 0 < lr_decay <= 1:
-            raise ValueError(f"warmup_epochs={warmup_epochs} must be >= 0 and lr_decay={lr_decay} in (0, 1]")
         self.save_hyperparameters()
+        _check_hparams(**self.hparams)
         use_id = (in_channels == 0) if id_embedding == "auto" else id_embedding in (True, "true")
         self.model = PinSage(
             in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels,
             num_layers=num_layers, num_items=num_items, id_embedding=use_id, conv=conv,
             importance_pooling=importance_pooling, dropout=dropout, skip=skip,
         )
-        self.user_encoder = UserEncoder(out_channels, learned=user_encoder == "linear")
+        self.user_encoder = UserEncoder(out_channels, learned=user_encoder == "linear",
+                                        num_users=int(num_users) if user_id_embedding else 0)
         self.loss_fn = MaxMarginLoss(margin) if loss == "max_margin" else SampledSoftmaxLoss(temperature)
         self._eval_chunks: List[Tensor] = []
         self._full: Optional[Dict[str, Any]] = None
@@ -242,13 +265,18 @@ class PinSageModule(pl.LightningModule):
             self.train(was)
 
     def user_vectors(self, item_emb: Tensor, history_ptr, history_items, history_weights=None) -> Tensor:
-        """``[U, d]``: each user's query vector from their history (``UserEncoder``)."""
+        """``[U, d]``: each user's query vector from their history (``UserEncoder``); with
+        ``user_id_embedding`` the rows are the users ``0 .. num_users - 1`` in id order."""
         hist = SparseAdjacency(history_ptr, history_items, history_weights, num_src=item_emb.size(0))
         return self.user_encoder.profiles(item_emb, hist)
 
     def _training_embeddings(self, batch):
         """``(z_query [B, d], z_pos [B, d], z_easy [N, d] | None, z_hard [B, H, d] | None, z)``
         (``z``: the embeddings the rows were taken from)."""
+        if self.hparams.get("user_id_embedding") and (hasattr(batch, "blocks") or batch.queries != "users"):
+            raise ValueError("user_id_embedding=True needs data.queries users with full_graph (whole-catalogue "
+                             "user queries train the user-id table); this batch has item queries: set "
+                             "data.queries users or model.user_id_embedding false")
         if hasattr(batch, "blocks"):  # sampled minibatch computation graph: local positions
             z = self(batch)
             zq = z[batch.query]
@@ -256,7 +284,7 @@ class PinSageModule(pl.LightningModule):
             z = self.embed_all()
             if batch.queries == "users" and batch.history.numel():  # causal: the items before pos
                 w = batch.history_weight.unsqueeze(-1).to(z.dtype)
-                zq = self.user_encoder((z[batch.history.clamp(min=0)] * w).sum(1))
+                zq = self.user_encoder((z[batch.history.clamp(min=0)] * w).sum(1), batch.query)
             elif batch.queries == "users" and self.hparams.get("history_dropout", 0.0) > 0:
                 zq = None  # one query per held-out item: _held_out_queries
             elif batch.queries == "users":
@@ -303,7 +331,7 @@ class PinSageModule(pl.LightningModule):
         w_user = count.to(z.dtype)
         if self.hparams.get("history_dropout_weight", "user") == "user":
             w_user = w_user / deg.to(z.dtype)
-        return self.user_encoder(pooled), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
+        return self.user_encoder(pooled, users), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
 
     def _own_items(self, users: Tensor, negatives: Tensor) -> Tensor:
         """``[U, N]`` bool: whether ``negatives[n]`` is among ``users[u]``'s training items."""
