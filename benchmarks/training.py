@@ -97,7 +97,8 @@ def _build(batch_size: int, num_workers: int, hard_epoch: int):
 
     dm = OffsetEpochDataModule(**data)
     dm.setup("fit")
-    mod = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, num_layers=dm.num_layers, **model)
+    mod = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, num_users=dm.num_users,
+                        num_layers=dm.num_layers, **model)
     return dm, mod
 
 

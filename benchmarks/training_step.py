@@ -282,7 +282,8 @@ def _gowalla_module() -> tuple:
     data.update(num_workers=0, persistent_workers=False)
     dm = PinSageDataModule(**data)
     dm.setup("fit")
-    mod = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, num_layers=dm.num_layers, **model)
+    mod = PinSageModule(in_channels=dm.num_features, num_items=dm.num_items, num_users=dm.num_users,
+                        num_layers=dm.num_layers, **model)
     mod._trainer = type("_Stub", (), {"datamodule": dm})()  # _full_graph reads trainer.datamodule once
     mod._full_graph()
     mod._trainer = None  # self.log then warns and returns: no Trainer in this loop
