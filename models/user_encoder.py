@@ -25,7 +25,7 @@ class UserEncoder(torch.nn.Module):
     :math:`\mathbf{W}_u = \mathbf{I}`. No bias: the vector does not depend on the history's
     length, only on its direction. A user without history gets the zero vector.
 
-    With ``num_users > 0`` (a prototype, SimpleX-style) each user also has a free vector
+    With ``num_users > 0`` (SimpleX-style) each user also has a free vector
     :math:`\mathbf{e}_u` (a row of a learned ``[num_users, d]`` table, initialised to zero, so an
     untrained table gives the vectors above exactly up to rounding):
 
