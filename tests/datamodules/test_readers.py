@@ -112,6 +112,22 @@ def test_lightgcn_train_then_test_and_user_only_lines(tmp_path):
     np.testing.assert_array_equal(inter.user_ids, [0, 1, 2])
 
 
+def test_lightgcn_order_as_time_validates_on_each_users_last_training_item(tmp_path):
+    from datamodules.splits import fixed_split
+
+    write(tmp_path / "train.txt", "0 5 1 2\n1 2 3 4\n")
+    write(tmp_path / "test.txt", "0 3\n1 0\n")
+    inter = read_lightgcn(tmp_path, order_as_time=True)
+    np.testing.assert_array_equal(inter.timestamps, np.arange(8))  # line order, test rows last
+    sp = fixed_split(inter)
+    # the latest training row of each user (line order), not a random one
+    assert sorted(zip(inter.users[sp.val], inter.item_ids[inter.items[sp.val]])) == [(0, 2), (1, 4)]
+    np.testing.assert_array_equal(np.sort(sp.test), [6, 7])
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match=r"reader_args\.order_as_time must be true or false, got"):
+            read_lightgcn(tmp_path, order_as_time=bad)
+
+
 def test_lightgcn_crlf_and_multi_digit_ids(tmp_path):
     write(tmp_path / "train.txt", "10 12345 7\n11 40980\n", newline="\r\n")
     write(tmp_path / "test.txt", "10 40980\n", newline="\r\n")
