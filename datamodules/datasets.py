@@ -40,6 +40,7 @@ Supported names (``DATASETS``): ``movielens-100k``, ``movielens-1m`` (PyG raw la
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -435,6 +436,17 @@ class _Source:
         return cls(spec, folder, args, files)
 
 
+def _check_reader_args(dataset: str, reader, args: Dict[str, Any]) -> None:
+    """A ValueError naming a ``reader_args`` key the dataset's reader does not take, and those it does."""
+    params = inspect.signature(reader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the table reader passes its options on and checks them itself
+    known = [n for n in list(params)[1:]] + ["features_path"]
+    bad = sorted(set(args) - set(known))
+    if bad:
+        raise ValueError(f"dataset {dataset!r} does not take reader_args.{bad[0]}; it takes {known}")
+
+
 def _read_source(dataset: str, source: Optional[_Source], reader_args: Dict[str, Any], log):
     """``(interactions, external features or None, extras, default feature names)`` parsed from the
     dataset's files (or generated, for ``synthetic``)."""
@@ -450,6 +462,7 @@ def _read_source(dataset: str, source: Optional[_Source], reader_args: Dict[str,
     else:
         args, folder = dict(source.args), source.folder
         features_path = args.pop("features_path", None)
+        _check_reader_args(dataset, source.spec.reader, args)
         inter = source.spec.reader(folder, **args)
         if features_path:
             fp = Path(features_path) if Path(features_path).is_absolute() else folder / features_path

@@ -178,6 +178,20 @@ def test_unknown_dataset_and_table_without_path(tmp_path):
         load_dataset("table", root=str(tmp_path))
 
 
+def test_reader_argument_a_dataset_does_not_take_is_one_error_naming_those_it_does(tmp_path):
+    raw = tmp_path / "gowalla" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train.txt").write_text("0 0 1 2 3\n1 1 2 3 4\n")
+    (raw / "test.txt").write_text("0 4\n1 0\n")
+    with pytest.raises(ValueError, match=r"dataset 'gowalla' does not take reader_args\.order_as_tme; "
+                                         r"it takes \['order_as_time', 'features_path'\]"):
+        load_dataset("gowalla", root=str(tmp_path), cache_dir=str(tmp_path / "c"),
+                     reader_args={"order_as_tme": True})
+    ds = load_dataset("gowalla", root=str(tmp_path), cache_dir=str(tmp_path / "c"),
+                      reader_args={"order_as_time": True})
+    assert ds.summary()["has_timestamps"] and ds.split.val.size == 2
+
+
 def test_table_dataset_from_a_users_csv(tmp_path):
     rows = ["user,item,ts"] + [f"{u},{(u * 7 + k) % 30},{k}" for u in range(20) for k in range(6)]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
