@@ -438,10 +438,11 @@ class _Source:
 
 def _check_reader_args(dataset: str, reader, args: Dict[str, Any]) -> None:
     """A ValueError naming a ``reader_args`` key the dataset's reader does not take, and those it does."""
-    params = inspect.signature(reader).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # the table reader passes its options on and checks them itself
-    known = [n for n in list(params)[1:]] + ["features_path"]
+    def named(fn):  # the keyword options after the folder / path argument
+        return [n for n, p in list(inspect.signature(fn).parameters.items())[1:] if p.kind is not p.VAR_KEYWORD]
+
+    known = named(reader) + (named(_readers().read_table_log) if reader is _read_table else [])
+    known = list(dict.fromkeys(known + ["features_path"]))
     bad = sorted(set(args) - set(known))
     if bad:
         raise ValueError(f"dataset {dataset!r} does not take reader_args.{bad[0]}; it takes {known}")

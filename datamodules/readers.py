@@ -219,8 +219,8 @@ def read_lightgcn(folder, order_as_time: bool = False) -> Interactions:
     timestamps and nothing assumes an order. On Gowalla's training lines, items next to each other
     are far more alike than items 20 apart (mean co-engagement cosine 0.143 vs 0.079; 0.087 at
     every gap with the lines shuffled: ``benchmarks/line_order.py``), so the order is the check-in
-    sequence; with it the ``fixed`` split validates on each user's
-    last training item, and the recency options apply.
+    sequence; with it the ``fixed`` split validates on each user's last training item, and the
+    recency options apply.
     """
     if not isinstance(order_as_time, bool):
         raise ValueError(f"reader_args.order_as_time must be true or false, got {order_as_time!r}")

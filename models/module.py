@@ -151,9 +151,9 @@ class PinSageModule(pl.LightningModule):
             ``interaction``: each user weighs its degree, as leave-one-out's one row per
             interaction does (heavy users' items get their share of the gradient).
         num_users: users of the log (linked from the DataModule; sizes the user-id table).
-        user_id_embedding: SimpleX-style (configs/gowalla.yaml uses it): each user also has a learned free vector
-            ``e_u`` (a ``[num_users, out_channels]`` table initialised to zero, so the untrained
-            model is the one without it): ``p_u = normalise(normalise(W_u pooled) + e_u)``
+        user_id_embedding: SimpleX-style (the Gowalla and MovieLens-100K user configs use it): each
+            user also has a learned free vector ``e_u`` (a ``[num_users, out_channels]`` table
+            initialised to zero, so the untrained model is the one without it): ``p_u = normalise(normalise(W_u pooled) + e_u)``
             (:class:`models.user_encoder.UserEncoder`). Needs ``num_users`` and whole-catalogue
             user queries (``data.queries=users``); predict writes the table into users.npz.
         mask_own_negatives: with user queries and the softmax loss, leave each user's own

@@ -190,6 +190,11 @@ def test_reader_argument_a_dataset_does_not_take_is_one_error_naming_those_it_do
     ds = load_dataset("gowalla", root=str(tmp_path), cache_dir=str(tmp_path / "c"),
                       reader_args={"order_as_time": True})
     assert ds.summary()["has_timestamps"] and ds.split.val.size == 2
+    (tmp_path / "log.csv").write_text("user,item\n0,1\n")  # the table reader: its own options and the log reader's
+    with pytest.raises(ValueError, match=r"dataset 'table' does not take reader_args\.time_column; it takes "
+                                         r"\['path', 'items_path', 'user_col', .*'time_col'"):
+        load_dataset("table", root=str(tmp_path), cache_dir=str(tmp_path / "c"),
+                     reader_args={"path": "log.csv", "time_column": "ts"})
 
 
 def test_table_dataset_from_a_users_csv(tmp_path):
