@@ -9,10 +9,14 @@ order? Two probes on a config's dataset (RESULTS.md, "Measured first, then a set
   ``--user mean`` (normalised mean, cosine, learned scale), ``asym`` (separate history vectors),
   ``kernel`` (log-sum-exp over the history items: a kernel-sum user trained with its scorer);
   ``--objective leave-one-out`` (one held-out positive, the rest the query) or ``set`` (a random
-  ``--held-out`` share of the history are all positives of a query pooled from the rest).
+  ``--held-out`` share of the history are all positives of a query pooled from the rest);
+  ``--teacher-weight w`` gives share w of the loss to EASE's (``--lam``) top ``--teacher-top`` items
+  of the same query (``--teacher-mode step``) or of each user's whole training history (``fixed``).
 
     python benchmarks/objective_probe.py --config configs/movielens-latest-small-notime.yaml --ease-rank
     python benchmarks/objective_probe.py --config configs/movielens-latest-small-notime.yaml --objective set --dim 128
+    python benchmarks/objective_probe.py --config configs/movielens-latest-small-notime.yaml --objective set --dim 128 \
+        --epochs 15 --teacher-weight 0.5
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def _recall(scores: np.ndarray, train: np.ndarray, users, items, k: int = 20) ->
     return float((top == items[:, None]).any(1).mean())
 
 
-def ease_rank(ds, lam: float, ranks) -> None:
+def _ease(ds, lam: float):
+    """(the binary users x items training matrix X, EASE's item-item matrix B)."""
     g = ds.train_graph
     ptr, col = np.asarray(g.user_ptr), np.asarray(g.user_items)
     X = np.zeros((ds.num_users, ds.num_items), np.float32)
@@ -56,6 +61,11 @@ def ease_rank(ds, lam: float, ranks) -> None:
     P = np.linalg.inv(X.T @ X + lam * np.eye(ds.num_items, dtype=np.float32))
     B = -P / np.diag(P)
     np.fill_diagonal(B, 0)
+    return X, B
+
+
+def ease_rank(ds, lam: float, ranks) -> None:
+    X, B = _ease(ds, lam)
     parts = {p: ds.split_user_items(p) for p in ("val", "test")}
 
     def both(S):
@@ -124,21 +134,44 @@ def train_probe(ds, a) -> None:
     model = Probe(ds.num_items, a.dim, a.user, a.tau)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     users = torch.arange(ds.num_users)[(ptr[1:] - ptr[:-1]) >= 2]
+    teacher = torch.from_numpy(_ease(ds, a.lam)[1]) if a.teacher_weight > 0 else None
+    if teacher is not None and a.teacher_mode == "fixed":  # the teacher's top items of each whole history
+        full = [col[ptr[u]:ptr[u + 1]] for u in range(ds.num_users)]
+        seg = torch.repeat_interleave(torch.arange(ds.num_users), ptr[1:] - ptr[:-1])
+        t = torch.zeros(ds.num_users, ds.num_items).index_add_(0, seg, teacher[col])
+        teacher = t.masked_fill(_mask(full, ds.num_items), -1e9).topk(a.teacher_top, dim=1).indices
     for epoch in range(a.epochs):
         t0, total = time.perf_counter(), 0.0
         for _ in range(a.passes):
             perm = users[torch.randperm(len(users))]
             for b in range(0, len(perm), a.batch):
                 hists, pos, kept = _step_batch(ptr, col, perm[b:b + a.batch], a.objective, a.held_out, a.cap)
-                logp = F.log_softmax(model(hists).masked_fill(_mask(kept, ds.num_items), -1e9), 1)
+                own = _mask(kept, ds.num_items)
+                logp = F.log_softmax(model(hists).masked_fill(own, -1e9), 1)
                 loss = -torch.stack([logp[r, p].mean() for r, p in enumerate(pos)]).mean()
+                if teacher is not None:
+                    tce = (-logp.gather(1, teacher[perm[b:b + a.batch]]).mean() if a.teacher_mode == "fixed"
+                           else _teacher_ce(teacher, kept, own, logp, a))
+                    loss = (1 - a.teacher_weight) * loss + a.teacher_weight * tce
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
-        print(json.dumps({"user": a.user, "objective": a.objective, "dim": a.dim, "epoch": epoch,
+                total += float(loss.detach())
+        print(json.dumps({"user": a.user, "objective": a.objective, "dim": a.dim, "teacher": [a.teacher_weight, a.teacher_top, a.teacher_tau, a.teacher_mode], "epoch": epoch,
                           "loss": round(total, 2), "val_recall@20": round(_evaluate(model, ptr, col, vu, vi), 4),
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+def _teacher_ce(B: torch.Tensor, kept, own: torch.Tensor, logp: torch.Tensor, a) -> torch.Tensor:
+    """Cross-entropy of the model's softmax against the teacher's (EASE's scores of the same query):
+    its top ``--teacher-top`` items uniformly, or softmax(score / ``--teacher-tau``) when 0."""
+    seg = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor([len(k) for k in kept]))
+    t = torch.zeros(len(kept), B.size(0)).index_add_(0, seg, B[torch.cat(kept)]).masked_fill(own, -1e9)
+    if a.teacher_top > 0:
+        q = torch.zeros_like(t).scatter_(1, t.topk(a.teacher_top, dim=1).indices, 1.0 / a.teacher_top)
+    else:
+        q = F.softmax(t / a.teacher_tau, 1)
+    return -(q * logp.clamp(min=-1e4)).sum(1).mean()
 
 
 def _mask(rows, num_items: int) -> torch.Tensor:
@@ -175,6 +208,12 @@ def main() -> None:
     p.add_argument("--cap", type=int, default=100000, help="at most this many query items per user")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-weight", type=float, default=0.0,
+                   help="share of the loss given to matching EASE's (--lam) distribution of the same query")
+    p.add_argument("--teacher-top", type=int, default=50, help="the teacher's top-k items as uniform targets (0: softmax)")
+    p.add_argument("--teacher-mode", choices=["step", "fixed"], default="step",
+                   help="the teacher scores each step's query (step) or each user's whole training history once (fixed)")
+    p.add_argument("--teacher-tau", type=float, default=0.05, help="the teacher softmax's temperature (--teacher-top 0)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)

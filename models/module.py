@@ -21,6 +21,7 @@ from .loss import MaxMarginLoss, SampledSoftmaxLoss
 from .metrics import topk_items
 from .pinsage import PinSage
 from .sparse import SparseAdjacency
+from .teacher import ease_teacher, kept_scores, teacher_cross_entropy
 from .user_encoder import UserEncoder
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -44,7 +45,8 @@ def _history_rows(ptr: Tensor, users: Tensor):
 
 def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropout, mask_own_negatives, loss,
                    history_dropout_weight, item_loss, cold_loss, user_encoder, optimizer, id_embedding,
-                   lr, reference_batch_size, warmup_epochs, lr_decay, **_) -> None:
+                   lr, reference_batch_size, warmup_epochs, lr_decay, teacher_loss=0.0, teacher_top=50,
+                   teacher_lam=100.0, **_) -> None:
     """Refuse invalid :class:`PinSageModule` arguments (each error names the argument, its value and
     what is valid)."""
     if user_id_embedding not in (True, False):
@@ -60,6 +62,13 @@ def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropou
     if mask_own_negatives and loss != "softmax":
         raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
                          "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
+    if not 0.0 <= float(teacher_loss) < 1.0:
+        raise ValueError(f"teacher_loss={teacher_loss!r} is not valid; expected a share in [0, 1)")
+    if float(teacher_loss) > 0 and not (float(history_dropout) > 0 and loss == "softmax"):
+        raise ValueError(f"teacher_loss={teacher_loss!r} needs history_dropout > 0 and loss='softmax' (got "
+                         f"{history_dropout!r}, {loss!r}): the teacher ranks the set objective's queries")
+    if int(teacher_top) < 1 or not float(teacher_lam) > 0:
+        raise ValueError(f"teacher_top={teacher_top!r} must be >= 1 and teacher_lam={teacher_lam!r} > 0")
     if history_dropout_weight not in ("user", "interaction"):
         raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
     if not float(item_loss) >= 0.0:
@@ -160,6 +169,11 @@ class PinSageModule(pl.LightningModule):
             training items out of its shared negatives (positives of the set, or items the
             evaluator masks anyway, not negatives); with one query per pair (leave one out,
             ``before``) only when the batch has no per-pair hard negatives.
+        teacher_loss, teacher_top, teacher_lam: with ``history_dropout`` and the softmax loss,
+            ``teacher_loss`` of the loss pulls each query's softmax over the shared negatives toward
+            the ``teacher_top`` items that EASE (``lam = teacher_lam``, fitted on the training
+            history at the first step) ranks highest for the same kept items
+            (:mod:`models.teacher`; 0 = off). Training only.
     """
 
     def __init__(
@@ -198,6 +212,9 @@ class PinSageModule(pl.LightningModule):
         history_dropout_weight: str = "user",
         num_users: int = 0,
         user_id_embedding: bool = False,
+        teacher_loss: float = 0.0,
+        teacher_top: int = 50,
+        teacher_lam: float = 100.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -213,6 +230,7 @@ class PinSageModule(pl.LightningModule):
         self.loss_fn = MaxMarginLoss(margin) if loss == "max_margin" else SampledSoftmaxLoss(temperature)
         self._eval_chunks: List[Tensor] = []
         self._full: Optional[Dict[str, Any]] = None
+        self._teacher: Optional[Tensor] = None  # models.teacher.ease_teacher, built at the first step
         self.evaluator: Optional[Evaluator] = None
         self.last_metrics: Dict[str, float] = {}
 
@@ -331,7 +349,19 @@ class PinSageModule(pl.LightningModule):
         w_user = count.to(z.dtype)
         if self.hparams.get("history_dropout_weight", "user") == "user":
             w_user = w_user / deg.to(z.dtype)
-        return self.user_encoder(pooled, users), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users
+        return (self.user_encoder(pooled, users), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users,
+                (seg[keep], col[idx[keep]]))
+
+    def _teacher_loss(self, zu: Tensor, z_easy: Tensor, negatives: Tensor, kept, mask: Optional[Tensor]) -> Tensor:
+        """:func:`models.teacher.teacher_cross_entropy` of the users' softmax over the shared
+        negatives, EASE scoring each user's kept items (``kept``: (user position, item))."""
+        if self._teacher is None:
+            hist = self._full_graph()["history"]
+            self._teacher = ease_teacher(hist.ptr, hist.col, int(hist.num_src),
+                                         float(self.hparams.teacher_lam)).to(zu.device)
+        t = kept_scores(self._teacher, kept[0], kept[1], zu.size(0))[:, negatives]
+        logits = zu @ z_easy.T / self.loss_fn.temperature
+        return teacher_cross_entropy(logits, t, int(self.hparams.teacher_top), mask)
 
     def _own_items(self, users: Tensor, negatives: Tensor) -> Tensor:
         """``[U, N]`` bool: whether ``negatives[n]`` is among ``users[u]``'s training items."""
@@ -384,11 +414,16 @@ class PinSageModule(pl.LightningModule):
         zq, zp, z_easy, z_hard, z = self._training_embeddings(batch)
         pos, users, row_w = batch.pos, getattr(batch, "query", None), None
         if zq is None:  # history_dropout: one row per held-out item, one query per user
-            zu, pos, row_w, row, users = self._held_out_queries(batch.query, z)
+            zu, pos, row_w, row, users, kept = self._held_out_queries(batch.query, z)
             zp, z_hard = z[pos], None
             if isinstance(self.loss_fn, SampledSoftmaxLoss):  # the negatives scored once per user
                 mask = self._own_items(users, batch.easy_neg) if self.hparams.get("mask_own_negatives") else None
                 loss, stats = self.loss_fn.grouped(zu, row, zp, z_easy, weight=row_w, neg_mask=mask)
+                wt = float(self.hparams.get("teacher_loss", 0.0))
+                if wt > 0:
+                    teach = self._teacher_loss(zu, z_easy, batch.easy_neg, kept, mask)
+                    self.log("train/teacher_loss", teach, batch_size=int(zu.size(0)))
+                    loss = (1 - wt) * loss + wt * teach
             else:
                 loss, stats = self.loss_fn(zu[row], zp, z_easy, None, weight=row_w)
             zq, users = zu[row], users[row]

@@ -96,3 +96,36 @@ def test_test_json_is_the_last_stdout_line_with_the_configured_wandb_logger(tiny
     assert (tmp_path / "wb" / "wandb").is_dir()  # the wandb logger did run
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "pinsage/item/mrr" in out
+
+
+def test_teacher_trains_through_the_cli(tiny_run, tmp_path, capsys, monkeypatch):
+    """model.teacher_loss: the set objective's steps add EASE's cross-entropy (each step calls it)
+    and the fitted model still ranks users above popularity; without history_dropout it is one
+    clear error at the edge."""
+    import models.module as module
+
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    real = module.teacher_cross_entropy
+    monkeypatch.setattr(module, "teacher_cross_entropy", counted)
+    _, _, args = tiny_run
+    root = tmp_path / "teacher-run"
+    user_args = [*args, "--data.queries=users", "--data.user_queries=leave_one_out", "--data.batch_size=256",
+                 "--model.loss=softmax", "--model.skip=true", "--model.val_protocols=[item,full]", "--model.lr=0.02",
+                 "--model.history_dropout=0.5", "--model.mask_own_negatives=true", "--model.teacher_loss=0.5",
+                 "--model.teacher_top=5", "--model.teacher_lam=10", "--trainer.default_root_dir", str(root)]
+    assert main(["fit", *user_args, "--trainer.max_epochs=4"]) == 0
+    assert len(calls) >= 4
+    last = next(p for p in root.rglob("last.ckpt"))
+    capsys.readouterr()
+    assert main(["test", *user_args, "--ckpt_path", str(last)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["pinsage/full/recall@20"] > out["popularity/full/recall@20"]
+    bad = [*args, "--data.queries=users", "--model.loss=softmax", "--model.teacher_loss=0.5",
+           "--trainer.default_root_dir", str(tmp_path / "bad")]
+    assert main(["fit", *bad, "--trainer.max_epochs=1"]) == 2
+    assert "teacher_loss=0.5 needs history_dropout > 0" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_held_out_queries_split_each_history_into_query_and_positives(p, weighti
     z = F.normalize(torch.randn(10, 4), dim=-1)
     batch_users = torch.tensor([3, 0, 1, 2, 0])  # user 0 twice: it weighs 2 / its degree
     for _ in range(20):
-        zu, pos, w, row, users = m._held_out_queries(batch_users, z)
+        zu, pos, w, row, users, _ = m._held_out_queries(batch_users, z)
         assert sorted(users.tolist()) == [0, 2, 3]  # user 1 has one item: no query without it
         for k, u in enumerate(users.tolist()):
             rows = (row == k).nonzero().flatten()

@@ -145,7 +145,7 @@ def test_free_vectors_in_the_causal_and_history_dropout_paths():
         pooled = (z[hist.clamp(min=0)] * w.unsqueeze(-1)).sum(1)
         torch.testing.assert_close(zq, _by_hand(m, pooled, b.query, table))
         m.hparams.history_dropout = 0.5
-        zu, pos, _, row, users = m._held_out_queries(torch.tensor([3, 0, 5, 0]), z)
+        zu, pos, _, row, users, _ = m._held_out_queries(torch.tensor([3, 0, 5, 0]), z)
         h = m._full["history"]
         for k, u in enumerate(users.tolist()):
             held = set(pos[row == k].tolist())
