@@ -21,7 +21,7 @@ from .loss import MaxMarginLoss, SampledSoftmaxLoss
 from .metrics import topk_items
 from .pinsage import PinSage
 from .sparse import SparseAdjacency
-from .teacher import ease_teacher, kept_scores, teacher_cross_entropy
+from .teacher import check_teacher_args, ease_teacher, kept_scores, teacher_cross_entropy
 from .user_encoder import UserEncoder
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -46,7 +46,7 @@ def _history_rows(ptr: Tensor, users: Tensor):
 def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropout, mask_own_negatives, loss,
                    history_dropout_weight, item_loss, cold_loss, user_encoder, optimizer, id_embedding,
                    lr, reference_batch_size, warmup_epochs, lr_decay, teacher_loss=0.0, teacher_top=50,
-                   teacher_lam=100.0, **_) -> None:
+                   teacher_lam=100.0, num_items=0, **_) -> None:
     """Refuse invalid :class:`PinSageModule` arguments (each error names the argument, its value and
     what is valid)."""
     if user_id_embedding not in (True, False):
@@ -62,13 +62,7 @@ def _check_hparams(*, user_id_embedding, num_users, cold_dropout, history_dropou
     if mask_own_negatives and loss != "softmax":
         raise ValueError(f"mask_own_negatives=True needs loss='softmax' (got loss={loss!r}): the mask acts on "
                          "the softmax's shared negatives; set model.loss softmax or mask_own_negatives false")
-    if not 0.0 <= float(teacher_loss) < 1.0:
-        raise ValueError(f"teacher_loss={teacher_loss!r} is not valid; expected a share in [0, 1)")
-    if float(teacher_loss) > 0 and not (float(history_dropout) > 0 and loss == "softmax"):
-        raise ValueError(f"teacher_loss={teacher_loss!r} needs history_dropout > 0 and loss='softmax' (got "
-                         f"{history_dropout!r}, {loss!r}): the teacher ranks the set objective's queries")
-    if int(teacher_top) < 1 or not float(teacher_lam) > 0:
-        raise ValueError(f"teacher_top={teacher_top!r} must be >= 1 and teacher_lam={teacher_lam!r} > 0")
+    check_teacher_args(teacher_loss, teacher_top, teacher_lam, history_dropout, loss, num_items)
     if history_dropout_weight not in ("user", "interaction"):
         raise ValueError(f"history_dropout_weight={history_dropout_weight!r} is not valid; choose user or interaction")
     if not float(item_loss) >= 0.0:
@@ -352,16 +346,19 @@ class PinSageModule(pl.LightningModule):
         return (self.user_encoder(pooled, users), col[idx[held]], (w_user / n_held.to(z.dtype))[row], row, users,
                 (seg[keep], col[idx[keep]]))
 
-    def _teacher_loss(self, zu: Tensor, z_easy: Tensor, negatives: Tensor, kept, mask: Optional[Tensor]) -> Tensor:
+    def _teacher_loss(self, zu: Tensor, z_easy: Tensor, negatives: Tensor, kept, users: Tensor,
+                      mask: Optional[Tensor]) -> Tensor:
         """:func:`models.teacher.teacher_cross_entropy` of the users' softmax over the shared
-        negatives, EASE scoring each user's kept items (``kept``: (user position, item))."""
+        negatives, EASE scoring each user's kept items (``kept``: (user position, item)); the
+        users' own items (``mask``, built here when the set loss does not mask them) are left out."""
         if self._teacher is None:
             hist = self._full_graph()["history"]
             self._teacher = ease_teacher(hist.ptr, hist.col, int(hist.num_src),
                                          float(self.hparams.teacher_lam)).to(zu.device)
         t = kept_scores(self._teacher, kept[0], kept[1], zu.size(0))[:, negatives]
         logits = zu @ z_easy.T / self.loss_fn.temperature
-        return teacher_cross_entropy(logits, t, int(self.hparams.teacher_top), mask)
+        own = mask if mask is not None else self._own_items(users, negatives)
+        return teacher_cross_entropy(logits, t, int(self.hparams.teacher_top), own)
 
     def _own_items(self, users: Tensor, negatives: Tensor) -> Tensor:
         """``[U, N]`` bool: whether ``negatives[n]`` is among ``users[u]``'s training items."""
@@ -421,7 +418,7 @@ class PinSageModule(pl.LightningModule):
                 loss, stats = self.loss_fn.grouped(zu, row, zp, z_easy, weight=row_w, neg_mask=mask)
                 wt = float(self.hparams.get("teacher_loss", 0.0))
                 if wt > 0:
-                    teach = self._teacher_loss(zu, z_easy, batch.easy_neg, kept, mask)
+                    teach = self._teacher_loss(zu, z_easy, batch.easy_neg, kept, users, mask)
                     self.log("train/teacher_loss", teach, batch_size=int(zu.size(0)))
                     loss = (1 - wt) * loss + wt * teach
             else:

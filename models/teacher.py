@@ -22,7 +22,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .item_item import ease_weights
+from .item_item import EASE_MAX_ITEMS, ease_weights
+
+
+def check_teacher_args(teacher_loss, teacher_top, teacher_lam, history_dropout, loss, num_items) -> None:
+    """Refuse the module's teacher arguments that cannot work (each error names the argument, its
+    value and what is valid)."""
+    if not 0.0 <= float(teacher_loss) < 1.0:
+        raise ValueError(f"teacher_loss={teacher_loss!r} is not valid; expected a share in [0, 1)")
+    if float(teacher_loss) > 0 and not (float(history_dropout) > 0 and loss == "softmax"):
+        raise ValueError(f"teacher_loss={teacher_loss!r} needs history_dropout > 0 and loss='softmax' (got "
+                         f"{history_dropout!r}, {loss!r}): the teacher ranks the set objective's queries")
+    if int(teacher_top) < 1 or not float(teacher_lam) > 0:
+        raise ValueError(f"teacher_top={teacher_top!r} must be >= 1 and teacher_lam={teacher_lam!r} > 0")
+    if float(teacher_loss) > 0 and int(num_items) > EASE_MAX_ITEMS:
+        raise ValueError(f"teacher_loss={teacher_loss!r} needs EASE's dense [items, items] matrix, and the catalogue "
+                         f"has {num_items} items, more than its limit of {EASE_MAX_ITEMS}; set model.teacher_loss 0")
 
 
 def ease_teacher(ptr: Tensor, col: Tensor, num_items: int, lam: float) -> Tensor:

@@ -62,13 +62,17 @@ def test_teacher_loss_of_the_module_and_its_gradient():
     zu, _, _, _, users, (krow, kitem) = m._held_out_queries(torch.tensor([0, 2, 4]), z)
     negs = torch.tensor([0, 3, 5, 7, 8, 9])
     mask = m._own_items(users, negs)
-    got = m._teacher_loss(zu, z[negs], negs, (krow, kitem), mask)
+    got = m._teacher_loss(zu, z[negs], negs, (krow, kitem), users, mask)
     W = ease_teacher(ptr, col, 10, lam=2.0)
     t = torch.stack([W[kitem[krow == r]].sum(0) for r in range(users.numel())])[:, negs]
     want = teacher_cross_entropy(zu @ z[negs].T / 0.5, t, 2, mask)
     assert got.item() == pytest.approx(want.item(), abs=1e-5)
     got.backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+    # without mask_own_negatives the teacher still leaves the users' own items out
+    m.hparams.mask_own_negatives = False
+    unmasked = m._teacher_loss(zu, z[negs], negs, (krow, kitem), users, None)
+    assert unmasked.item() == pytest.approx(want.item(), abs=1e-5)
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -77,7 +81,9 @@ def test_teacher_loss_of_the_module_and_its_gradient():
     (dict(teacher_loss=0.5, history_dropout=0.5, loss="max_margin"), r"needs history_dropout > 0 and loss='softmax'"),
     (dict(teacher_top=0), r"teacher_top=0 must be >= 1"),
     (dict(teacher_lam=0.0), r"teacher_lam=0\.0 > 0"),
+    (dict(teacher_loss=0.5, history_dropout=0.5, loss="softmax", num_items=60_000),
+     r"catalogue has 60000 items, more than its limit of 50000; set model.teacher_loss 0"),
 ])
 def test_teacher_arguments_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
-        PinSageModule(in_channels=4, num_items=10, **kw)
+        PinSageModule(**{"in_channels": 4, "num_items": 10, **kw})
